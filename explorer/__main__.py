@@ -1,0 +1,149 @@
+"""``python -m explorer``: the command line.
+
+``encode`` prints each token's strongest SAE features per layer (a table, or JSON with ``--json``).
+Errors are one line on stderr and a non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+
+def _bundle_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("bundle")
+    g.add_argument("--preset", default="default", help="default, gemma-3-270m or gemma-2-2b")
+    g.add_argument("--model", help="custom bundle: a hub model name or a local HF model directory")
+    g.add_argument(
+        "--sae",
+        help="custom bundle: RELEASE:SAE_ID or a local SAE directory, with {layer} in it",
+    )
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, … (default auto)")
+    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 (default auto)")
+    g.add_argument("--cache-dir", help="where the embedded model is converted and cached")
+    g.add_argument("--max-tokens", type=int, default=1024, help="token limit for the text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m explorer", description="Explore SAE features of Gemma models."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command")
+    enc = sub.add_parser("encode", help="token-level feature activations of a text")
+    _bundle_args(enc)
+    enc.add_argument("--layers", nargs="+", metavar="N", help="layers to encode (default: all)")
+    enc.add_argument("--top", type=int, default=5, help="features per token and layer")
+    enc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    enc.add_argument("--include-special", action="store_true", help="also report BOS")
+    enc.add_argument("text", nargs="?", help="the text to encode")
+    return parser
+
+
+def split_layers(args: argparse.Namespace) -> None:
+    """``--layers 5 9 "some text"``: argparse gives the text to ``--layers``; take it back.
+
+    Leading whole numbers are layers; one trailing item is the text when no text was given.
+    """
+    from explorer.encode import EncodeError
+
+    items = list(args.layers or [])
+    layers: list[int] = []
+    while items and items[0].lstrip("-").isdigit():
+        layers.append(int(items.pop(0)))
+    if items and args.text is None and len(items) == 1:
+        args.text = items.pop()
+    if items:
+        raise EncodeError(f"--layers takes whole numbers, not {items[0]!r}")
+    if args.layers is not None and not layers:
+        raise EncodeError("--layers needs at least one layer number")
+    args.layers = layers or None
+    if args.text is None:
+        raise EncodeError("no text given: python -m explorer encode [options] TEXT")
+
+
+def make_spec(args: argparse.Namespace) -> Any:
+    from explorer.bundle import BundleError, custom_spec, preset
+
+    if args.model or args.sae:
+        if not (args.model and args.sae):
+            raise BundleError("a custom bundle needs both --model and --sae (and --layers)")
+        return custom_spec(args.model, args.sae, args.layers or [], max_tokens=args.max_tokens)
+    spec = preset(args.preset)
+    if args.max_tokens != spec.max_tokens:
+        from dataclasses import replace
+
+        spec = replace(spec, max_tokens=args.max_tokens)
+    return spec
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from explorer.bundle import build_bundle
+    from explorer.encode import EncodeError, encode
+
+    split_layers(args)
+    if not args.text.strip():
+        raise EncodeError("the text is empty: give some text to encode")
+    if args.top <= 0:
+        raise EncodeError(f"--top must be a positive number, not {args.top}")
+    spec = make_spec(args)
+    if args.layers:
+        for layer in args.layers:
+            spec.source(layer)  # fail on an unknown layer before loading anything
+    bundle = build_bundle(spec, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    result = encode(
+        bundle, args.text, layers=args.layers, top_k=args.top, include_special=args.include_special
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        return 0
+    print(format_table(result))
+    return 0
+
+
+def format_table(result: Any) -> str:
+    """A plain-text table: one row per token, one column per layer of ``feature(act)`` pairs."""
+    layers = list(result.layers)
+    header = ["#", "token", *[f"layer {n}" for n in layers]]
+    rows = []
+    for i, token in enumerate(result.tokens):
+        cells = [str(i), repr(token)[1:-1]]
+        for n in layers:
+            cells.append(" ".join(f"{f}({a:.1f})" for f, a in result.layers[n].top(i)) or "-")
+        rows.append(cells)
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    head = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    note = ["(truncated at the token limit)"] if result.truncated else []
+    return "\n".join([f"preset: {result.preset}", head, *lines, *note])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return {"encode": cmd_encode}[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ValueError as err:  # BundleError, EncodeError: messages meant for the user
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

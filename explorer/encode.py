@@ -1,0 +1,164 @@
+"""Text → tokens × layers × features: each token's strongest SAE features on every chosen layer.
+
+One forward pass serves all layers: hooks capture the residual stream at each chosen layer and
+the pass stops right after the last of them (``stop_at_layer``), so no logits are computed. The
+text is tokenized without special tokens and BOS is prepended by hand, so the model sees exactly
+what it saw in training; BOS (and any other special token) is then dropped from the result:
+Gemma Scope style SAEs were not trained on it and hundreds of latents fire there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from explorer.bundle import Bundle
+
+
+class EncodeError(ValueError):
+    """Input that cannot be encoded; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """One layer's result for the reported (non-special) tokens.
+
+    Args:
+        layer: the layer index.
+        feature_ids: ``[n_tokens, k]`` ids of each token's top-k features, strongest first.
+        acts: ``[n_tokens, k]`` their activations; entries past a token's active count are 0.
+        n_active: ``[n_tokens]`` how many features are active (> 0) on each token.
+    """
+
+    layer: int
+    feature_ids: Tensor
+    acts: Tensor
+    n_active: Tensor
+
+    def top(self, position: int) -> list[tuple[int, float]]:
+        """``[(feature, act), …]`` for one token, only the active ones."""
+        n = min(int(self.n_active[position]), self.acts.shape[1])
+        return [
+            (int(f), float(a))
+            for f, a in zip(self.feature_ids[position, :n], self.acts[position, :n], strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The result of :func:`encode` for one text.
+
+    Args:
+        preset: the bundle's name.
+        tokens: the reported tokens as text (BOS and other specials left out).
+        token_ids: their ids.
+        truncated: whether the text was cut at the bundle's token limit.
+        layers: per layer, the top features of each reported token.
+    """
+
+    preset: str
+    tokens: list[str]
+    token_ids: list[int]
+    truncated: bool
+    layers: dict[int, LayerActivations]
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's JSON shape: ``{"preset", "tokens", "truncated", "layers": {"9": [[…]]}}``."""
+        return {
+            "preset": self.preset,
+            "tokens": self.tokens,
+            "truncated": self.truncated,
+            "layers": {
+                str(layer): [
+                    [{"feature": f, "act": round(a, 4)} for f, a in la.top(i)]
+                    for i in range(len(self.tokens))
+                ]
+                for layer, la in self.layers.items()
+            },
+        }
+
+
+def tokenize(bundle: Bundle, text: str) -> tuple[list[int], bool]:
+    """BOS + the text's tokens, cut at the bundle's limit; returns ``(ids, truncated)``."""
+    if not isinstance(text, str) or not text.strip():
+        raise EncodeError("the text is empty: type some text to encode")
+    tok = bundle.tokenizer
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    bos = tok.bos_token_id
+    if bos is not None:
+        ids = [bos, *ids]
+    limit = bundle.spec.max_tokens
+    truncated = len(ids) > limit
+    return ids[:limit], truncated
+
+
+def residuals(bundle: Bundle, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
+    """``{layer: resid [batch, pos, d_model]}`` for all ``layers`` from one forward pass."""
+    import torch
+
+    captured: dict[int, Tensor] = {}
+    names = {bundle.spec.hook_name(layer): layer for layer in layers}
+
+    def capture(act: Tensor, hook: Any) -> None:
+        captured[names[hook.name]] = act.detach()
+
+    with torch.inference_mode():
+        bundle.model.run_with_hooks(
+            ids.to(bundle.device),
+            fwd_hooks=[(name, capture) for name in names],
+            stop_at_layer=max(layers) + 1,
+            return_type=None,
+        )
+    return captured
+
+
+def encode(
+    bundle: Bundle,
+    text: str,
+    layers: list[int] | None = None,
+    top_k: int = 10,
+    include_special: bool = False,
+) -> Encoding:
+    """Encode ``text`` and return each token's ``top_k`` features on each chosen layer.
+
+    ``include_special=True`` keeps BOS and other special tokens in the result (they are always
+    in the forward pass).
+    """
+    import torch
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+        raise EncodeError(f"top-k must be a positive whole number, not {top_k!r}")
+    chosen = bundle.check_layers(layers)
+    ids, truncated = tokenize(bundle, text)
+    special = bundle.special_ids
+    keep = [i for i, t in enumerate(ids) if include_special or t not in special]
+    resid = residuals(bundle, torch.tensor([ids]), chosen)
+    keep_t = torch.tensor(keep, dtype=torch.long)
+    out: dict[int, LayerActivations] = {}
+    for layer in chosen:
+        out[layer] = _layer_top(bundle, layer, resid[layer][0, keep_t], top_k)
+    decode = bundle.tokenizer.decode
+    return Encoding(
+        preset=bundle.spec.name,
+        tokens=[str(decode([ids[i]])) for i in keep],
+        token_ids=[ids[i] for i in keep],
+        truncated=truncated,
+        layers=out,
+    )
+
+
+def _layer_top(bundle: Bundle, layer: int, resid: Tensor, top_k: int) -> LayerActivations:
+    import torch
+
+    sae = bundle.sae(layer)
+    with torch.inference_mode():
+        feats = sae.encode(resid.to(sae.dtype)).float()  # [pos, d_sae]
+    k = min(top_k, feats.shape[-1])
+    acts, ids = feats.topk(k, dim=-1)
+    acts = acts.clamp_min(0.0)
+    return LayerActivations(
+        layer=layer, feature_ids=ids.cpu(), acts=acts.cpu(), n_active=(feats > 0).sum(-1).cpu()
+    )

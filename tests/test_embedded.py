@@ -1,0 +1,119 @@
+"""Smoke tests of the real embedded Gemma 3 270M and the shipped default SAEs.
+
+One fresh conversion into a temporary cache (about a minute on 2 cores), then: it is reused,
+its residuals equal transformers' hidden states, and the default preset encodes text.
+Deselect with ``-m "not slow"`` for a quick run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorer import gguf_model
+from explorer.bundle import ASSETS_SAES, build_bundle, hooked_from_hf, load_hf_model, preset
+from explorer.encode import encode
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gse-cache")
+    gguf_model.embedded_model_dir(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(cache: Path):  # type: ignore[no-untyped-def]
+    return build_bundle(preset("default"), device="cpu", dtype="float32", cache_dir=cache)
+
+
+def test_conversion_is_cached_and_reused(cache: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    hf_dir = cache / gguf_model.HF_DIR_NAME
+    marker = json.loads((hf_dir / gguf_model.MARKER).read_text())
+    assert marker["gguf_sha256"] == gguf_model.gguf_sha256()
+    assert (hf_dir / "model.safetensors").stat().st_size > 500_000_000  # dequantized, float32
+    assert not list(cache.glob(".convert-*"))  # no leftovers
+    assert not list(cache.rglob("*.gguf"))  # the assembled GGUF is not kept
+
+    def boom(*args: object) -> None:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(gguf_model, "_convert", boom)
+    assert gguf_model.embedded_model_dir(cache) == hf_dir
+
+
+def test_a_partial_conversion_is_not_taken_for_a_cache(tmp_path: Path) -> None:
+    hf_dir = tmp_path / gguf_model.HF_DIR_NAME
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text("{}")  # no marker: an interrupted conversion
+    assert not gguf_model._is_converted(hf_dir)
+
+
+def test_residuals_equal_transformers_hidden_states(cache: Path) -> None:
+    hf, tok = load_hf_model("embedded", cache)
+    model = hooked_from_hf(hf, tok)
+    ids = tok("The cat sat on the mat. It was a sunny day in May.", return_tensors="pt").input_ids
+    assert ids[0, 0] == tok.bos_token_id
+    with torch.no_grad():
+        hidden = hf(ids, output_hidden_states=True).hidden_states
+        _, cache_ = model.run_with_cache(ids, names_filter=lambda n: n.endswith("resid_post"))
+    for layer in range(hf.config.num_hidden_layers - 1):  # the last state is after the final norm
+        got, want = cache_[f"blocks.{layer}.hook_resid_post"], hidden[layer + 1]
+        assert float((got - want).norm() / want.norm()) < 1e-5, layer
+
+
+def test_shipped_saes_match_their_manifest() -> None:
+    manifest = json.loads((ASSETS_SAES / "manifest.json").read_text())
+    assert manifest["gguf_sha256"] == gguf_model.gguf_sha256()
+    assert [m["layer"] for m in manifest["layers"]] == list(preset("default").layers)
+    for entry in manifest["layers"]:
+        cfg = json.loads((ASSETS_SAES / entry["path"] / "cfg.json").read_text())
+        assert cfg["d_in"] == 640 and cfg["d_sae"] == manifest["train_config"]["d_sae"]
+        assert cfg["metadata"]["hook_name"] == f"blocks.{entry['layer']}.hook_resid_post"
+        assert 0.0 < entry["explained_variance"] <= 1.0
+
+
+def test_default_preset_encodes_a_sentence(bundle) -> None:  # type: ignore[no-untyped-def]
+    result = encode(bundle, "The cat sat on the mat.", top_k=5)
+    assert result.tokens == ["The", " cat", " sat", " on", " the", " mat", "."]
+    assert list(result.layers) == [5, 9, 12, 15]
+    for layer in result.layers.values():
+        assert torch.isfinite(layer.acts).all()
+        assert (layer.acts[:, 0] > 0).all()  # every token has an active feature
+        l0 = float(layer.n_active.float().mean())
+        assert 5 < l0 < 400, l0  # trained for L0 ≈ 64
+        assert all(not math.isnan(a) for i in range(7) for _, a in layer.top(i))
+
+
+def test_cli_json_on_the_default_preset(cache: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "explorer",
+            "encode",
+            "--cache-dir",
+            str(cache),
+            "--json",
+            "--layers",
+            "9",
+            "--top",
+            "3",
+            "The cat sat on the mat.",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["preset"] == "default" and list(out["layers"]) == ["9"]
+    assert len(out["layers"]["9"]) == len(out["tokens"]) == 7

@@ -1,0 +1,92 @@
+"""SAE training on the tiny model: it learns, saves in sae-lens's format, reloads, resumes."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import WORDS
+
+from explorer.bundle import hooked_from_hf
+from precompute.train import TrainConfig, evaluate, finished_metrics, load_saved, train_saes
+
+
+def _corpus(path: Path, n_docs: int = 120) -> Path:
+    rng = random.Random(0)
+    with path.open("w") as f:
+        for i in range(n_docs):
+            text = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(30, 60)))
+            split = "heldout" if i % 10 == 0 else "train"
+            f.write(json.dumps({"id": f"d{i}", "text": text, "split": split}) + "\n")
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path: Path, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
+    cfg = TrainConfig(
+        preset="tiny",
+        layers=(1, 2),
+        d_sae=64,
+        k=4,
+        training_tokens=20_000,
+        batch_size=200,
+        lr=3e-3,
+        context_size=32,
+        model_batch=8,
+        buffer_batches=4,
+        corpus=str(_corpus(tmp_path / "corpus.jsonl")),
+        eval_tokens=400,
+        device="cpu",
+        out_dir=str(tmp_path / "saes"),
+    )
+    return cfg, hooked_from_hf(gemma3_hf, tokenizer), tokenizer
+
+
+def test_training_beats_the_untrained_sae_and_reloads_identically(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+    cfg, model, tok = setup
+    metrics = train_saes(cfg, model, tok, {"model": "tiny"})
+    assert sorted(metrics) == [1, 2]
+    for layer in (1, 2):
+        path = Path(cfg.out_dir) / f"layer_{layer}"
+        sae = load_saved(path)
+        assert sae.cfg.metadata.hook_name == f"blocks.{layer}.hook_resid_post"
+        assert type(sae).__name__ == "JumpReLUSAE"
+        untrained = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=32, d_sae=64, k=4))
+        baseline = evaluate(cfg, model, tok, layer, untrained, "cpu")["explained_variance"]
+        assert metrics[layer]["explained_variance"] > baseline + 0.2
+        assert 0 < metrics[layer]["l0"] < 64
+        # reload twice: identical outputs
+        x = torch.randn(10, 32) * 3
+        again = load_saved(path)
+        torch.testing.assert_close(sae.encode(x), again.encode(x), rtol=0, atol=0)
+        assert finished_metrics(path) == metrics[layer]
+    manifest = json.loads((Path(cfg.out_dir) / "manifest.json").read_text())
+    assert [m["layer"] for m in manifest["layers"]] == [1, 2]
+    assert manifest["train_config"]["k"] == 4 and len(manifest["corpus_sha256"]) == 64
+
+
+def test_resume_trains_only_the_missing_layers(setup) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    cfg, model, tok = setup
+    first = train_saes(cfg, model, tok)
+    layer1 = Path(cfg.out_dir) / "layer_1" / "sae_weights.safetensors"
+    stamp = layer1.stat().st_mtime_ns
+    shutil.rmtree(Path(cfg.out_dir) / "layer_2")
+    second = train_saes(cfg, model, tok)
+    assert layer1.stat().st_mtime_ns == stamp  # layer 1 was not retrained
+    assert second[1] == first[1] and (Path(cfg.out_dir) / "layer_2" / "cfg.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [("layers", (), "layers"), ("k", 0, "k must"), ("k", 64, "smaller"), ("lr", -1.0, "lr")],
+)
+def test_config_validation(field: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value, "d_sae": 64})  # type: ignore[arg-type]
