@@ -86,7 +86,8 @@ def tokenize(bundle: Bundle, text: str) -> tuple[list[int], bool]:
     if not isinstance(text, str) or not text.strip():
         raise EncodeError("the text is empty: type some text to encode")
     tok = bundle.tokenizer
-    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    # split_special_tokens: a typed "<bos>" or "<eos>" is text, never a control token.
+    ids = list(tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
     bos = tok.bos_token_id
     if bos is not None:
         ids = [bos, *ids]

@@ -15,12 +15,6 @@ import pytest
 
 from precompute.build_corpus import (
     BuildCorpusConfig,
-    ExtractedSource,
-    LicenceExcerpt,
-    SourceInfo,
-    SourceText,
-    _dict_b64,
-    _drop_lists,
     balance,
     chunk_sections,
     clean_text,
@@ -34,6 +28,14 @@ from precompute.corpus import (
     default_corpus_path,
     iter_documents,
     token_windows,
+)
+from precompute.corpus_sources import (
+    ExtractedSource,
+    LicenceExcerpt,
+    SourceInfo,
+    SourceText,
+    _dict_b64,
+    _drop_lists,
 )
 
 # --- iter_documents ------------------------------------------------------------------------------

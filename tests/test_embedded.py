@@ -93,6 +93,13 @@ def test_default_preset_encodes_a_sentence(bundle) -> None:  # type: ignore[no-u
         assert all(not math.isnan(a) for i in range(7) for _, a in layer.top(i))
 
 
+def test_typed_special_tokens_stay_text(bundle) -> None:  # type: ignore[no-untyped-def]
+    tok = bundle.tokenizer
+    result = encode(bundle, "a <eos> b <bos>", top_k=1)
+    assert tok.eos_token_id not in result.token_ids and tok.bos_token_id not in result.token_ids
+    assert "".join(result.tokens) == "a <eos> b <bos>"
+
+
 def test_cli_json_on_the_default_preset(cache: Path) -> None:
     proc = subprocess.run(
         [
