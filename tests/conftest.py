@@ -79,24 +79,31 @@ def make_tokenizer():  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(where)
 
 
+def _tiny_config(vocab_size: int, n_layers: int, d_model: int) -> dict[str, object]:
+    """The config fields tiny Gemma 2 and Gemma 3 share (Gemma's special-token ids)."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": d_model,
+        "intermediate_size": 2 * d_model,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "max_position_embeddings": 256,
+        "sliding_window": 8,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    }
+
+
 def make_gemma3(vocab_size: int, n_layers: int = 4, d_model: int = 32):  # type: ignore[no-untyped-def]
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     cfg = Gemma3TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        max_position_embeddings=256,
-        sliding_window=8,
+        **_tiny_config(vocab_size, n_layers, d_model),
         layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
     )
     torch.manual_seed(1)
     return Gemma3ForCausalLM(cfg).eval()
@@ -105,21 +112,7 @@ def make_gemma3(vocab_size: int, n_layers: int = 4, d_model: int = 32):  # type:
 def make_gemma2(vocab_size: int, n_layers: int = 4, d_model: int = 32):  # type: ignore[no-untyped-def]
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    cfg = Gemma2Config(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        max_position_embeddings=256,
-        sliding_window=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
+    cfg = Gemma2Config(**_tiny_config(vocab_size, n_layers, d_model))
     torch.manual_seed(2)
     return Gemma2ForCausalLM(cfg).eval()
 
