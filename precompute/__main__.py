@@ -127,7 +127,74 @@ def _cmd_train_saes(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (_add_build_corpus, _add_train_saes)
+def _add_run(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "run",
+        help="precompute a feature store (statistics, examples, logit effects, neighbours)",
+        description="Stream the corpus as BOS-prefixed windows, run the model once per batch "
+        "for all layers, encode with every SAE and write a store directory. Shards are "
+        "checkpointed in OUT.work/, so a killed run resumes where it stopped.",
+    )
+    p.add_argument("--preset", default="default")
+    p.add_argument("--corpus", default="default", help="default, a .jsonl/.txt file or hf:NAME")
+    p.add_argument("--split", default="all", choices=["train", "heldout", "all"])
+    p.add_argument("--tokens", type=int, default=1_000_000, help="tokens to process")
+    p.add_argument("--layers", type=int, nargs="+", default=[], help="default: all")
+    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--batch-windows", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--shard-tokens", type=int, default=65_536, help="tokens per checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dense-threshold", type=float, default=0.01)
+    p.add_argument("--top-k", type=int, default=20, help="top examples per feature")
+    p.add_argument("--per-interval", type=int, default=5, help="examples per interval")
+    p.add_argument("--before", type=int, default=24, help="context tokens before the max")
+    p.add_argument("--after", type=int, default=8, help="context tokens after the max")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", default=None, help="embedded model cache directory")
+    p.add_argument("--work-dir", type=Path, default=None, help="default: OUT.work")
+    p.add_argument("--out", type=Path, required=True, help="the store directory to write")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from precompute.accumulate import ReduceConfig
+    from precompute.job import RunConfig, run_preset
+
+    cfg = RunConfig(
+        corpus=args.corpus,
+        split=args.split,
+        tokens=args.tokens,
+        layers=tuple(args.layers),
+        context_size=args.context_size,
+        batch_windows=args.batch_windows,
+        shard_tokens=args.shard_tokens,
+        seed=args.seed,
+        reduce=ReduceConfig(
+            seed=args.seed,
+            dense_threshold=args.dense_threshold,
+            top_k=args.top_k,
+            per_interval=args.per_interval,
+            before=args.before,
+            after=args.after,
+        ),
+    )
+    out = run_preset(
+        args.preset,
+        cfg,
+        args.out,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        work_dir=args.work_dir,
+    )
+    print(f"wrote store {out}")
+    return 0
+
+
+_COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
+    _add_build_corpus,
+    _add_train_saes,
+    _add_run,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,493 @@
+"""The precompute run: corpus → one forward pass per batch → SAE codes → sparse shards → store.
+
+The run has two stages that talk through files (as the rest of the project does):
+
+1. **Encode.** Windows are cut from the corpus in a fixed order and numbered by global position
+   (see ``precompute.accumulate``). Each batch runs the model once for all layers, stopped after
+   the last one, and every layer's SAE encodes it; the non-zero activations at non-special
+   positions are kept as sparse records. Every ``shard_tokens`` tokens a shard is written
+   atomically (temporary file, then rename) to the work directory, so a killed run resumes at
+   the first missing shard and redoes at most one shard of work.
+2. **Reduce.** All shards of a layer are concatenated and reduced exactly, vectorized over
+   features (``reduce_layer``, ``examples``); logit effects (``W_dec @ W_U``) and decoder
+   neighbours are computed from the weights; the store is written atomically.
+
+Because the reduction sorts records by global position, the store does not depend on the shard
+layout: shards computed by separate processes or machines and copied into one work directory
+reduce to exactly the single-run result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from precompute.accumulate import Records, ReduceConfig, TokenTable, examples, reduce_layer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pyarrow as pa
+
+    from explorer.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a precompute run reads and how.
+
+    Args:
+        corpus: corpus spec (``default``, a local file, or ``hf:NAME``).
+        split: ``train``, ``heldout`` or ``all``.
+        tokens: non-special tokens to process (whole windows: the last one may go past it).
+        layers: layers to precompute; empty means all of the bundle's.
+        context_size: tokens per window, BOS included.
+        batch_windows: windows per forward pass.
+        shard_tokens: tokens per checkpointed shard.
+        seed: seeds the interval sampling.
+        reduce: the statistics' parameters (top-k, bins, intervals, context, dense threshold).
+    """
+
+    corpus: str = "default"
+    split: str = "all"
+    tokens: int = 1_000_000
+    layers: tuple[int, ...] = ()
+    context_size: int = 128
+    batch_windows: int = 32
+    shard_tokens: int = 65_536
+    seed: int = 0
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+
+    def __post_init__(self) -> None:
+        if self.tokens <= 0:
+            raise ValueError("tokens must be positive")
+        if self.context_size < 2:
+            raise ValueError("context_size must be at least 2 (BOS and a token)")
+        if self.batch_windows <= 0 or self.shard_tokens <= 0:
+            raise ValueError("batch_windows and shard_tokens must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        return out
+
+    def fingerprint(self, bundle_id: str) -> str:
+        """Shards are reusable only by a run with the same inputs and model (not ``reduce``)."""
+        d = self.to_dict()
+        d.pop("reduce")
+        blob = json.dumps([d, bundle_id], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def collect_windows(cfg: RunConfig, tokenizer: Any) -> TokenTable:
+    """The run's windows in order, as a :class:`TokenTable`, until ``cfg.tokens`` are reached."""
+    from precompute.corpus import iter_documents, token_windows
+
+    special = set(tokenizer.all_special_ids)
+    ids: list[list[int]] = []
+    docs: list[str] = []
+    offsets: list[int] = []
+    n = 0
+    for w in token_windows(iter_documents(cfg.corpus, cfg.split), tokenizer, cfg.context_size):
+        ids.append(w.token_ids)
+        docs.append(w.doc_id)
+        offsets.append(w.start)
+        n += sum(1 for t in w.token_ids if t not in special)
+        if n >= cfg.tokens:
+            break
+    if not ids:
+        raise ValueError(f"corpus {cfg.corpus!r} (split {cfg.split}) gave no windows")
+    if n < cfg.tokens:
+        logger.warning("corpus ran out at %d tokens (asked for %d)", n, cfg.tokens)
+    lengths = np.array([len(w) for w in ids], dtype=np.int64)
+    flat = np.concatenate([np.asarray(w, dtype=np.int32) for w in ids])
+    return TokenTable(
+        token_ids=flat,
+        window=np.repeat(np.arange(len(ids), dtype=np.int32), lengths),
+        special=np.isin(flat, np.array(sorted(special), dtype=np.int32)),
+        window_start=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        window_doc=docs,
+        window_offset=np.asarray(offsets, dtype=np.int32),
+    )
+
+
+def shard_ranges(table: TokenTable, shard_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive window ranges ``[a, b)`` of about ``shard_tokens`` positions each."""
+    n_windows = len(table.window_start)
+    ends = np.append(table.window_start[1:], len(table.token_ids))
+    ranges, a = [], 0
+    for w in range(n_windows):
+        if ends[w] - table.window_start[a] >= shard_tokens or w == n_windows - 1:
+            ranges.append((a, w + 1))
+            a = w + 1
+    return ranges
+
+
+def encode_batch(
+    bundle: Bundle, table: TokenTable, windows: range, layers: list[int]
+) -> dict[int, Records]:
+    """One forward pass over ``windows``; each layer's non-zero SAE codes as Records."""
+    import torch
+
+    from explorer.encode import residuals
+
+    starts = table.window_start[windows.start : windows.stop]
+    ends = np.append(table.window_start[1:], len(table.token_ids))[windows.start : windows.stop]
+    width = int((ends - starts).max())
+    pad = bundle.tokenizer.pad_token_id or 0
+    ids = torch.full((len(starts), width), pad, dtype=torch.long)
+    keep = torch.zeros((len(starts), width), dtype=torch.bool)
+    pos = torch.full((len(starts), width), -1, dtype=torch.long)
+    for row, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        ids[row, : e - s] = torch.from_numpy(table.token_ids[s:e].astype(np.int64))
+        keep[row, : e - s] = torch.from_numpy(~table.special[s:e])
+        pos[row, : e - s] = torch.arange(s, e)
+    resid = residuals(bundle, ids, layers)
+    out: dict[int, Records] = {}
+    keep_d = keep.to(bundle.device)
+    for layer in layers:
+        sae = bundle.sae(layer)
+        with torch.inference_mode():
+            feats = sae.encode(resid[layer].to(sae.dtype)).float()  # [B, T, F]
+        feats = feats * keep_d.unsqueeze(-1)
+        b, t, f = torch.nonzero(feats > 0, as_tuple=True)
+        out[layer] = Records(
+            pos=pos[b.cpu(), t.cpu()].numpy(),
+            feat=f.cpu().numpy().astype(np.int32),
+            act=feats[b, t, f].cpu().numpy().astype(np.float32),
+        )
+    return out
+
+
+def _save_shard(path: Path, records: dict[int, Records], meta: dict[str, Any]) -> None:
+    arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    for layer, r in records.items():
+        arrays[f"pos_{layer}"], arrays[f"feat_{layer}"], arrays[f"act_{layer}"] = (
+            r.pos,
+            r.feat,
+            r.act,
+        )
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+        f.flush()
+        import os
+
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _load_shard(path: Path, layer: int) -> Records:
+    with np.load(path) as z:
+        return Records(pos=z[f"pos_{layer}"], feat=z[f"feat_{layer}"], act=z[f"act_{layer}"])
+
+
+def _shard_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        with np.load(path) as z:
+            return dict(json.loads(bytes(z["meta"]).decode()))
+    except (OSError, ValueError, KeyError):
+        return None  # torn or foreign: recomputed
+
+
+def logit_effects(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, ...]:
+    """Per feature the ``k`` most promoted and most suppressed tokens of ``W_dec[f] @ W_U``."""
+    import torch
+
+    sae = bundle.sae(layer)
+    w_u = bundle.model.W_U.detach().float()  # [d_model, d_vocab]
+    top_i, top_v, bot_i, bot_v = [], [], [], []
+    with torch.inference_mode():
+        for chunk in sae.W_dec.detach().float().split(256):
+            logits = chunk.to(w_u.device) @ w_u
+            v, i = logits.topk(k, dim=-1)
+            top_i.append(i.cpu())
+            top_v.append(v.cpu())
+            v, i = logits.topk(k, dim=-1, largest=False)
+            bot_i.append(i.cpu())
+            bot_v.append(v.cpu())
+    return tuple(torch.cat(x).numpy() for x in (top_i, top_v, bot_i, bot_v))
+
+
+def neighbours(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature the ``k`` other features with the most similar decoder direction (cosine)."""
+    import torch
+
+    w = torch.nn.functional.normalize(bundle.sae(layer).W_dec.detach().float(), dim=-1)
+    idx, val = [], []
+    with torch.inference_mode():
+        for start in range(0, w.shape[0], 1024):
+            sim = w[start : start + 1024] @ w.T
+            rows = torch.arange(start, min(start + 1024, w.shape[0]))
+            sim[rows - start, rows] = -2.0  # never a feature's own neighbour
+            v, i = sim.topk(k, dim=-1)
+            idx.append(i.cpu())
+            val.append(v.cpu())
+    return torch.cat(idx).numpy().astype(np.int32), torch.cat(val).numpy().astype(np.float32)
+
+
+def _list_array(values: np.ndarray, offsets: np.ndarray, type_: Any) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, type_))
+
+
+def _fixed_lists(matrix: np.ndarray, type_: Any) -> pa.Array:
+    """``[F, k]`` → a list column of F rows of k values each."""
+    rows, k = matrix.shape
+    return _list_array(matrix.reshape(-1), np.arange(0, rows * k + 1, k), type_)
+
+
+def build_tables(
+    stats: Any,
+    ex: Any,
+    table: TokenTable,
+    cfg: ReduceConfig,
+    logits: tuple[np.ndarray, ...],
+    neighbours: tuple[np.ndarray, np.ndarray],
+    token_text: Callable[[np.ndarray], list[str]],
+) -> tuple[pa.Table, pa.Table]:
+    """The features and examples tables of one layer, in the store's schema."""
+    import pyarrow as pa
+
+    n = len(stats.n_fires)
+    top_i, top_v, bot_i, bot_v = logits
+
+    def token_lists(ids: np.ndarray) -> pa.Array:
+        return _fixed_lists(
+            np.array(token_text(ids.reshape(-1)), dtype=object).reshape(ids.shape), pa.string()
+        )
+
+    features = pa.table(
+        {
+            "feature": pa.array(np.arange(n, dtype=np.int32)),
+            "density": pa.array(stats.density.astype(np.float64)),
+            "n_fires": pa.array(stats.n_fires.astype(np.int64)),
+            "max_act": pa.array(stats.max_act.astype(np.float32)),
+            "mean_act": pa.array(stats.mean_act.astype(np.float32)),
+            "dead": pa.array(stats.dead),
+            "dense": pa.array(stats.dense),
+            "hist_counts": _fixed_lists(stats.hist_counts.astype(np.int64), pa.int64()),
+            "interval_counts": _fixed_lists(stats.interval_counts.astype(np.int64), pa.int64()),
+            "top_logits": _fixed_lists(top_i.astype(np.int32), pa.int32()),
+            "top_logits_tokens": token_lists(top_i),
+            "top_logits_values": _fixed_lists(top_v.astype(np.float32), pa.float32()),
+            "bottom_logits": _fixed_lists(bot_i.astype(np.int32), pa.int32()),
+            "bottom_logits_tokens": token_lists(bot_i),
+            "bottom_logits_values": _fixed_lists(bot_v.astype(np.float32), pa.float32()),
+            "neighbours": _fixed_lists(neighbours[0].astype(np.int32), pa.int32()),
+            "neighbour_cos": _fixed_lists(neighbours[1].astype(np.float32), pa.float32()),
+        }
+    )
+    group = ex.group.astype(np.int64)
+    mx = stats.max_act[ex.feature].astype(np.float32)
+    lo = np.where(group == 0, 0.0, (group - 1) / cfg.n_intervals * mx).astype(np.float32)
+    hi = np.where(group == 0, mx, group / cfg.n_intervals * mx).astype(np.float32)
+    win = table.window[ex.ctx_start]
+    start = table.window_offset[win] + (ex.ctx_start - table.window_start[win] - 1)
+    lens = ex.ctx_len.astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    idx = np.repeat(ex.ctx_start - offsets[:-1], lens) + np.arange(offsets[-1])
+    ctx_ids = table.token_ids[idx]
+    acts = np.concatenate(ex.acts).astype(np.float32) if len(ex.acts) else np.zeros(0, np.float32)
+    examples_table = pa.table(
+        {
+            "feature": pa.array(ex.feature.astype(np.int32)),
+            "group": pa.array(
+                ["top" if g == 0 else f"interval {g}" for g in group.tolist()], pa.string()
+            ),
+            "rank": pa.array(ex.rank.astype(np.int16)),
+            "interval_lo": pa.array(lo),
+            "interval_hi": pa.array(hi),
+            "doc_id": pa.array([table.window_doc[w] for w in win.tolist()], pa.string()),
+            "start": pa.array(start.astype(np.int32)),
+            "token_ids": _list_array(ctx_ids.astype(np.int32), offsets, pa.int32()),
+            "tokens": _list_array(
+                np.array(token_text(ctx_ids), dtype=object), offsets, pa.string()
+            ),
+            "acts": _list_array(acts, offsets, pa.float32()),
+            "max_pos": pa.array((ex.pos - ex.ctx_start).astype(np.int16)),
+        }
+    )
+    return features, examples_table
+
+
+@dataclass
+class Job:
+    """``Job(cfg, bundle, out_dir).run()``: encode (resumable) then reduce and write the store."""
+
+    cfg: RunConfig
+    bundle: Bundle
+    out_dir: Path
+    work_dir: Path | None = None
+    bundle_meta: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return self.bundle.check_layers(list(self.cfg.layers) or None)
+
+    def run(self) -> Path:
+        t0 = time.perf_counter()
+        table = collect_windows(self.cfg, self.bundle.tokenizer)
+        self.timing["tokenize_s"] = round(time.perf_counter() - t0, 2)
+        work = self.work_dir or self.out_dir.with_name(self.out_dir.name + ".work")
+        work.mkdir(parents=True, exist_ok=True)
+        self.encode(table, work)
+        return self.reduce(table, work)
+
+    def encode(self, table: TokenTable, work: Path) -> None:
+        """Write every missing shard (existing valid shards of the same run are kept)."""
+        from tqdm.auto import tqdm
+
+        fingerprint = self.cfg.fingerprint(json.dumps(self.bundle_meta, sort_keys=True))
+        ranges = shard_ranges(table, self.cfg.shard_tokens)
+        ends = np.append(table.window_start[1:], len(table.token_ids))
+        tokens_in = [
+            int((~table.special[table.window_start[a] : ends[b - 1]]).sum()) for a, b in ranges
+        ]
+        t0 = time.perf_counter()
+        done_tokens = 0
+        with tqdm(total=table.n_tokens, unit="tok", unit_scale=True, desc="precompute") as bar:
+            for s, (a, b) in enumerate(ranges):
+                path = work / f"shard-{s:05d}.npz"
+                meta = {"fingerprint": fingerprint, "shard": s, "windows": [a, b]}
+                if _shard_meta(path) == meta:
+                    bar.update(tokens_in[s])
+                    continue
+                parts: dict[int, list[Records]] = {n: [] for n in self.layers}
+                for w0 in range(a, b, self.cfg.batch_windows):
+                    batch = encode_batch(
+                        self.bundle,
+                        table,
+                        range(w0, min(w0 + self.cfg.batch_windows, b)),
+                        self.layers,
+                    )
+                    for n, r in batch.items():
+                        parts[n].append(r)
+                _save_shard(path, {n: Records.concat(p) for n, p in parts.items()}, meta)
+                done_tokens += tokens_in[s]
+                bar.update(tokens_in[s])
+        seconds = time.perf_counter() - t0
+        self.timing["encode_s"] = round(seconds, 2)
+        if done_tokens:
+            self.timing["encode_tokens_per_s"] = round(done_tokens / max(seconds, 1e-9), 1)
+        for stale in sorted(work.glob("shard-*.npz"))[len(ranges) :]:
+            stale.unlink()  # from an earlier, longer run
+
+    def reduce(self, table: TokenTable, work: Path) -> Path:
+        """Reduce the shards of every layer and write the store atomically."""
+        from explorer.store import sae_ref
+        from precompute.write import write_store
+
+        t0 = time.perf_counter()
+        shards = sorted(work.glob("shard-*.npz"))
+        features: dict[int, Any] = {}
+        example_tables: dict[int, Any] = {}
+        layer_meta = []
+        for layer in self.layers:
+            records = Records.concat([_load_shard(p, layer) for p in shards])
+            sae = self.bundle.sae(layer)
+            stats = reduce_layer(records, sae.cfg.d_sae, table.n_tokens, self.cfg.reduce)
+            ex = examples(stats, records, table, self.cfg.reduce)
+            del records
+            features[layer], example_tables[layer] = build_tables(
+                stats,
+                ex,
+                table,
+                self.cfg.reduce,
+                logits=logit_effects(self.bundle, layer),
+                neighbours=neighbours(self.bundle, layer),
+                token_text=self._token_text,
+            )
+            layer_meta.append(
+                {
+                    "layer": layer,
+                    "hook_name": self.bundle.spec.hook_name(layer),
+                    "sae": sae_ref(self.bundle.spec.source(layer).describe()),
+                    "d_sae": int(sae.cfg.d_sae),
+                    "architecture": sae.cfg.architecture(),
+                    "metrics": self.bundle_meta.get("metrics", {}).get(str(layer), {}),
+                }
+            )
+        self.timing["reduce_s"] = round(time.perf_counter() - t0, 2)
+        from explorer import __version__
+        from precompute.corpus import corpus_sha256
+
+        manifest = {
+            "kind": "store",
+            "package_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "bundle": {
+                "preset": self.bundle.spec.name,
+                "model": self.bundle_meta.get("model", self.bundle.spec.model),
+                "model_sha256": self.bundle_meta.get("model_sha256"),
+                "layers": layer_meta,
+            },
+            "corpus": {
+                "spec": self.cfg.corpus,
+                "sha256": corpus_sha256(self.cfg.corpus),
+                "split": self.cfg.split,
+            },
+            "tokens": int(table.n_tokens),
+            "windows": len(table.window_start),
+            "context_size": self.cfg.context_size,
+            "bos_policy": "excluded",
+            "seed": self.cfg.seed,
+            "run": self.cfg.to_dict(),
+            "reduce": asdict(self.cfg.reduce),
+            "timing": self.timing,
+        }
+        return write_store(self.out_dir, manifest, features, example_tables)
+
+    _cache: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def _token_text(self, ids: np.ndarray) -> list[str]:
+        decode = self.bundle.tokenizer.decode
+        out = []
+        for t in ids.tolist():
+            if t not in self._cache:
+                self._cache[t] = str(decode([t]))
+            out.append(self._cache[t])
+        return out
+
+
+def bundle_meta(bundle: Bundle) -> dict[str, Any]:
+    """What the store records about the bundle it describes (and checks at app start)."""
+    spec = bundle.spec
+    if spec.model != "embedded":
+        return {"model": spec.model, "model_sha256": None}
+    from explorer.bundle import ASSETS_SAES
+    from explorer.gguf_model import gguf_sha256
+
+    meta: dict[str, Any] = {"model": "gemma-3-270m", "model_sha256": gguf_sha256()}
+    manifest = ASSETS_SAES / "manifest.json"
+    if spec.name == "default" and manifest.is_file():
+        layers = json.loads(manifest.read_text()).get("layers", [])
+        meta["metrics"] = {str(m["layer"]): m for m in layers}
+    return meta
+
+
+def run_preset(
+    preset_name: str,
+    cfg: RunConfig,
+    out_dir: Path,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    work_dir: Path | None = None,
+) -> Path:
+    """Build the preset's bundle and run the job (the ``run`` command)."""
+    from explorer.bundle import build_bundle, preset
+
+    bundle = build_bundle(preset(preset_name), device=device, dtype="float32", cache_dir=cache_dir)
+    job = Job(cfg, bundle, out_dir, work_dir=work_dir, bundle_meta=bundle_meta(bundle))
+    return job.run()

@@ -1,0 +1,341 @@
+"""Atomic store writer: Parquet tables plus ``manifest.json``, never half-written.
+
+Everything goes into a temporary sibling directory (``.tmp-<name>-…``): the tables are validated
+against the schema of :mod:`explorer.store` (the one source of truth), the examples are sorted by
+(feature, group, rank) and written in row groups that never split a feature, every file is
+fsynced, its row count, size and sha256 go into ``manifest["files"]``, the manifest is written
+last, and the directory is renamed into place. An existing store at the destination is replaced
+only once the new one is complete (moved aside, the new one renamed in, the old one deleted: a
+crash between those two renames leaves both, complete, as hidden siblings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from explorer.store import (
+    KIND,
+    MANIFEST,
+    SCHEMA_VERSION,
+    examples_path,
+    examples_schema,
+    features_path,
+    features_schema,
+    group_order,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+# Examples per row group, at least: 1024 rows is about 23 features of 45 examples, so reading one
+# feature decompresses about 1k rows (a millisecond or two) while the footer stays small.
+ROWS_PER_GROUP = 1024
+COMPRESSION = "zstd"
+STORE_ENTRIES = {MANIFEST, "features", "examples"}
+
+
+class WriteError(ValueError):
+    """Tables or a destination that cannot make a store; the message says which and why."""
+
+
+def write_store(
+    out_dir: Path,
+    manifest: dict[str, Any],
+    features: Mapping[int, pa.Table | pd.DataFrame],
+    examples: Mapping[int, pa.Table | pd.DataFrame],
+    rows_per_group: int = ROWS_PER_GROUP,
+) -> Path:
+    """Write a store to ``out_dir`` atomically and return ``out_dir``.
+
+    Args:
+        out_dir: the store directory; an existing store there is replaced (any other non-empty
+            directory is refused).
+        manifest: everything but ``files``, which is filled here (a copy; the argument is left
+            as is); ``schema_version`` and ``kind`` are set if absent and must be right if given;
+            ``bundle.layers`` must name exactly the layers of ``features``.
+        features: per layer, the features table (:func:`explorer.store.features_schema`).
+        examples: per layer, the examples table (:func:`explorer.store.examples_schema`), in
+            any row order.
+        rows_per_group: minimum examples per Parquet row group (a feature is never split).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    manifest = _check_manifest(manifest, features, examples)
+    _check_destination(out_dir)
+    d_sae = {e["layer"]: e.get("d_sae") for e in manifest["bundle"]["layers"]}
+    tables = {}
+    for layer in sorted(features):
+        feats = _conform(features[layer], features_schema(), f"layer {layer} features")
+        _check_features(feats, layer)
+        if isinstance(d_sae[layer], int) and d_sae[layer] != feats.num_rows:
+            raise WriteError(
+                f"layer {layer} features have {feats.num_rows} rows, its d_sae is {d_sae[layer]}"
+            )
+        exs = _conform(examples[layer], examples_schema(), f"layer {layer} examples")
+        tables[layer] = (feats, _sort_examples(exs, feats, layer))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "features").mkdir(parents=True)
+        (tmp / "examples").mkdir()
+        files: dict[str, dict[str, Any]] = {}
+        for layer, (feats, exs) in tables.items():
+            files[features_path(layer)] = _write_parquet(tmp, features_path(layer), [feats])
+            files[examples_path(layer)] = _write_parquet(
+                tmp, examples_path(layer), _feature_aligned_chunks(exs, rows_per_group)
+            )
+        manifest["files"] = files
+        data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        with (tmp / MANIFEST).open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        for sub in ("features", "examples", "."):
+            _fsync_dir(tmp / sub)
+        _replace(tmp, out_dir)
+    except BaseException:
+        _cleanup(tmp)
+        raise
+    logger.info(
+        "wrote store %s: %d layers, %.1f MB in %.1f s",
+        out_dir,
+        len(tables),
+        sum((out_dir / name).stat().st_size for name in files) / 1e6,
+        time.perf_counter() - t0,
+    )
+    return out_dir
+
+
+def _check_manifest(
+    manifest: dict[str, Any], features: Mapping[int, Any], examples: Mapping[int, Any]
+) -> dict[str, Any]:
+    manifest = dict(manifest)
+    for key, value in (("schema_version", SCHEMA_VERSION), ("kind", KIND)):
+        if manifest.setdefault(key, value) != value:
+            raise WriteError(f"manifest {key} is {manifest[key]!r}, this writer writes {value!r}")
+    if set(features) != set(examples) or not features:
+        raise WriteError(
+            f"features have layers {sorted(features)}, examples have layers {sorted(examples)}"
+        )
+    bundle = manifest.get("bundle")
+    entries = bundle.get("layers") if isinstance(bundle, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise WriteError("manifest has no bundle.layers list")
+    named = sorted(e.get("layer") for e in entries)
+    if named != sorted(features):
+        raise WriteError(f"manifest bundle.layers are {named}, the tables' are {sorted(features)}")
+    return manifest
+
+
+def _check_destination(out_dir: Path) -> None:
+    """Refuse to replace anything but a store (or an empty directory): it gets deleted."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise WriteError(f"{out_dir} exists and is not a directory")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in STORE_ENTRIES)
+    if foreign:
+        raise WriteError(
+            f"{out_dir} exists and does not look like a store (it holds {', '.join(foreign[:3])}); "
+            "remove it or write elsewhere"
+        )
+
+
+def _conform(data: pa.Table | pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
+    """``data`` as a table of exactly ``schema`` (columns reordered, safe casts only), no nulls."""
+    if isinstance(data, pa.Table):
+        table = data
+    else:
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    missing = [n for n in schema.names if n not in table.column_names]
+    extra = [n for n in table.column_names if n not in schema.names]
+    if missing or extra:
+        raise WriteError(f"{what}: missing columns {missing}, unexpected columns {extra}")
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        if column.null_count:
+            raise WriteError(f"{what}: column {field.name} has {column.null_count} nulls")
+        if not column.type.equals(field.type):
+            problem = "" if _castable(column.type, field.type) else "not convertible"
+            if not problem:
+                try:
+                    column = column.cast(field.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                    problem = str(err).splitlines()[0]
+            if problem:
+                raise WriteError(
+                    f"{what}: column {field.name} is {column.type}, the schema says {field.type} "
+                    f"({problem})"
+                )
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _castable(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether ``src`` may become ``dst`` without a change of meaning (ints narrowed only if the
+    values fit, which the safe cast checks); text never becomes numbers, nor numbers text."""
+    t = pa.types
+    if t.is_null(src):
+        return True
+    if t.is_list(dst):
+        listy = t.is_list(src) or t.is_large_list(src) or t.is_fixed_size_list(src)
+        return listy and _castable(src.value_type, dst.value_type)
+    if t.is_integer(dst):
+        return t.is_integer(src)
+    if t.is_floating(dst):
+        return t.is_integer(src) or t.is_floating(src)
+    if t.is_string(dst):
+        return t.is_string(src) or t.is_large_string(src)
+    return bool(src.equals(dst))
+
+
+def _list_lengths(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False))
+
+
+def _check_features(table: pa.Table, layer: int) -> None:
+    feature = table.column("feature").to_numpy()
+    if not np.array_equal(feature, np.arange(len(feature))):
+        raise WriteError(
+            f"layer {layer} features: 'feature' must be 0..{len(feature) - 1} in order"
+        )
+    for name in ("hist_counts", "interval_counts"):
+        lengths = _list_lengths(table, name)
+        if lengths.size and (lengths.min() != lengths.max() or lengths[0] == 0):
+            raise WriteError(f"layer {layer} features: {name} lists differ in length or are empty")
+
+
+def _sort_examples(table: pa.Table, features: pa.Table, layer: int) -> pa.Table:
+    """Check the examples of ``layer`` and sort them by (feature, group, rank)."""
+    what = f"layer {layer} examples"
+    n_features = features.num_rows
+    n_intervals = len(features.column("interval_counts")[0]) if n_features else 0
+    feature = table.column("feature").to_numpy()
+    if feature.size and (feature.min() < 0 or feature.max() >= n_features):
+        raise WriteError(f"{what}: 'feature' must lie in [0, {n_features})")
+    names = pc.unique(table.column("group")).to_pylist()
+    orders = np.array([group_order(g) for g in names], dtype=np.int64)
+    bad = [g for g, k in zip(names, orders, strict=True) if not 0 <= k <= n_intervals]
+    if bad:
+        raise WriteError(
+            f"{what}: unknown group {bad[0]!r} (expected 'top' or 'interval 1'..'interval "
+            f"{n_intervals}')"
+        )
+    group = orders[pc.index_in(table.column("group"), pa.array(names)).to_numpy()]
+    rank = table.column("rank").to_numpy()
+    order = np.lexsort((rank, group, feature))
+    key = np.stack([feature[order], group[order], rank[order]])
+    steps_differ = np.any(np.diff(key, axis=1) != 0, axis=0)
+    if not steps_differ.all():
+        raise WriteError(f"{what}: two examples share a (feature, group, rank)")
+    n_ctx = _list_lengths(table, "token_ids")
+    if not (
+        np.array_equal(n_ctx, _list_lengths(table, "tokens"))
+        and np.array_equal(n_ctx, _list_lengths(table, "acts"))
+    ):
+        raise WriteError(f"{what}: token_ids, tokens and acts differ in length")
+    max_pos = table.column("max_pos").to_numpy()
+    if np.any((max_pos < 0) | (max_pos >= n_ctx)):
+        raise WriteError(f"{what}: max_pos must index into the context")
+    if np.any(np.diff(order) != 1):
+        table = table.take(pa.array(order))
+    return table
+
+
+def _feature_aligned_chunks(table: pa.Table, rows_per_group: int) -> list[pa.Table]:
+    """Consecutive slices of at least ``rows_per_group`` rows that never split a feature.
+
+    E.g. features with 3, 3, 3 rows and ``rows_per_group=4`` → slices of 6 and 3 rows.
+    """
+    if table.num_rows == 0:
+        return [table]
+    feature = table.column("feature").to_numpy()
+    starts = np.flatnonzero(np.r_[True, feature[1:] != feature[:-1]])
+    cuts, last = [0], 0
+    # Loop over row groups (a few hundred per layer), not features: jump to the first feature
+    # boundary at least rows_per_group past the last cut.
+    while True:
+        i = int(np.searchsorted(starts, last + rows_per_group, side="left"))
+        if i >= len(starts):
+            break
+        last = int(starts[i])
+        cuts.append(last)
+    cuts.append(table.num_rows)
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(cuts)]
+
+
+def _write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, Any]:
+    """Write ``chunks`` as one row group each; fsync; return the manifest's entry for the file."""
+    path = root / name
+    schema = chunks[0].schema
+    writer = pq.ParquetWriter(
+        path,
+        schema,
+        compression=COMPRESSION,
+        write_page_checksum=True,
+        # Statistics only where they help a reader (list columns' would bloat the footer).
+        write_statistics=["feature", "group", "rank"],
+    )
+    try:
+        for chunk in chunks:
+            writer.write_table(chunk, row_group_size=max(chunk.num_rows, 1))
+    finally:
+        writer.close()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        os.fsync(f.fileno())
+    return {
+        "rows": sum(c.num_rows for c in chunks),
+        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` to ``out_dir``, the old store aside first and deleted last."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    _fsync_dir(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _cleanup(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
