@@ -35,7 +35,7 @@ def main() -> None:
         range(a, min(a + args.batch_windows, n_windows))
         for a in range(0, n_windows, args.batch_windows)
     ]
-    ends = np.append(table.window_start[1:], len(table.token_ids))
+    ends = table.window_end
     stop = max(layers) + 1
 
     def bare(windows: range) -> None:

@@ -123,7 +123,7 @@ def collect_windows(cfg: RunConfig, tokenizer: Any) -> TokenTable:
 def shard_ranges(table: TokenTable, shard_tokens: int) -> list[tuple[int, int]]:
     """Consecutive window ranges ``[a, b)`` of about ``shard_tokens`` positions each."""
     n_windows = len(table.window_start)
-    ends = np.append(table.window_start[1:], len(table.token_ids))
+    ends = table.window_end
     ranges, a = [], 0
     for w in range(n_windows):
         if ends[w] - table.window_start[a] >= shard_tokens or w == n_windows - 1:
@@ -141,7 +141,7 @@ def encode_batch(
     from explorer.encode import residuals
 
     starts = table.window_start[windows.start : windows.stop]
-    ends = np.append(table.window_start[1:], len(table.token_ids))[windows.start : windows.stop]
+    ends = table.window_end[windows.start : windows.stop]
     width = int((ends - starts).max())
     pad = bundle.tokenizer.pad_token_id or 0
     ids = torch.full((len(starts), width), pad, dtype=torch.long)
@@ -351,7 +351,7 @@ class Job:
 
         fingerprint = self.cfg.fingerprint(json.dumps(self.bundle_meta, sort_keys=True))
         ranges = shard_ranges(table, self.cfg.shard_tokens)
-        ends = np.append(table.window_start[1:], len(table.token_ids))
+        ends = table.window_end
         tokens_in = [
             int((~table.special[table.window_start[a] : ends[b - 1]]).sum()) for a, b in ranges
         ]

@@ -128,11 +128,7 @@ class ActivationStream:
         """One forward pass; returns each hook's activations at non-special positions."""
         import torch
 
-        width = max(len(w) for w in windows)
-        ids = torch.full((len(windows), width), self.pad_id, dtype=torch.long)
-        for row, w in enumerate(windows):
-            ids[row, : len(w)] = torch.tensor(w)
-        keep = ~torch.isin(ids, torch.tensor(sorted(self.special_ids)))
+        ids, keep = pad_windows(windows, self.pad_id, self.special_ids)
         stop = max(int(n.split(".")[1]) for n in self.hook_names) + 1
         captured: dict[str, Tensor] = {}
 
@@ -192,6 +188,23 @@ class ActivationStream:
                     f"the corpus gives fewer than batch_size={batch_size} tokens per buffer: "
                     "use a larger corpus or a smaller batch size"
                 )
+
+
+def pad_windows(
+    windows: list[list[int]], pad_id: int, special_ids: set[int]
+) -> tuple[Tensor, Tensor]:
+    """Right-pad token windows into ``ids [B, T]``; ``keep [B, T]`` marks non-special tokens.
+
+    Right padding is safe under causal attention: pads come after every real token.
+    """
+    import torch
+
+    width = max(len(w) for w in windows)
+    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
+    for row, w in enumerate(windows):
+        ids[row, : len(w)] = torch.tensor(w)
+    keep = ~torch.isin(ids, torch.tensor(sorted(special_ids | {pad_id})))
+    return ids, keep
 
 
 def window_ids(cfg: TrainConfig, tokenizer: Any, split: str) -> Iterator[list[int]]:
@@ -388,7 +401,7 @@ def evaluate(
     import torch.nn.functional as F
 
     hook = f"blocks.{layer}.hook_resid_post"
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    special = set(tokenizer.all_special_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sse = torch.zeros((), dtype=torch.float64)
     sum_x = torch.zeros(model.cfg.d_model, dtype=torch.float64)
@@ -403,11 +416,7 @@ def evaluate(
         chunk = [w for _, w in zip(range(min(cfg.model_batch, 16)), windows, strict=False)]
         if not chunk:
             break
-        width = max(len(w) for w in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for row, w in enumerate(chunk):
-            ids[row, : len(w)] = torch.tensor(w)
-        keep = ~torch.isin(ids, special)
+        ids, keep = pad_windows(chunk, pad, special)
         ids_d = ids.to(device)
         recon: dict[str, Tensor] = {}
 
