@@ -3,9 +3,18 @@
 A store is a directory written by ``precompute`` (``precompute/write.py``) and only read here::
 
     manifest.json                 provenance, and every file with its row count, size and sha256
+    tokens.parquet                one row per window of the run, BOS dropped (:func:`tokens_schema`)
+    vocab.parquet                 the text of every token id the store uses (:func:`vocab_schema`)
     features/layer=NN.parquet     one row per feature, sorted by feature (:func:`features_schema`)
     examples/layer=NN.parquet     one row per example, sorted by (feature, group, rank)
                                   (:func:`examples_schema`); groups run 'top', 'interval 1', …
+
+An example does not repeat its context: it points into ``tokens.parquet`` (window, start,
+length) and keeps only the feature's non-zero activations (``act_pos``/``act_val``, float16);
+token texts live once in ``vocab.parquet``. The reader rebuilds the dense ``Example`` (ids, texts,
+activations with zeros elsewhere) and the features' ``*_logits_tokens`` from those, so callers see
+the same records as if everything were stored in full. Tokens and vocab are loaded once per
+:class:`Store`, on first use.
 
 One feature's dashboard is one cheap read: the examples file is written in row groups that never
 split a feature, and a feature → rows index is derived from the ``feature`` column (one column,
@@ -43,6 +52,8 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 KIND = "store"
 MANIFEST = "manifest.json"
+TOKENS = "tokens.parquet"
+VOCAB = "vocab.parquet"
 TOP = "top"
 REBUILD = "rebuild with `python -m precompute run …`"
 # Columns compared by :meth:`Store.check_bundle` for each layer, as the manifest names them.
@@ -82,8 +93,9 @@ def features_schema() -> pa.Schema:
 
     ``hist_counts`` has ``n_bins`` entries over ``[0, max_act]`` split equally (the edges are
     implied: ``linspace(0, max_act, n_bins + 1)``); ``interval_counts`` likewise with
-    ``n_intervals``. ``top_logits``/``bottom_logits`` are token ids with their strings and values
-    (10 each); ``neighbours`` are feature ids with their decoder cosine (10).
+    ``n_intervals``. ``top_logits``/``bottom_logits`` are token ids with their values (10 each; the
+    reader adds their texts from ``vocab.parquet`` as ``*_logits_tokens``); ``neighbours`` are
+    feature ids with their decoder cosine (10).
     """
     import pyarrow as pa
 
@@ -102,10 +114,8 @@ def features_schema() -> pa.Schema:
             col("hist_counts", pa.list_(pa.int64())),
             col("interval_counts", pa.list_(pa.int64())),
             col("top_logits", pa.list_(pa.int32())),
-            col("top_logits_tokens", pa.list_(pa.string())),
             col("top_logits_values", pa.list_(pa.float32())),
             col("bottom_logits", pa.list_(pa.int32())),
-            col("bottom_logits_tokens", pa.list_(pa.string())),
             col("bottom_logits_values", pa.list_(pa.float32())),
             col("neighbours", pa.list_(pa.int32())),
             col("neighbour_cos", pa.list_(pa.float32())),
@@ -118,10 +128,11 @@ def examples_schema() -> pa.Schema:
     """``examples/layer=NN.parquet``: one row per example, sorted by (feature, group, rank).
 
     ``group`` is 'top' or 'interval k' (1-based, in that order); ``interval_lo``/``interval_hi``
-    bound the interval's activations (0 and max_act for 'top'). ``start`` is the offset of the
-    first context token in document ``doc_id``; ``token_ids``, ``tokens`` and ``acts`` (the
-    feature's activation on each context token) have one entry per context token, and
-    ``max_pos`` is the index of the example's centre (its activation) inside them.
+    bound the interval's activations (0 and max_act for 'top'). The context is
+    ``tokens.parquet``'s row ``window``, ``token_ids[start : start + length]``; ``max_pos`` is
+    the index of the example's centre inside the context. ``act_pos`` are the context indices
+    where the feature fires and ``act_val`` its activations there (float16: about 3 significant
+    digits, which is what a dashboard shows); it is 0 everywhere else.
     """
     import pyarrow as pa
 
@@ -135,12 +146,45 @@ def examples_schema() -> pa.Schema:
             col("rank", pa.int16()),
             col("interval_lo", pa.float32()),
             col("interval_hi", pa.float32()),
-            col("doc_id", pa.string()),
-            col("start", pa.int32()),
-            col("token_ids", pa.list_(pa.int32())),
-            col("tokens", pa.list_(pa.string())),
-            col("acts", pa.list_(pa.float32())),
+            col("window", pa.int32()),
+            col("start", pa.int16()),
+            col("length", pa.int16()),
             col("max_pos", pa.int16()),
+            col("act_pos", pa.list_(pa.int16())),
+            col("act_val", pa.list_(pa.float16())),
+        ]
+    )
+
+
+@functools.cache
+def tokens_schema() -> pa.Schema:
+    """``tokens.parquet``: one row per window of the run, in run order (``window`` = 0..W-1).
+
+    ``token_ids`` is the window without its BOS; ``offset`` is the offset of its first token in
+    document ``doc_id``.
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("window", pa.int32(), nullable=False),
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("offset", pa.int32(), nullable=False),
+            pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
+        ]
+    )
+
+
+@functools.cache
+def vocab_schema() -> pa.Schema:
+    """``vocab.parquet``: the text (the tokenizer's decode of the single id) of every token id in
+    ``tokens.parquet`` and in the features' logit columns; ids unique."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("token_id", pa.int32(), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
         ]
     )
 
@@ -301,7 +345,9 @@ class Store:
         self._files = files
         self._features: dict[int, pa.Table] = {}
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._context: _Context | None = None
         self._lock = threading.Lock()
+        self._context_lock = threading.Lock()
         # One reader per file is not safe to share between threads: reads of a file take turns.
         self._file_locks = {name: threading.Lock() for name in files}
 
@@ -315,7 +361,7 @@ class Store:
         path = Path(path)
         manifest = _read_manifest(path)
         listed: dict[str, Any] = manifest["files"]
-        schemas = {}
+        schemas = {TOKENS: tokens_schema(), VOCAB: vocab_schema()}
         for entry in manifest["bundle"]["layers"]:
             layer = entry["layer"]
             schemas[features_path(layer)] = features_schema()
@@ -357,12 +403,20 @@ class Store:
                     f"(truncated or replaced); {REBUILD}"
                 )
             opened[name] = pf
+        n_windows = opened[TOKENS].metadata.num_rows
         for entry in manifest["bundle"]["layers"]:
             rows = opened[features_path(entry["layer"])].metadata.num_rows
             if isinstance(entry.get("d_sae"), int) and rows != entry["d_sae"]:
                 raise StoreError(
                     f"store {path}: {features_path(entry['layer'])} has {rows} features, the "
                     f"layer's SAE has d_sae {entry['d_sae']}; {REBUILD}"
+                )
+            name = examples_path(entry["layer"])
+            lo, hi = _column_range(opened[name], "window")
+            if lo < 0 or hi >= n_windows:
+                raise StoreError(
+                    f"store {path}: {name} points at windows {lo}..{hi}, {TOKENS} has "
+                    f"{n_windows} rows; {REBUILD}"
                 )
         store = cls(path, manifest, opened)
         logger.info(
@@ -400,8 +454,47 @@ class Store:
                 name = features_path(layer)
                 pf = self._files[name]
                 table = self._read(name, "the features", lambda: pf.read())
-                self._features[layer] = table.replace_schema_metadata(None)
+                self._features[layer] = self._with_logit_texts(table.replace_schema_metadata(None))
             return self._features[layer]
+
+    def _with_logit_texts(self, table: pa.Table) -> pa.Table:
+        """``table`` with ``top_logits_tokens``/``bottom_logits_tokens`` (texts from the vocab)
+        after their id columns, as :class:`FeatureRecord` has them."""
+        import pyarrow as pa
+
+        context = self._load_context()
+        for side in ("top", "bottom"):
+            ids = table.column(f"{side}_logits").combine_chunks()
+            texts = context.texts(ids.values.to_numpy(zero_copy_only=False), f"{side}_logits")
+            column = pa.ListArray.from_arrays(ids.offsets, pa.array(texts, pa.string()))
+            at = table.schema.get_field_index(f"{side}_logits") + 1
+            table = table.add_column(at, f"{side}_logits_tokens", column)
+        return table
+
+    def _load_context(self) -> _Context:
+        """Tokens and vocab, read once."""
+        with self._context_lock:
+            if self._context is None:
+                self._context = self._read_context()
+            return self._context
+
+    def _read_context(self) -> _Context:
+        import numpy as np
+
+        tokens = self._read(TOKENS, "the windows", lambda: self._files[TOKENS].read())
+        vocab = self._read(VOCAB, "the vocabulary", lambda: self._files[VOCAB].read())
+        ids = tokens.column("token_ids").combine_chunks()
+        vocab_ids = vocab.column("token_id").to_numpy()
+        order = np.argsort(vocab_ids, kind="stable")
+        return _Context(
+            path=self.path,
+            flat=ids.values.to_numpy(zero_copy_only=False),
+            offsets=ids.offsets.to_numpy(),
+            doc_id=tokens.column("doc_id").to_pylist(),
+            offset=tokens.column("offset").to_numpy(),
+            vocab_ids=vocab_ids[order],
+            vocab_text=np.array(vocab.column("text").to_pylist(), dtype=object)[order],
+        )
 
     def features(self, layer: int, columns: list[str] | None = None) -> pd.DataFrame:
         """The features table of ``layer`` (one row per feature) for search and sort."""
@@ -437,13 +530,13 @@ class Store:
             self._index[layer] = (starts, groups)
             return self._index[layer]
 
-    def _example_rows(self, layer: int, feature: int) -> list[dict[str, Any]]:
+    def _example_rows(self, layer: int, feature: int) -> pa.Table | None:
         import numpy as np
 
         starts, groups = self._examples_index(layer)
         lo, hi = int(starts[feature]), int(starts[feature + 1])
         if lo == hi:
-            return []
+            return None
         first = int(np.searchsorted(groups, lo, side="right")) - 1
         last = int(np.searchsorted(groups, hi - 1, side="right")) - 1
         name = examples_path(layer)
@@ -453,7 +546,7 @@ class Store:
             f"the examples of feature {feature}",
             lambda: pf.read_row_groups(list(range(first, last + 1))),
         )
-        rows: list[dict[str, Any]] = table.slice(lo - int(groups[first]), hi - lo).to_pylist()
+        rows: pa.Table = table.slice(lo - int(groups[first]), hi - lo)
         return rows
 
     def feature(self, layer: int, feature_id: int) -> FeatureRecord:
@@ -465,27 +558,30 @@ class Store:
                 f"0..{table.num_rows - 1}"
             )
         row: dict[str, Any] = table.slice(feature_id, 1).to_pylist()[0]
-        by_group: dict[int, list[dict[str, Any]]] = {}
-        for ex in self._example_rows(layer, feature_id):
-            by_group.setdefault(group_order(ex["group"]), []).append(ex)
+        by_group: dict[int, list[tuple[dict[str, Any], Example]]] = {}
+        rows = self._example_rows(layer, feature_id)
+        if rows is not None:
+            context = self._load_context()
+            for ex in context.examples(rows):
+                by_group.setdefault(group_order(ex[0]["group"]), []).append(ex)
         for group in by_group.values():
-            group.sort(key=lambda ex: ex["rank"])
+            group.sort(key=lambda ex: ex[0]["rank"])
 
         max_act, n_fires = float(row["max_act"]), int(row["n_fires"])
         n_bins, counts = len(row["hist_counts"]), row["interval_counts"]
         intervals = []
         for k, count in enumerate(counts, start=1):
-            rows = by_group.get(k, [])
-            lo = rows[0]["interval_lo"] if rows else max_act * (k - 1) / len(counts)
-            hi = rows[0]["interval_hi"] if rows else max_act * k / len(counts)
+            got = by_group.get(k, [])
+            lo = got[0][0]["interval_lo"] if got else max_act * (k - 1) / len(counts)
+            hi = got[0][0]["interval_hi"] if got else max_act * k / len(counts)
             share = count / n_fires if n_fires else 0.0
-            intervals.append(IntervalGroup(lo, hi, share, [_example(r) for r in rows], count))
+            intervals.append(IntervalGroup(lo, hi, share, [ex for _, ex in got], count))
         del row["feature"]
         return FeatureRecord(
             layer=layer,
             feature=feature_id,
             hist_edges=[max_act * i / n_bins for i in range(n_bins + 1)],
-            top_examples=[_example(r) for r in by_group.get(0, [])],
+            top_examples=[ex for _, ex in by_group.get(0, [])],
             intervals=intervals,
             **row,
         )
@@ -535,12 +631,92 @@ class Store:
                     )
 
 
-def _example(row: dict[str, Any]) -> Example:
-    return Example(
-        doc_id=row["doc_id"],
-        start=row["start"],
-        tokens=row["tokens"],
-        token_ids=row["token_ids"],
-        acts=row["acts"],
-        max_pos=row["max_pos"],
-    )
+def _column_range(pf: pq.ParquetFile, column: str) -> tuple[int, int]:
+    """(min, max) of an int column from the row groups' statistics; (0, -1) when empty or when a
+    row group has none (nothing to check cheaply)."""
+    at = pf.schema_arrow.get_field_index(column)
+    lo, hi = 0, -1
+    for i in range(pf.num_row_groups):
+        group = pf.metadata.row_group(i)
+        if group.num_rows == 0:
+            continue
+        stats = group.column(at).statistics
+        if stats is None or not stats.has_min_max:
+            return 0, -1
+        lo, hi = (stats.min, stats.max) if hi < lo else (min(lo, stats.min), max(hi, stats.max))
+    return int(lo), int(hi)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The store's windows and vocabulary in memory, to rebuild examples from.
+
+    Args:
+        path: the store (for messages).
+        flat: int32 ``[N]`` every window's token ids, BOS dropped, window after window.
+        offsets: int32 ``[W + 1]`` window ``w`` is ``flat[offsets[w] : offsets[w + 1]]``.
+        doc_id: ``[W]`` each window's document.
+        offset: int32 ``[W]`` offset of each window's first token in its document.
+        vocab_ids: int32 ``[V]`` sorted token ids; ``vocab_text`` their texts.
+    """
+
+    path: Path
+    flat: np.ndarray
+    offsets: np.ndarray
+    doc_id: list[str]
+    offset: np.ndarray
+    vocab_ids: np.ndarray
+    vocab_text: np.ndarray
+
+    def texts(self, ids: np.ndarray, what: str) -> list[str]:
+        import numpy as np
+
+        at = np.searchsorted(self.vocab_ids, ids)
+        at = np.minimum(at, len(self.vocab_ids) - 1) if len(self.vocab_ids) else at
+        if len(ids) and (not len(self.vocab_ids) or np.any(self.vocab_ids[at] != ids)):
+            raise StoreError(
+                f"store {self.path}: {what} use token ids missing from {VOCAB}; {REBUILD}"
+            )
+        texts: list[str] = self.vocab_text[at].tolist()
+        return texts
+
+    def examples(self, rows: pa.Table) -> list[tuple[dict[str, Any], Example]]:
+        """Each row's (group, rank, interval bounds) and its rebuilt :class:`Example`."""
+        import numpy as np
+
+        window = rows.column("window").to_numpy()
+        start = rows.column("start").to_numpy().astype(np.int64)
+        length = rows.column("length").to_numpy().astype(np.int64)
+        max_pos = rows.column("max_pos").to_numpy()
+        act_pos = rows.column("act_pos").combine_chunks()
+        act_val = rows.column("act_val").combine_chunks()
+        first = self.offsets[window] + start
+        if np.any(first + length > self.offsets[window + 1]):
+            raise StoreError(
+                f"store {self.path}: an example reaches past its window in {TOKENS}; {REBUILD}"
+            )
+        # One gather for every context of the feature, then one vocab lookup.
+        bounds = np.concatenate([[0], np.cumsum(length)])
+        idx = np.repeat(first - bounds[:-1], length) + np.arange(bounds[-1])
+        ids = self.flat[idx]
+        texts = self.texts(ids, "examples")
+        acts = np.zeros(bounds[-1], dtype=np.float32)
+        n_acts = np.diff(act_pos.offsets.to_numpy())
+        acts[np.repeat(bounds[:-1], n_acts) + act_pos.flatten().to_numpy()] = (
+            act_val.flatten().to_numpy().astype(np.float32)
+        )
+        ids_list, acts_list = ids.tolist(), acts.tolist()
+        meta = rows.select(["group", "rank", "interval_lo", "interval_hi"]).to_pylist()
+        out = []
+        for i, (m, w) in enumerate(zip(meta, window.tolist(), strict=True)):
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            example = Example(
+                doc_id=self.doc_id[w],
+                start=int(self.offset[w]) + int(start[i]),
+                tokens=texts[a:b],
+                token_ids=ids_list[a:b],
+                acts=acts_list[a:b],
+                max_pos=int(max_pos[i]),
+            )
+            out.append((m, example))
+        return out

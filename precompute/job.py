@@ -254,19 +254,16 @@ def build_tables(
     cfg: ReduceConfig,
     logits: tuple[np.ndarray, ...],
     neighbours: tuple[np.ndarray, np.ndarray],
-    token_text: Callable[[np.ndarray], list[str]],
 ) -> tuple[pa.Table, pa.Table]:
-    """The features and examples tables of one layer, in the store's schema."""
+    """The features and examples tables of one layer, in the store's schema.
+
+    An example points into :func:`tokens_table` (window, start, length) and keeps its non-zero
+    activations only (``act_pos``/``act_val``); everything is vectorized over examples.
+    """
     import pyarrow as pa
 
     n = len(stats.n_fires)
     top_i, top_v, bot_i, bot_v = logits
-
-    def token_lists(ids: np.ndarray) -> pa.Array:
-        return _fixed_lists(
-            np.array(token_text(ids.reshape(-1)), dtype=object).reshape(ids.shape), pa.string()
-        )
-
     features = pa.table(
         {
             "feature": pa.array(np.arange(n, dtype=np.int32)),
@@ -279,10 +276,8 @@ def build_tables(
             "hist_counts": _fixed_lists(stats.hist_counts.astype(np.int64), pa.int64()),
             "interval_counts": _fixed_lists(stats.interval_counts.astype(np.int64), pa.int64()),
             "top_logits": _fixed_lists(top_i.astype(np.int32), pa.int32()),
-            "top_logits_tokens": token_lists(top_i),
             "top_logits_values": _fixed_lists(top_v.astype(np.float32), pa.float32()),
             "bottom_logits": _fixed_lists(bot_i.astype(np.int32), pa.int32()),
-            "bottom_logits_tokens": token_lists(bot_i),
             "bottom_logits_values": _fixed_lists(bot_v.astype(np.float32), pa.float32()),
             "neighbours": _fixed_lists(neighbours[0].astype(np.int32), pa.int32()),
             "neighbour_cos": _fixed_lists(neighbours[1].astype(np.float32), pa.float32()),
@@ -293,32 +288,63 @@ def build_tables(
     lo = np.where(group == 0, 0.0, (group - 1) / cfg.n_intervals * mx).astype(np.float32)
     hi = np.where(group == 0, mx, group / cfg.n_intervals * mx).astype(np.float32)
     win = table.window[ex.ctx_start]
-    start = table.window_offset[win] + (ex.ctx_start - table.window_start[win] - 1)
+    start = ex.ctx_start - table.window_start[win] - 1  # in the window without its BOS
     lens = ex.ctx_len.astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)])
-    idx = np.repeat(ex.ctx_start - offsets[:-1], lens) + np.arange(offsets[-1])
-    ctx_ids = table.token_ids[idx]
     acts = np.concatenate(ex.acts).astype(np.float32) if len(ex.acts) else np.zeros(0, np.float32)
+    fires = np.flatnonzero(acts)
+    n_fires = np.diff(np.searchsorted(fires, offsets))
+    act_offsets = np.concatenate([[0], np.cumsum(n_fires)])
+    act_pos = fires - np.repeat(offsets[:-1], n_fires)
+    names = np.array(["top"] + [f"interval {k}" for k in range(1, cfg.n_intervals + 1)])
     examples_table = pa.table(
         {
             "feature": pa.array(ex.feature.astype(np.int32)),
-            "group": pa.array(
-                ["top" if g == 0 else f"interval {g}" for g in group.tolist()], pa.string()
-            ),
+            "group": pa.DictionaryArray.from_arrays(
+                pa.array(group.astype(np.int32)), pa.array(names)
+            ).cast(pa.string()),
             "rank": pa.array(ex.rank.astype(np.int16)),
             "interval_lo": pa.array(lo),
             "interval_hi": pa.array(hi),
-            "doc_id": pa.array([table.window_doc[w] for w in win.tolist()], pa.string()),
-            "start": pa.array(start.astype(np.int32)),
-            "token_ids": _list_array(ctx_ids.astype(np.int32), offsets, pa.int32()),
-            "tokens": _list_array(
-                np.array(token_text(ctx_ids), dtype=object), offsets, pa.string()
-            ),
-            "acts": _list_array(acts, offsets, pa.float32()),
+            "window": pa.array(win.astype(np.int32)),
+            "start": pa.array(start.astype(np.int16)),
+            "length": pa.array(lens.astype(np.int16)),
             "max_pos": pa.array((ex.pos - ex.ctx_start).astype(np.int16)),
+            "act_pos": _list_array(act_pos.astype(np.int16), act_offsets, pa.int16()),
+            "act_val": _list_array(acts[fires].astype(np.float16), act_offsets, pa.float16()),
         }
     )
     return features, examples_table
+
+
+def tokens_table(table: TokenTable) -> pa.Table:
+    """The store's ``tokens.parquet``: every window of the run without its BOS."""
+    import pyarrow as pa
+
+    n_windows = len(table.window_start)
+    keep = np.ones(len(table.token_ids), dtype=bool)
+    keep[table.window_start] = False  # each window's BOS
+    lengths = table.window_end - table.window_start - 1
+    return pa.table(
+        {
+            "window": pa.array(np.arange(n_windows, dtype=np.int32)),
+            "doc_id": pa.array(table.window_doc, pa.string()),
+            "offset": pa.array(table.window_offset.astype(np.int32)),
+            "token_ids": _list_array(
+                table.token_ids[keep].astype(np.int32),
+                np.concatenate([[0], np.cumsum(lengths)]),
+                pa.int32(),
+            ),
+        }
+    )
+
+
+def vocab_table(ids: np.ndarray, token_text: Callable[[np.ndarray], list[str]]) -> pa.Table:
+    """The store's ``vocab.parquet``: the text of each distinct id of ``ids``."""
+    import pyarrow as pa
+
+    unique = np.unique(ids).astype(np.int32)
+    return pa.table({"token_id": pa.array(unique), "text": pa.array(token_text(unique))})
 
 
 @dataclass
@@ -393,6 +419,7 @@ class Job:
         shards = sorted(work.glob("shard-*.npz"))
         features: dict[int, Any] = {}
         example_tables: dict[int, Any] = {}
+        logit_ids: list[np.ndarray] = []
         layer_meta = []
         for layer in self.layers:
             records = Records.concat([_load_shard(p, layer) for p in shards])
@@ -400,14 +427,15 @@ class Job:
             stats = reduce_layer(records, sae.cfg.d_sae, table.n_tokens, self.cfg.reduce)
             ex = examples(stats, records, table, self.cfg.reduce)
             del records
+            logits = logit_effects(self.bundle, layer)
+            logit_ids.extend([logits[0].reshape(-1), logits[2].reshape(-1)])
             features[layer], example_tables[layer] = build_tables(
                 stats,
                 ex,
                 table,
                 self.cfg.reduce,
-                logits=logit_effects(self.bundle, layer),
+                logits=logits,
                 neighbours=neighbours(self.bundle, layer),
-                token_text=self._token_text,
             )
             layer_meta.append(
                 {
@@ -419,6 +447,9 @@ class Job:
                     "metrics": self.bundle_meta.get("metrics", {}).get(str(layer), {}),
                 }
             )
+        tokens = tokens_table(table)
+        used = tokens.column("token_ids").combine_chunks().flatten().to_numpy()
+        vocab = vocab_table(np.concatenate([used, *logit_ids]), self._token_text)
         self.timing["reduce_s"] = round(time.perf_counter() - t0, 2)
         from explorer import __version__
         from precompute.corpus import corpus_sha256
@@ -447,7 +478,7 @@ class Job:
             "reduce": asdict(self.cfg.reduce),
             "timing": self.timing,
         }
-        return write_store(self.out_dir, manifest, features, example_tables)
+        return write_store(self.out_dir, manifest, features, example_tables, tokens, vocab)
 
     _cache: dict[int, str] = field(default_factory=dict, repr=False)
 

@@ -1,7 +1,8 @@
 """Atomic store writer: Parquet tables plus ``manifest.json``, never half-written.
 
 Everything goes into a temporary sibling directory (``.tmp-<name>-…``): the tables are validated
-against the schema of :mod:`explorer.store` (the one source of truth), the examples are sorted by
+against the schema of :mod:`explorer.store` (the one source of truth) and against each other
+(examples inside their windows, every token id in the vocab), the examples are sorted by
 (feature, group, rank) and written in row groups that never split a feature, every file is
 fsynced, its row count, size and sha256 go into ``manifest["files"]``, the manifest is written
 last, and the directory is renamed into place. An existing store at the destination is replaced
@@ -32,11 +33,15 @@ from explorer.store import (
     KIND,
     MANIFEST,
     SCHEMA_VERSION,
+    TOKENS,
+    VOCAB,
     examples_path,
     examples_schema,
     features_path,
     features_schema,
     group_order,
+    tokens_schema,
+    vocab_schema,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +53,7 @@ logger = logging.getLogger(__name__)
 # feature decompresses about 1k rows (a millisecond or two) while the footer stays small.
 ROWS_PER_GROUP = 1024
 COMPRESSION = "zstd"
-STORE_ENTRIES = {MANIFEST, "features", "examples"}
+STORE_ENTRIES = {MANIFEST, TOKENS, VOCAB, "features", "examples"}
 
 
 class WriteError(ValueError):
@@ -60,6 +65,8 @@ def write_store(
     manifest: dict[str, Any],
     features: Mapping[int, pa.Table | pd.DataFrame],
     examples: Mapping[int, pa.Table | pd.DataFrame],
+    tokens: pa.Table | pd.DataFrame,
+    vocab: pa.Table | pd.DataFrame,
     rows_per_group: int = ROWS_PER_GROUP,
 ) -> Path:
     """Write a store to ``out_dir`` atomically and return ``out_dir``.
@@ -72,7 +79,10 @@ def write_store(
             ``bundle.layers`` must name exactly the layers of ``features``.
         features: per layer, the features table (:func:`explorer.store.features_schema`).
         examples: per layer, the examples table (:func:`explorer.store.examples_schema`), in
-            any row order.
+            any row order; each inside its window of ``tokens``.
+        tokens: the run's windows (:func:`explorer.store.tokens_schema`), ``window`` 0..W-1.
+        vocab: the text of every token id of ``tokens`` and of the features' logit columns
+            (:func:`explorer.store.vocab_schema`).
         rows_per_group: minimum examples per Parquet row group (a feature is never split).
     """
     t0 = time.perf_counter()
@@ -80,23 +90,34 @@ def write_store(
     manifest = _check_manifest(manifest, features, examples)
     _check_destination(out_dir)
     d_sae = {e["layer"]: e.get("d_sae") for e in manifest["bundle"]["layers"]}
+    windows = _conform(tokens, tokens_schema(), "tokens")
+    window_len = _check_tokens(windows)
+    vocab_table = _conform(vocab, vocab_schema(), "vocab")
+    known = _check_vocab(vocab_table)
+    _check_ids(windows.column("token_ids").combine_chunks().flatten().to_numpy(), known, "tokens")
     tables = {}
     for layer in sorted(features):
         feats = _conform(features[layer], features_schema(), f"layer {layer} features")
         _check_features(feats, layer)
+        for side in ("top_logits", "bottom_logits"):
+            ids = feats.column(side).combine_chunks().flatten().to_numpy()
+            _check_ids(ids, known, f"layer {layer} features {side}")
         if isinstance(d_sae[layer], int) and d_sae[layer] != feats.num_rows:
             raise WriteError(
                 f"layer {layer} features have {feats.num_rows} rows, its d_sae is {d_sae[layer]}"
             )
         exs = _conform(examples[layer], examples_schema(), f"layer {layer} examples")
-        tables[layer] = (feats, _sort_examples(exs, feats, layer))
+        tables[layer] = (feats, _sort_examples(exs, feats, window_len, layer))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
     try:
         (tmp / "features").mkdir(parents=True)
         (tmp / "examples").mkdir()
-        files: dict[str, dict[str, Any]] = {}
+        files: dict[str, dict[str, Any]] = {
+            TOKENS: _write_parquet(tmp, TOKENS, [windows]),
+            VOCAB: _write_parquet(tmp, VOCAB, [vocab_table]),
+        }
         for layer, (feats, exs) in tables.items():
             files[features_path(layer)] = _write_parquet(tmp, features_path(layer), [feats])
             files[examples_path(layer)] = _write_parquet(
@@ -224,7 +245,31 @@ def _check_features(table: pa.Table, layer: int) -> None:
             raise WriteError(f"layer {layer} features: {name} lists differ in length or are empty")
 
 
-def _sort_examples(table: pa.Table, features: pa.Table, layer: int) -> pa.Table:
+def _check_tokens(table: pa.Table) -> np.ndarray:
+    """Check ``window`` is 0..W-1 in order; return each window's length (BOS dropped)."""
+    window = table.column("window").to_numpy()
+    if not np.array_equal(window, np.arange(len(window))):
+        raise WriteError(f"tokens: 'window' must be 0..{len(window) - 1} in order")
+    return _list_lengths(table, "token_ids")
+
+
+def _check_vocab(table: pa.Table) -> np.ndarray:
+    """Check the vocab's ids are unique; return them sorted."""
+    ids = np.sort(table.column("token_id").to_numpy())
+    if np.any(ids[1:] == ids[:-1]):
+        raise WriteError("vocab: a token_id appears twice")
+    return ids
+
+
+def _check_ids(ids: np.ndarray, known: np.ndarray, what: str) -> None:
+    missing = np.setdiff1d(ids, known)
+    if missing.size:
+        raise WriteError(f"{what}: token id {int(missing[0])} is not in the vocab")
+
+
+def _sort_examples(
+    table: pa.Table, features: pa.Table, window_len: np.ndarray, layer: int
+) -> pa.Table:
     """Check the examples of ``layer`` and sort them by (feature, group, rank)."""
     what = f"layer {layer} examples"
     n_features = features.num_rows
@@ -247,15 +292,25 @@ def _sort_examples(table: pa.Table, features: pa.Table, layer: int) -> pa.Table:
     steps_differ = np.any(np.diff(key, axis=1) != 0, axis=0)
     if not steps_differ.all():
         raise WriteError(f"{what}: two examples share a (feature, group, rank)")
-    n_ctx = _list_lengths(table, "token_ids")
-    if not (
-        np.array_equal(n_ctx, _list_lengths(table, "tokens"))
-        and np.array_equal(n_ctx, _list_lengths(table, "acts"))
-    ):
-        raise WriteError(f"{what}: token_ids, tokens and acts differ in length")
+    window = table.column("window").to_numpy()
+    if window.size and (window.min() < 0 or window.max() >= len(window_len)):
+        raise WriteError(f"{what}: 'window' must lie in [0, {len(window_len)}) (the tokens' rows)")
+    start = table.column("start").to_numpy().astype(np.int64)
+    n_ctx = table.column("length").to_numpy().astype(np.int64)
+    if np.any((start < 0) | (n_ctx < 1) | (start + n_ctx > window_len[window])):
+        raise WriteError(f"{what}: a context (start, length) does not lie inside its window")
     max_pos = table.column("max_pos").to_numpy()
     if np.any((max_pos < 0) | (max_pos >= n_ctx)):
         raise WriteError(f"{what}: max_pos must index into the context")
+    n_acts = _list_lengths(table, "act_pos")
+    if not np.array_equal(n_acts, _list_lengths(table, "act_val")):
+        raise WriteError(f"{what}: act_pos and act_val differ in length")
+    act_pos = table.column("act_pos").combine_chunks().flatten().to_numpy().astype(np.int64)
+    if np.any((act_pos < 0) | (act_pos >= np.repeat(n_ctx, n_acts))):
+        raise WriteError(f"{what}: act_pos must index into the context")
+    act_val = table.column("act_val").combine_chunks().flatten().to_numpy()
+    if not np.all(np.isfinite(act_val)):
+        raise WriteError(f"{what}: act_val must be finite (float16 holds up to 65504)")
     if np.any(np.diff(order) != 1):
         table = table.take(pa.array(order))
     return table
@@ -293,7 +348,7 @@ def _write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, A
         compression=COMPRESSION,
         write_page_checksum=True,
         # Statistics only where they help a reader (list columns' would bloat the footer).
-        write_statistics=["feature", "group", "rank"],
+        write_statistics=["feature", "group", "rank", "window"],
     )
     try:
         for chunk in chunks:

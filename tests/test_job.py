@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import WORDS, tiny_bundle
 
+from explorer.store import Store
 from precompute.accumulate import ReduceConfig
 from precompute.job import Job, RunConfig, collect_windows
 
@@ -69,7 +70,7 @@ def test_store_statistics_equal_a_brute_force_pass(job_parts) -> None:  # type: 
                 codes = bundle.sae(layer).encode(cache[f"blocks.{layer}.hook_resid_post"][0])
             dense.append(codes[~torch.from_numpy(table.special[s:e])].numpy())
         acts = np.concatenate(dense)
-        feats = pq.read_table(store / "features" / f"layer={layer:02d}.parquet").to_pandas()
+        feats = Store.open(store).features(layer)
         n_fires = (acts > 0).sum(0)
         assert feats["n_fires"].tolist() == n_fires.tolist()
         np.testing.assert_allclose(feats["density"], n_fires / acts.shape[0])
@@ -78,12 +79,23 @@ def test_store_statistics_equal_a_brute_force_pass(job_parts) -> None:  # type: 
             col = acts[:, f]
             hist = np.minimum((col[col > 0] / col.max() * 10).astype(int), 9)
             assert feats["hist_counts"][f].tolist() == np.bincount(hist, minlength=10).tolist()
-        ex = pq.read_table(store / "examples" / f"layer={layer:02d}.parquet").to_pandas()
+        reader = Store.open(store)
         for f in np.flatnonzero(n_fires)[:10]:
-            top = ex[(ex.feature == f) & (ex.group == "top")].sort_values("rank")
+            top = reader.feature(layer, int(f)).top_examples
             want = np.sort(acts[:, f][acts[:, f] > 0])[::-1][:5]
-            got = [row.acts[row.max_pos] for row in top.itertuples()]
-            np.testing.assert_allclose(got, want, rtol=1e-5)
+            got = [ex.acts[ex.max_pos] for ex in top]
+            np.testing.assert_allclose(got, want, rtol=1e-3)  # act_val is float16
+            for ex in top:  # the context is the run's tokens at the recorded place
+                (w,) = [
+                    w
+                    for w, (doc, off) in enumerate(
+                        zip(table.window_doc, table.window_offset, strict=True)
+                    )
+                    if doc == ex.doc_id
+                    and off <= ex.start < off + table.window_end[w] - 1 - table.window_start[w]
+                ]
+                s = int(table.window_start[w]) + 1 + ex.start - int(table.window_offset[w])
+                assert ex.token_ids == table.token_ids[s : s + len(ex.token_ids)].tolist()
 
 
 def test_shard_layout_does_not_change_the_store(job_parts) -> None:  # type: ignore[no-untyped-def]

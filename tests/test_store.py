@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import precompute.write as write
 from explorer.bundle import REPO_ROOT
 from explorer.store import (
     SCHEMA_VERSION,
+    TOKENS,
+    VOCAB,
     Example,
     FeatureRecord,
     Store,
@@ -33,14 +36,26 @@ from precompute.write import WriteError, write_store
 
 LAYERS = (3, 7)
 N_FEATURES, N_BINS, N_INTERVALS, TOP_K, PER_INTERVAL, CTX = 6, 4, 2, 2, 2, 5
+WINDOW = 9  # tokens per window (BOS dropped)
 DEAD = 0  # feature 0 never fires
 EMPTY = (2, 1)  # feature 2 has no fires in interval 1
+VOCAB_IDS = range(60)
 
 
-def make_layer(layer: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """A hand-made layer: features 1..5 fire, feature 2's first interval is empty."""
+def text(token_id: int) -> str:
+    return f"▁t{token_id}"
+
+
+def make_layer(
+    layer: int, windows: list[dict[str, Any]]
+) -> tuple[pd.DataFrame, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A hand-made layer: features 1..5 fire, feature 2's first interval is empty.
+
+    Each example gets a window of its own, appended to ``windows``; returns the features, the
+    examples' rows and, for each row, the :class:`Example` fields the reader must rebuild.
+    """
     rng = np.random.default_rng(layer)
-    feats, exs = [], []
+    feats, exs, truth = [], [], []
     for f in range(N_FEATURES):
         n_fires = 10 * f
         max_act = 0.0 if f == DEAD else f + 0.5
@@ -58,11 +73,9 @@ def make_layer(layer: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
                 "dense": n_fires / 1000 > 0.01,
                 "hist_counts": rng.integers(0, 9, N_BINS).tolist(),
                 "interval_counts": counts,
-                "top_logits": [f, f + 1, f + 2],
-                "top_logits_tokens": [f"up{f}", "b", "c"],
+                "top_logits": [f, f + 1, 50 + f],
                 "top_logits_values": [3.0, 2.0, 1.0],
-                "bottom_logits": [9, 8, 7],
-                "bottom_logits_tokens": ["x", "y", f"down{f}"],
+                "bottom_logits": [59, 8, 7],
                 "bottom_logits_values": [-1.0, -2.0, -3.0],
                 "neighbours": [(f + 1) % N_FEATURES],
                 "neighbour_cos": [0.5],
@@ -79,7 +92,15 @@ def make_layer(layer: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
         seen: dict[str, int] = {}
         for group, lo, hi in groups:
             rank = seen[group] = seen.get(group, -1) + 1
-            ids = rng.integers(4, 40, CTX).tolist()
+            doc_id, offset = f"doc-{layer}-{f}-{group}-{rank}", int(rng.integers(0, 100))
+            ids = rng.integers(4, 40, WINDOW).tolist()
+            windows.append(
+                {"window": len(windows), "doc_id": doc_id, "offset": offset, "token_ids": ids}
+            )
+            start, max_pos = int(rng.integers(0, WINDOW - CTX + 1)), int(rng.integers(0, CTX))
+            acts = rng.random(CTX).astype(np.float16)
+            acts[(acts < 0.4) & (np.arange(CTX) != max_pos)] = 0  # sparse; the centre fires
+            act_pos = np.flatnonzero(acts)
             exs.append(
                 {
                     "feature": f,
@@ -87,15 +108,30 @@ def make_layer(layer: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
                     "rank": rank,
                     "interval_lo": lo,
                     "interval_hi": hi,
-                    "doc_id": f"doc-{layer}-{f}-{group}-{rank}",
-                    "start": int(rng.integers(0, 100)),
-                    "token_ids": ids,
-                    "tokens": [f"▁t{i}" for i in ids],
-                    "acts": rng.random(CTX).astype(np.float32).tolist(),
-                    "max_pos": int(rng.integers(0, CTX)),
+                    "window": len(windows) - 1,
+                    "start": start,
+                    "length": CTX,
+                    "max_pos": max_pos,
+                    "act_pos": act_pos.tolist(),
+                    "act_val": acts[act_pos].tolist(),
                 }
             )
-    return pd.DataFrame(feats), exs
+            truth.append(
+                {
+                    "feature": f,
+                    "doc_id": doc_id,
+                    "start": offset + start,
+                    "token_ids": ids[start : start + CTX],
+                    "tokens": [text(i) for i in ids[start : start + CTX]],
+                    "acts": acts.astype(np.float32).tolist(),
+                    "max_pos": max_pos,
+                }
+            )
+    return pd.DataFrame(feats), exs, truth
+
+
+def make_vocab() -> pd.DataFrame:
+    return pd.DataFrame({"token_id": list(VOCAB_IDS), "text": [text(i) for i in VOCAB_IDS]})
 
 
 def make_manifest() -> dict[str, Any]:
@@ -122,27 +158,50 @@ def make_manifest() -> dict[str, Any]:
     }
 
 
+@dataclass
+class Tables:
+    """What :func:`write_store` takes, and what the reader must give back (``truth``)."""
+
+    features: dict[int, Any]
+    examples: dict[int, Any]
+    tokens: pa.Table
+    vocab: pd.DataFrame
+    truth: dict[int, list[dict[str, Any]]]
+
+    def write(self, out: Path, manifest: dict[str, Any] | None = None, **kwargs: Any) -> Path:
+        return write_store(
+            out,
+            make_manifest() if manifest is None else manifest,
+            self.features,
+            self.examples,
+            self.tokens,
+            self.vocab,
+            **kwargs,
+        )
+
+
 @pytest.fixture
-def tables() -> tuple[dict[int, Any], dict[int, Any], dict[int, list[dict[str, Any]]]]:
+def tables() -> Tables:
     """Features and examples per layer (examples shuffled; one layer as pandas, one as arrow)."""
     features, examples, truth = {}, {}, {}
+    windows: list[dict[str, Any]] = []
     for n in LAYERS:
-        feats, exs = make_layer(n)
-        truth[n] = exs
+        feats, exs, truth[n] = make_layer(n, windows)
         shuffled = random.Random(n).sample(exs, len(exs))
         features[n] = feats
-        examples[n] = pd.DataFrame(shuffled) if n == LAYERS[0] else pa.Table.from_pylist(shuffled)
-    return features, examples, truth
+        if n == LAYERS[0]:
+            examples[n] = pd.DataFrame(shuffled)
+        else:
+            examples[n] = pa.Table.from_pylist(shuffled).cast(write.examples_schema())
+    return Tables(features, examples, pa.Table.from_pylist(windows), make_vocab(), truth)
 
 
 @pytest.fixture
-def store_dir(tmp_path: Path, tables: Any) -> Path:
-    features, examples, _ = tables
-    return write_store(tmp_path / "store", make_manifest(), features, examples, rows_per_group=4)
+def store_dir(tmp_path: Path, tables: Tables) -> Path:
+    return tables.write(tmp_path / "store", rows_per_group=4)
 
 
-def test_round_trip(store_dir: Path, tables: Any) -> None:
-    features, _, truth = tables
+def test_round_trip(store_dir: Path, tables: Tables) -> None:
     store = Store.open(store_dir)
     assert store.layers == LAYERS
     manifest = store.manifest
@@ -151,33 +210,34 @@ def test_round_trip(store_dir: Path, tables: Any) -> None:
         make_manifest()
     )
     assert sorted(manifest["files"]) == sorted(
-        [features_path(n) for n in LAYERS] + [examples_path(n) for n in LAYERS]
+        [TOKENS, VOCAB] + [features_path(n) for n in LAYERS] + [examples_path(n) for n in LAYERS]
     )
     for n in LAYERS:
+        features = tables.features[n]
         pd.testing.assert_frame_equal(
             store.features(n)[["feature", "n_fires", "dead", "dense"]],
-            features[n][["feature", "n_fires", "dead", "dense"]].astype(
+            features[["feature", "n_fires", "dead", "dense"]].astype(
                 {"feature": "int32", "n_fires": "int64"}
             ),
         )
-        assert store.features(n)["top_logits_tokens"].map(list).tolist() == (
-            features[n]["top_logits_tokens"].tolist()
-        )
+        for side in ("top_logits", "bottom_logits"):  # texts filled in from the vocab
+            assert store.features(n)[f"{side}_tokens"].map(list).tolist() == [
+                [text(i) for i in ids] for ids in features[side]
+            ]
         for f in range(N_FEATURES):
             rec = store.feature(n, f)
-            want = [e for e in truth[n] if e["feature"] == f]
+            want = [e for e in tables.truth[n] if e["feature"] == f]
             got = [(g, ex) for g, exs in _groups(rec) for ex in exs]
             assert [ex.doc_id for _, ex in got] == [e["doc_id"] for e in want]
             for (_, ex), e in zip(got, want, strict=True):
                 assert ex.tokens == e["tokens"] and ex.token_ids == e["token_ids"]
                 assert ex.start == e["start"] and ex.max_pos == e["max_pos"]
-                np.testing.assert_array_equal(
-                    np.asarray(ex.acts, np.float32), np.asarray(e["acts"], np.float32)
-                )
-            row = features[n].iloc[f]
+                assert ex.acts == e["acts"]  # dense again, zeros where it does not fire
+            row = features.iloc[f]
             assert rec.n_fires == row["n_fires"] and rec.dead == row["dead"]
             assert rec.hist_counts == row["hist_counts"]
-            assert rec.top_logits_tokens == row["top_logits_tokens"]
+            assert rec.top_logits_tokens == [text(i) for i in row["top_logits"]]
+            assert rec.bottom_logits_tokens == [text(i) for i in row["bottom_logits"]]
             np.testing.assert_allclose(rec.hist_edges, np.linspace(0, row["max_act"], N_BINS + 1))
 
 
@@ -259,6 +319,10 @@ def _one_line(err: pytest.ExceptionInfo[StoreError]) -> str:
         ("rows", r"features/layer=03.parquet has 6 rows, the manifest says 7 \(truncated"),
         ("unlisted", r"manifest.json lists no features/layer=03.parquet"),
         ("d_sae", r"features/layer=03.parquet has 6 features, the layer's SAE has d_sae 16"),
+        ("no_tokens", r"tokens.parquet is missing; rebuild"),
+        ("unlisted_vocab", r"manifest.json lists no vocab.parquet"),
+        ("vocab_schema", r"vocab.parquet has columns \['token_id'\], schema version 1 has"),
+        ("windows", r"examples/layer=03.parquet points at windows 0\.\.\d+, tokens.parquet has 3 "),
     ],
 )
 def test_open_rejects_damage(store_dir: Path, damage: str, expected: str) -> None:
@@ -293,10 +357,29 @@ def test_open_rejects_damage(store_dir: Path, damage: str, expected: str) -> Non
     elif damage == "d_sae":
         manifest["bundle"]["layers"][0]["d_sae"] = 16
         _edit_manifest(store_dir, bundle=manifest["bundle"])
+    elif damage == "no_tokens":
+        (store_dir / TOKENS).unlink()
+    elif damage == "unlisted_vocab":
+        del manifest["files"][VOCAB]
+        _edit_manifest(store_dir, files=manifest["files"])
+    elif damage == "vocab_schema":
+        _replace_file(store_dir, VOCAB, pq.read_table(store_dir / VOCAB).select(["token_id"]))
+    elif damage == "windows":  # a well-formed tokens file from another (shorter) run
+        _replace_file(store_dir, TOKENS, pq.read_table(store_dir / TOKENS).slice(0, 3))
     with pytest.raises(StoreError) as err:
         Store.open(store_dir)
     assert _one_line(err)
     assert err.match(expected)
+
+
+def _replace_file(store_dir: Path, name: str, table: pa.Table) -> None:
+    """Overwrite ``name`` with ``table`` and record it in the manifest, as a writer would."""
+    pq.write_table(table, store_dir / name)
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["files"][name].update(
+        rows=table.num_rows, bytes=(store_dir / name).stat().st_size, sha256=None
+    )
+    _edit_manifest(store_dir, files=manifest["files"])
 
 
 def test_schema_version_message(store_dir: Path) -> None:
@@ -395,37 +478,34 @@ def _fail_after_first_file(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_interrupted_write_leaves_nothing(
-    tmp_path: Path, tables: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tables: Tables, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    features, examples, _ = tables
     _fail_after_first_file(monkeypatch)
     with pytest.raises(OSError, match="simulated"):
-        write_store(tmp_path / "store", make_manifest(), features, examples)
+        tables.write(tmp_path / "store")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_write_keeps_existing_store(
-    store_dir: Path, tables: Any, monkeypatch: pytest.MonkeyPatch
+    store_dir: Path, tables: Tables, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    features, examples, _ = tables
     before = _snapshot(store_dir)
     _fail_after_first_file(monkeypatch)
     with pytest.raises(OSError, match="simulated"):
-        write_store(store_dir, {**make_manifest(), "tokens": 2}, features, examples)
+        tables.write(store_dir, {**make_manifest(), "tokens": 2})
     assert [p.name for p in store_dir.parent.iterdir()] == [store_dir.name]
     assert _snapshot(store_dir) == before
     assert Store.open(store_dir, verify=True).manifest["tokens"] == 1000
 
 
 def test_killed_write_leaves_no_readable_store(
-    tmp_path: Path, tables: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tables: Tables, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A process killed mid-write cannot clean up: what it leaves is hidden and unreadable."""
-    features, examples, _ = tables
     _fail_after_first_file(monkeypatch)
     monkeypatch.setattr(write, "_cleanup", lambda tmp: None)
     with pytest.raises(OSError, match="simulated"):
-        write_store(tmp_path / "store", make_manifest(), features, examples)
+        tables.write(tmp_path / "store")
     (left,) = tmp_path.iterdir()
     assert left.name.startswith(".tmp-store-")
     with pytest.raises(StoreError, match=r"has no manifest\.json"):
@@ -434,18 +514,16 @@ def test_killed_write_leaves_no_readable_store(
         Store.open(tmp_path / "store")
 
 
-def test_rewrite_replaces_store(store_dir: Path, tables: Any) -> None:
-    features, examples, _ = tables
-    write_store(store_dir, {**make_manifest(), "tokens": 2}, features, examples)
+def test_rewrite_replaces_store(store_dir: Path, tables: Tables) -> None:
+    tables.write(store_dir, {**make_manifest(), "tokens": 2})
     assert Store.open(store_dir).manifest["tokens"] == 2
     assert [p.name for p in store_dir.parent.iterdir()] == [store_dir.name]
 
 
-def test_write_refuses_foreign_directory(tmp_path: Path, tables: Any) -> None:
-    features, examples, _ = tables
+def test_write_refuses_foreign_directory(tmp_path: Path, tables: Tables) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(WriteError, match="does not look like a store"):
-        write_store(tmp_path, make_manifest(), features, examples)
+        tables.write(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -453,17 +531,25 @@ def test_write_refuses_foreign_directory(tmp_path: Path, tables: Any) -> None:
     ("damage", "expected"),
     [
         ("missing_column", r"layer 3 features: missing columns \['neighbour_cos'\]"),
-        ("bad_type", r"layer 3 examples: column start is (large_)?string, the schema says int32"),
+        ("bad_type", r"layer 3 examples: column start is (large_)?string, the schema says int16"),
         ("duplicate", "layer 3 examples: two examples share a .feature, group, rank."),
         ("bad_group", "layer 3 examples: unknown group 'interval 3'"),
-        ("ragged", "layer 3 examples: token_ids, tokens and acts differ in length"),
+        ("ragged", "layer 3 examples: act_pos and act_val differ in length"),
+        ("act_pos", "layer 3 examples: act_pos must index into the context"),
+        (
+            "outside",
+            r"layer 3 examples: a context \(start, length\) does not lie inside its window",
+        ),
+        ("window", r"layer 3 examples: 'window' must lie in \[0, \d+\) \(the tokens' rows\)"),
+        ("overflow", "layer 3 examples: act_val must be finite"),
+        ("vocab", "tokens: token id 4 is not in the vocab"),
+        ("logit_vocab", "layer 3 features top_logits: token id 99 is not in the vocab"),
         ("layers", r"manifest bundle.layers are \[3\], the tables' are \[3, 7\]"),
         ("d_sae", "layer 3 features have 6 rows, its d_sae is 16"),
     ],
 )
-def test_write_validates(tmp_path: Path, tables: Any, damage: str, expected: str) -> None:
-    features, examples, _ = tables
-    feats, exs = features[3].copy(), examples[3].copy()
+def test_write_validates(tmp_path: Path, tables: Tables, damage: str, expected: str) -> None:
+    feats, exs = tables.features[3].copy(), tables.examples[3].copy()
     manifest = make_manifest()
     if damage == "missing_column":
         feats = feats.drop(columns=["neighbour_cos"])
@@ -474,13 +560,26 @@ def test_write_validates(tmp_path: Path, tables: Any, damage: str, expected: str
     elif damage == "bad_group":
         exs.loc[0, "group"] = "interval 3"
     elif damage == "ragged":
-        exs.at[0, "tokens"] = ["a"]
+        exs.at[0, "act_val"] = [1.0] * (len(exs.at[0, "act_pos"]) + 1)
+    elif damage == "act_pos":
+        exs.at[0, "act_pos"] = [CTX] * len(exs.at[0, "act_pos"])
+    elif damage == "outside":
+        exs.loc[0, "start"] = WINDOW - CTX + 1
+    elif damage == "window":
+        exs.loc[0, "window"] = tables.tokens.num_rows
+    elif damage == "overflow":
+        exs.at[0, "act_val"] = [70000.0] * len(exs.at[0, "act_pos"])
+    elif damage == "vocab":
+        tables.vocab = tables.vocab[tables.vocab.token_id != 4]
+    elif damage == "logit_vocab":
+        feats.at[0, "top_logits"] = [99, 1, 2]
     elif damage == "layers":
         manifest["bundle"]["layers"] = manifest["bundle"]["layers"][:1]
     elif damage == "d_sae":
         manifest["bundle"]["layers"][0]["d_sae"] = 16
+    tables.features, tables.examples = {**tables.features, 3: feats}, {**tables.examples, 3: exs}
     with pytest.raises(WriteError, match=expected):
-        write_store(tmp_path / "store", manifest, {**features, 3: feats}, {**examples, 3: exs})
+        tables.write(tmp_path / "store", manifest)
     assert not (tmp_path / "store").exists()
 
 
