@@ -140,3 +140,90 @@ def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:
     resumed = _run(bundle, cfg, tmp / "resumed")
     assert encoded and min(r.start for r in encoded) > 0  # the first two shards were reused
     assert _tables(resumed) == _tables(reference)
+
+
+RUNNER = """
+import sys, time, torch
+torch.set_num_threads(1)
+import precompute.job as job
+from explorer.bundle import build_bundle, custom_spec
+from precompute.accumulate import ReduceConfig
+real = job._save_shard
+def slow_save(path, records, meta):  # gives the test time to kill between and inside shards
+    time.sleep(0.15)
+    real(path, records, meta)
+    time.sleep(0.15)
+job._save_shard = slow_save
+model, sae, corpus, out = sys.argv[1:5]
+bundle = build_bundle(custom_spec(model, sae, [1, 2]), device="cpu", dtype="float32")
+cfg = job.RunConfig(corpus=corpus, tokens=1200, context_size=16, batch_windows=8,
+                    shard_tokens=150, reduce=ReduceConfig(top_k=5, n_bins=10, n_intervals=3,
+                    per_interval=2, before=4, after=2))
+job.Job(cfg, bundle, __import__("pathlib").Path(out), bundle_meta={"model": "tiny"}).run()
+"""
+
+
+@pytest.mark.parametrize("kill_after", [1, 3])
+def test_sigkill_then_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, gemma3_hf, tokenizer, random_saes, kill_after: int
+) -> None:  # type: ignore[no-untyped-def]
+    """A real process is SIGKILLed mid-run; the resumed run's store equals a clean run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from explorer.bundle import build_bundle, custom_spec
+
+    model_dir = tmp_path / "model"
+    gemma3_hf.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    for layer, path in random_saes.items():
+        path.rename(tmp_path / f"sae_layer{layer}")
+    sae = str(tmp_path / "sae_layer{layer}")
+    corpus = str(_corpus(tmp_path / "c.jsonl"))
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(model_dir), sae, corpus, str(out)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    work = tmp_path / "killed.work"
+    deadline = time.monotonic() + 120
+    while len(list(work.glob("shard-*.npz"))) < kill_after and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    time.sleep(random.Random(kill_after).uniform(0.0, 0.3))  # inside or between shard writes
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    shards_at_kill = len(list(work.glob("shard-*.npz")))
+    assert kill_after <= shards_at_kill
+    assert not out.exists()  # a killed run leaves no store
+    stamps = {p.name: p.stat().st_mtime_ns for p in work.glob("shard-*.npz")}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic as the killed process
+    try:
+        from precompute.accumulate import ReduceConfig as RC
+
+        bundle = build_bundle(
+            custom_spec(str(model_dir), sae, [1, 2]), device="cpu", dtype="float32"
+        )
+        cfg = RunConfig(
+            corpus=corpus,
+            tokens=1200,
+            context_size=16,
+            batch_windows=8,
+            shard_tokens=150,
+            reduce=RC(top_k=5, n_bins=10, n_intervals=3, per_interval=2, before=4, after=2),
+        )
+        resumed = _run(bundle, cfg, out)
+        clean = _run(bundle, cfg, tmp_path / "clean")
+    finally:
+        torch.set_num_threads(threads)
+    assert Store.open(resumed).layers == (1, 2)
+    kept = [n for n, t in stamps.items() if (work / n).stat().st_mtime_ns == t]
+    assert len(kept) == len(stamps)  # the killed run's finished shards were reused, not redone
+    assert _tables(resumed) == _tables(clean)
