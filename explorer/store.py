@@ -114,11 +114,11 @@ def features_schema() -> pa.Schema:
             col("hist_counts", pa.list_(pa.int64())),
             col("interval_counts", pa.list_(pa.int64())),
             col("top_logits", pa.list_(pa.int32())),
-            col("top_logits_values", pa.list_(pa.float32())),
+            col("top_logits_values", pa.list_(pa.float16())),
             col("bottom_logits", pa.list_(pa.int32())),
-            col("bottom_logits_values", pa.list_(pa.float32())),
+            col("bottom_logits_values", pa.list_(pa.float16())),
             col("neighbours", pa.list_(pa.int32())),
-            col("neighbour_cos", pa.list_(pa.float32())),
+            col("neighbour_cos", pa.list_(pa.float16())),
         ]
     )
 
@@ -127,8 +127,8 @@ def features_schema() -> pa.Schema:
 def examples_schema() -> pa.Schema:
     """``examples/layer=NN.parquet``: one row per example, sorted by (feature, group, rank).
 
-    ``group`` is 'top' or 'interval k' (1-based, in that order); ``interval_lo``/``interval_hi``
-    bound the interval's activations (0 and max_act for 'top'). The context is
+    ``group`` is 'top' or 'interval k' (1-based, in that order); interval k covers activations
+    in ``[max_act * (k-1) / n, max_act * k / n]`` (derived, not stored). The context is
     ``tokens.parquet``'s row ``window``, ``token_ids[start : start + length]``; ``max_pos`` is
     the index of the example's centre inside the context. ``act_pos`` are the context indices
     where the feature fires and ``act_val`` its activations there (float16: about 3 significant
@@ -144,8 +144,6 @@ def examples_schema() -> pa.Schema:
             col("feature", pa.int32()),
             col("group", pa.string()),
             col("rank", pa.int16()),
-            col("interval_lo", pa.float32()),
-            col("interval_hi", pa.float32()),
             col("window", pa.int32()),
             col("start", pa.int16()),
             col("length", pa.int16()),
@@ -572,8 +570,7 @@ class Store:
         intervals = []
         for k, count in enumerate(counts, start=1):
             got = by_group.get(k, [])
-            lo = got[0][0]["interval_lo"] if got else max_act * (k - 1) / len(counts)
-            hi = got[0][0]["interval_hi"] if got else max_act * k / len(counts)
+            lo, hi = max_act * (k - 1) / len(counts), max_act * k / len(counts)
             share = count / n_fires if n_fires else 0.0
             intervals.append(IntervalGroup(lo, hi, share, [ex for _, ex in got], count))
         del row["feature"]
@@ -706,7 +703,7 @@ class _Context:
             act_val.flatten().to_numpy().astype(np.float32)
         )
         ids_list, acts_list = ids.tolist(), acts.tolist()
-        meta = rows.select(["group", "rank", "interval_lo", "interval_hi"]).to_pylist()
+        meta = rows.select(["group", "rank"]).to_pylist()
         out = []
         for i, (m, w) in enumerate(zip(meta, window.tolist(), strict=True)):
             a, b = int(bounds[i]), int(bounds[i + 1])

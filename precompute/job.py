@@ -276,17 +276,14 @@ def build_tables(
             "hist_counts": _fixed_lists(stats.hist_counts.astype(np.int64), pa.int64()),
             "interval_counts": _fixed_lists(stats.interval_counts.astype(np.int64), pa.int64()),
             "top_logits": _fixed_lists(top_i.astype(np.int32), pa.int32()),
-            "top_logits_values": _fixed_lists(top_v.astype(np.float32), pa.float32()),
+            "top_logits_values": _fixed_lists(top_v.astype(np.float16), pa.float16()),
             "bottom_logits": _fixed_lists(bot_i.astype(np.int32), pa.int32()),
-            "bottom_logits_values": _fixed_lists(bot_v.astype(np.float32), pa.float32()),
+            "bottom_logits_values": _fixed_lists(bot_v.astype(np.float16), pa.float16()),
             "neighbours": _fixed_lists(neighbours[0].astype(np.int32), pa.int32()),
-            "neighbour_cos": _fixed_lists(neighbours[1].astype(np.float32), pa.float32()),
+            "neighbour_cos": _fixed_lists(neighbours[1].astype(np.float16), pa.float16()),
         }
     )
     group = ex.group.astype(np.int64)
-    mx = stats.max_act[ex.feature].astype(np.float32)
-    lo = np.where(group == 0, 0.0, (group - 1) / cfg.n_intervals * mx).astype(np.float32)
-    hi = np.where(group == 0, mx, group / cfg.n_intervals * mx).astype(np.float32)
     win = table.window[ex.ctx_start]
     start = ex.ctx_start - table.window_start[win] - 1  # in the window without its BOS
     lens = ex.ctx_len.astype(np.int64)
@@ -304,8 +301,6 @@ def build_tables(
                 pa.array(group.astype(np.int32)), pa.array(names)
             ).cast(pa.string()),
             "rank": pa.array(ex.rank.astype(np.int16)),
-            "interval_lo": pa.array(lo),
-            "interval_hi": pa.array(hi),
             "window": pa.array(win.astype(np.int32)),
             "start": pa.array(start.astype(np.int16)),
             "length": pa.array(lens.astype(np.int16)),

@@ -83,14 +83,11 @@ def make_layer(
         )
         if f == DEAD:
             continue
-        groups = [("top", 0.0, max_act)] * TOP_K + [
-            (interval_group(k), max_act * (k - 1) / 2, max_act * k / 2)
-            for k in (1, 2)
-            for _ in range(PER_INTERVAL)
-            if (f, k) != EMPTY
+        groups = ["top"] * TOP_K + [
+            interval_group(k) for k in (1, 2) for _ in range(PER_INTERVAL) if (f, k) != EMPTY
         ]
         seen: dict[str, int] = {}
-        for group, lo, hi in groups:
+        for group in groups:
             rank = seen[group] = seen.get(group, -1) + 1
             doc_id, offset = f"doc-{layer}-{f}-{group}-{rank}", int(rng.integers(0, 100))
             ids = rng.integers(4, 40, WINDOW).tolist()
@@ -106,8 +103,6 @@ def make_layer(
                     "feature": f,
                     "group": group,
                     "rank": rank,
-                    "interval_lo": lo,
-                    "interval_hi": hi,
                     "window": len(windows) - 1,
                     "start": start,
                     "length": CTX,
