@@ -319,7 +319,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (the store's and the corpus's fingerprint)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -378,7 +379,7 @@ class Store:
                     f"store {path}: {name} has {size} bytes, the manifest says {info['bytes']} "
                     f"(truncated or modified); {REBUILD}"
                 )
-            if verify and _sha256(where) != info.get("sha256"):
+            if verify and file_sha256(where) != info.get("sha256"):
                 raise StoreError(f"store {path}: {name} does not match its sha256; {REBUILD}")
             if not name.endswith(".parquet"):
                 continue

@@ -133,15 +133,13 @@ def corpus_sha256(spec: str) -> str:
     if spec.startswith(HF_PREFIX):
         _parse_hf(spec)
         return hashlib.sha256(spec.encode("utf-8")).hexdigest()
+    from explorer.store import file_sha256
+
     path = _resolve_path(spec)
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as e:
         raise CorpusError(f"cannot read corpus file {path}: {e.strerror or e}") from e
-    return digest.hexdigest()
 
 
 def token_windows(
@@ -339,3 +337,19 @@ def _hf_documents(ds: Iterable[dict[str, Any]], name: str, split: str) -> Iterat
         meta = row.get("meta")
         source = meta.get("pile_set_name", name) if isinstance(meta, dict) else name
         yield Document(doc_id=doc_id, text=text, source=str(source))
+
+
+def pad_windows(windows: list[list[int]], pad_id: int, special_ids: set[int]) -> tuple[Any, Any]:
+    """Right-pad token windows into torch ``ids [B, T]``; ``keep [B, T]`` marks the tokens
+    that count (not special, not pad).
+
+    Right padding is safe under causal attention: pads come after every real token.
+    """
+    import torch
+
+    width = max(len(w) for w in windows)
+    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
+    for row, w in enumerate(windows):
+        ids[row, : len(w)] = torch.tensor(w)
+    keep = ~torch.isin(ids, torch.tensor(sorted(special_ids | {pad_id})))
+    return ids, keep

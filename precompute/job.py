@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,18 +140,17 @@ def encode_batch(
     import torch
 
     from explorer.encode import residuals
+    from precompute.corpus import pad_windows
 
     starts = table.window_start[windows.start : windows.stop]
     ends = table.window_end[windows.start : windows.stop]
-    width = int((ends - starts).max())
-    pad = bundle.tokenizer.pad_token_id or 0
-    ids = torch.full((len(starts), width), pad, dtype=torch.long)
-    keep = torch.zeros((len(starts), width), dtype=torch.bool)
-    pos = torch.full((len(starts), width), -1, dtype=torch.long)
-    for row, (s, e) in enumerate(zip(starts, ends, strict=True)):
-        ids[row, : e - s] = torch.from_numpy(table.token_ids[s:e].astype(np.int64))
-        keep[row, : e - s] = torch.from_numpy(~table.special[s:e])
-        pos[row, : e - s] = torch.arange(s, e)
+    ids, keep = pad_windows(
+        [table.token_ids[s:e].tolist() for s, e in zip(starts, ends, strict=True)],
+        bundle.tokenizer.pad_token_id or 0,
+        bundle.special_ids,
+    )
+    # global position of every cell; pad cells get positions too, but keep drops them
+    pos = torch.from_numpy(starts).unsqueeze(1) + torch.arange(ids.shape[1])
     resid = residuals(bundle, ids, layers)
     out: dict[int, Records] = {}
     keep_d = keep.to(bundle.device)
@@ -180,8 +180,6 @@ def _save_shard(path: Path, records: dict[int, Records], meta: dict[str, Any]) -
     with tmp.open("wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
         f.flush()
-        import os
-
         os.fsync(f.fileno())
     tmp.replace(path)
 

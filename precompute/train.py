@@ -128,6 +128,8 @@ class ActivationStream:
         """One forward pass; returns each hook's activations at non-special positions."""
         import torch
 
+        from precompute.corpus import pad_windows
+
         ids, keep = pad_windows(windows, self.pad_id, self.special_ids)
         stop = max(int(n.split(".")[1]) for n in self.hook_names) + 1
         captured: dict[str, Tensor] = {}
@@ -188,23 +190,6 @@ class ActivationStream:
                     f"the corpus gives fewer than batch_size={batch_size} tokens per buffer: "
                     "use a larger corpus or a smaller batch size"
                 )
-
-
-def pad_windows(
-    windows: list[list[int]], pad_id: int, special_ids: set[int]
-) -> tuple[Tensor, Tensor]:
-    """Right-pad token windows into ``ids [B, T]``; ``keep [B, T]`` marks non-special tokens.
-
-    Right padding is safe under causal attention: pads come after every real token.
-    """
-    import torch
-
-    width = max(len(w) for w in windows)
-    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
-    for row, w in enumerate(windows):
-        ids[row, : len(w)] = torch.tensor(w)
-    keep = ~torch.isin(ids, torch.tensor(sorted(special_ids | {pad_id})))
-    return ids, keep
 
 
 def window_ids(cfg: TrainConfig, tokenizer: Any, split: str) -> Iterator[list[int]]:
@@ -399,6 +384,8 @@ def evaluate(
     """Held-out metrics of one SAE: explained variance, L0, dead fraction, CE clean/spliced."""
     import torch
     import torch.nn.functional as F
+
+    from precompute.corpus import pad_windows
 
     hook = f"blocks.{layer}.hook_resid_post"
     special = set(tokenizer.all_special_ids)

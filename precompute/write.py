@@ -12,7 +12,6 @@ crash between those two renames leaves both, complete, as hidden siblings).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -39,6 +38,7 @@ from explorer.store import (
     examples_schema,
     features_path,
     features_schema,
+    file_sha256,
     group_order,
     tokens_schema,
     vocab_schema,
@@ -355,15 +355,12 @@ def _write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, A
             writer.write_table(chunk, row_group_size=max(chunk.num_rows, 1))
     finally:
         writer.close()
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
         os.fsync(f.fileno())
     return {
         "rows": sum(c.num_rows for c in chunks),
         "bytes": path.stat().st_size,
-        "sha256": digest.hexdigest(),
+        "sha256": file_sha256(path),
     }
 
 
