@@ -87,6 +87,13 @@ def group_order(group: str) -> int:
     return int(k) if name == "interval" and k.isdigit() and int(k) > 0 else -1
 
 
+def _col(name: str, typ: pa.DataType) -> pa.Field:
+    """A non-nullable column: the store has no missing values."""
+    import pyarrow as pa
+
+    return pa.field(name, typ, nullable=False)
+
+
 @functools.cache
 def features_schema() -> pa.Schema:
     """``features/layer=NN.parquet``: one row per feature, sorted by feature (0..d_sae-1).
@@ -99,26 +106,23 @@ def features_schema() -> pa.Schema:
     """
     import pyarrow as pa
 
-    def col(name: str, typ: pa.DataType) -> pa.Field:
-        return pa.field(name, typ, nullable=False)
-
     return pa.schema(
         [
-            col("feature", pa.int32()),
-            col("density", pa.float64()),
-            col("n_fires", pa.int64()),
-            col("max_act", pa.float32()),
-            col("mean_act", pa.float32()),
-            col("dead", pa.bool_()),
-            col("dense", pa.bool_()),
-            col("hist_counts", pa.list_(pa.int64())),
-            col("interval_counts", pa.list_(pa.int64())),
-            col("top_logits", pa.list_(pa.int32())),
-            col("top_logits_values", pa.list_(pa.float16())),
-            col("bottom_logits", pa.list_(pa.int32())),
-            col("bottom_logits_values", pa.list_(pa.float16())),
-            col("neighbours", pa.list_(pa.int32())),
-            col("neighbour_cos", pa.list_(pa.float16())),
+            _col("feature", pa.int32()),
+            _col("density", pa.float64()),
+            _col("n_fires", pa.int64()),
+            _col("max_act", pa.float32()),
+            _col("mean_act", pa.float32()),
+            _col("dead", pa.bool_()),
+            _col("dense", pa.bool_()),
+            _col("hist_counts", pa.list_(pa.int64())),
+            _col("interval_counts", pa.list_(pa.int64())),
+            _col("top_logits", pa.list_(pa.int32())),
+            _col("top_logits_values", pa.list_(pa.float16())),
+            _col("bottom_logits", pa.list_(pa.int32())),
+            _col("bottom_logits_values", pa.list_(pa.float16())),
+            _col("neighbours", pa.list_(pa.int32())),
+            _col("neighbour_cos", pa.list_(pa.float16())),
         ]
     )
 
@@ -136,20 +140,17 @@ def examples_schema() -> pa.Schema:
     """
     import pyarrow as pa
 
-    def col(name: str, typ: pa.DataType) -> pa.Field:
-        return pa.field(name, typ, nullable=False)
-
     return pa.schema(
         [
-            col("feature", pa.int32()),
-            col("group", pa.string()),
-            col("rank", pa.int16()),
-            col("window", pa.int32()),
-            col("start", pa.int16()),
-            col("length", pa.int16()),
-            col("max_pos", pa.int16()),
-            col("act_pos", pa.list_(pa.int16())),
-            col("act_val", pa.list_(pa.float16())),
+            _col("feature", pa.int32()),
+            _col("group", pa.string()),
+            _col("rank", pa.int16()),
+            _col("window", pa.int32()),
+            _col("start", pa.int16()),
+            _col("length", pa.int16()),
+            _col("max_pos", pa.int16()),
+            _col("act_pos", pa.list_(pa.int16())),
+            _col("act_val", pa.list_(pa.float16())),
         ]
     )
 
@@ -165,10 +166,10 @@ def tokens_schema() -> pa.Schema:
 
     return pa.schema(
         [
-            pa.field("window", pa.int32(), nullable=False),
-            pa.field("doc_id", pa.string(), nullable=False),
-            pa.field("offset", pa.int32(), nullable=False),
-            pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
+            _col("window", pa.int32()),
+            _col("doc_id", pa.string()),
+            _col("offset", pa.int32()),
+            _col("token_ids", pa.list_(pa.int32())),
         ]
     )
 
@@ -181,8 +182,8 @@ def vocab_schema() -> pa.Schema:
 
     return pa.schema(
         [
-            pa.field("token_id", pa.int32(), nullable=False),
-            pa.field("text", pa.string(), nullable=False),
+            _col("token_id", pa.int32()),
+            _col("text", pa.string()),
         ]
     )
 
