@@ -1,7 +1,10 @@
 """``python -m explorer``: the command line.
 
-``encode`` prints each token's strongest SAE features per layer (a table, or JSON with ``--json``).
-Errors are one line on stderr and a non-zero exit; ``--debug`` shows the traceback instead.
+With no command it starts the app (the embedded default and its shipped store on
+http://127.0.0.1:7860); every flag can also come from an environment variable (``GSE_PRESET``,
+``GSE_STORE``, ``GSE_LABELS``, ``GSE_HOST``, ``GSE_PORT``), which is how a Hugging Face Space
+sets them. ``encode`` prints each token's strongest SAE features per layer (a table, or JSON with
+``--json``). Errors are one line on stderr and a non-zero exit; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -32,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m explorer", description="Explore SAE features of Gemma models."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _app_args(parser)
     sub = parser.add_subparsers(dest="command")
     enc = sub.add_parser("encode", help="token-level feature activations of a text")
     _bundle_args(enc)
@@ -41,6 +47,112 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--include-special", action="store_true", help="also report BOS")
     enc.add_argument("text", nargs="?", help="the text to encode")
     return parser
+
+
+def _env(name: str, default: str | None) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _app_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("app (no command)")
+    g.add_argument(
+        "--preset",
+        dest="app_preset",
+        default=_env("GSE_PRESET", "default"),
+        help="bundle preset (env GSE_PRESET; default: default)",
+    )
+    g.add_argument(
+        "--store",
+        default=_env("GSE_STORE", None),
+        help="feature store directory (env GSE_STORE; default: assets/store for the "
+        "default preset, none otherwise)",
+    )
+    g.add_argument(
+        "--labels",
+        default=_env("GSE_LABELS", None),
+        help="label database (env GSE_LABELS; default: /data/labels.sqlite on a "
+        "Space with persistent storage, else ~/.local/share/gemma-scope-explorer/)",
+    )
+    g.add_argument(
+        "--host",
+        default=_env("GSE_HOST", "127.0.0.1"),
+        help="address to listen on (env GSE_HOST; default 127.0.0.1)",
+    )
+    g.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("GSE_PORT", "7860") or 7860),
+        help="port (env GSE_PORT; default 7860)",
+    )
+    g.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    g.add_argument(
+        "--app-cache-dir",
+        dest="app_cache_dir",
+        default=_env("GSE_CACHE_DIR", None),
+        help=argparse.SUPPRESS,
+    )
+
+
+def default_labels_path() -> Path:
+    """``/data/labels.sqlite`` on a Space with persistent storage, else the user's data dir."""
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/labels.sqlite")
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "gemma-scope-explorer" / "labels.sqlite"
+
+
+def open_explorer(
+    preset_name: str,
+    store_dir: str | None,
+    labels_path: str | None,
+    cache_dir: str | None = None,
+) -> Any:
+    """Build the bundle, open and check the store, open the labels: the app's context.
+
+    A store that does not match the bundle, or is damaged, stops the start with a message
+    naming the problem (a :class:`ValueError`).
+    """
+    from explorer.bundle import REPO_ROOT, build_bundle, bundle_identity, preset
+    from explorer.handlers import Explorer
+    from explorer.labels import Labels
+    from explorer.store import Store
+
+    spec = preset(preset_name)
+    if store_dir is None and spec.name == "default":
+        store_dir = str(REPO_ROOT / "assets" / "store")
+    store = None
+    if store_dir is not None:
+        store = Store.open(store_dir)
+        ident = bundle_identity(spec)
+        store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
+    bundle = build_bundle(spec, cache_dir=cache_dir)
+    if store is not None:
+        store.check_bundle(
+            bundle_identity(spec)["model"],
+            None,
+            {n: {"d_sae": int(bundle.sae(n).cfg.d_sae)} for n in store.layers},
+        )
+    widths = {n: store.n_features(n) for n in store.layers} if store is not None else None
+    labels = Labels(labels_path or default_labels_path(), scope=spec.name, widths=widths)
+    return Explorer(bundle=bundle, store=store, labels=labels)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from explorer.app import build_app
+    from explorer.render import CSS
+
+    ex = open_explorer(args.app_preset, args.store, args.labels, args.app_cache_dir)
+    demo = build_app(ex)
+    print(f"Gemma Scope Explorer: http://{args.host}:{args.port}", flush=True)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        css=CSS,
+        footer_links=["api"],
+    )
+    return 0
 
 
 def split_layers(args: argparse.Namespace) -> None:
@@ -125,10 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
+        if args.command is None:
+            return cmd_app(args)
         return {"encode": cmd_encode}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

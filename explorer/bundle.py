@@ -418,6 +418,28 @@ class Bundle:
         return set(self.tokenizer.all_special_ids)
 
 
+def bundle_identity(spec: BundleSpec) -> dict[str, Any]:
+    """What a store records of the bundle it was built with, and what the app checks it against.
+
+    ``{"model", "model_sha256", "layers": {layer: {"hook_name", "sae"}}}``. The embedded model is
+    named ``gemma-3-270m`` with its GGUF's sha256; other models by their name (no hash: a hub
+    model is not downloaded just to hash it).
+    """
+    from explorer.store import sae_ref
+
+    if spec.model == "embedded":
+        from explorer.gguf_model import gguf_sha256
+
+        model, sha = "gemma-3-270m", gguf_sha256()
+    else:
+        model, sha = spec.model, None
+    layers = {
+        layer: {"hook_name": spec.hook_name(layer), "sae": sae_ref(src.describe())}
+        for layer, src in spec.saes
+    }
+    return {"model": model, "model_sha256": sha, "layers": layers}
+
+
 def build_bundle(
     spec: BundleSpec,
     device: str = "auto",

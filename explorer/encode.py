@@ -97,8 +97,14 @@ def tokenize(bundle: Bundle, text: str) -> tuple[list[int], bool]:
 
 
 def residuals(bundle: Bundle, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
-    """``{layer: resid [batch, pos, d_model]}`` for all ``layers`` from one forward pass."""
+    """``{layer: resid [batch, pos, d_model]}`` for all ``layers`` from one forward pass.
+
+    The capture hooks are routed to this call only (:mod:`explorer.hooks`), so concurrent calls on
+    the shared model never see each other's activations.
+    """
     import torch
+
+    from explorer.hooks import routed
 
     captured: dict[int, Tensor] = {}
     names = {bundle.spec.hook_name(layer): layer for layer in layers}
@@ -106,13 +112,8 @@ def residuals(bundle: Bundle, ids: Tensor, layers: list[int]) -> dict[int, Tenso
     def capture(act: Tensor, hook: Any) -> None:
         captured[names[hook.name]] = act.detach()
 
-    with torch.inference_mode():
-        bundle.model.run_with_hooks(
-            ids.to(bundle.device),
-            fwd_hooks=[(name, capture) for name in names],
-            stop_at_layer=max(layers) + 1,
-            return_type=None,
-        )
+    with torch.inference_mode(), routed(bundle.model, dict.fromkeys(names, capture)):
+        bundle.model(ids.to(bundle.device), stop_at_layer=max(layers) + 1, return_type=None)
     return captured
 
 
@@ -163,3 +164,26 @@ def _layer_top(bundle: Bundle, layer: int, resid: Tensor, top_k: int) -> LayerAc
     return LayerActivations(
         layer=layer, feature_ids=ids.cpu(), acts=acts.cpu(), n_active=(feats > 0).sum(-1).cpu()
     )
+
+
+def feature_activations(
+    bundle: Bundle, text: str, layer: int, feature: int
+) -> tuple[list[str], list[float], bool]:
+    """One feature's activation on every (non-special) token of ``text``.
+
+    ``(tokens, acts, truncated)``; used to mark a user's own text on a feature's dashboard.
+    """
+    import torch
+
+    chosen = bundle.check_layers([layer])
+    width = int(bundle.sae(layer).cfg.d_sae)
+    if isinstance(feature, bool) or not 0 <= feature < width:
+        raise EncodeError(f"feature {feature} does not exist on layer {layer} (0–{width - 1})")
+    ids, truncated = tokenize(bundle, text)
+    keep = [i for i, t in enumerate(ids) if t not in bundle.special_ids]
+    resid = residuals(bundle, torch.tensor([ids]), chosen)[layer][0, torch.tensor(keep)]
+    sae = bundle.sae(layer)
+    with torch.inference_mode():
+        acts = sae.encode(resid.to(sae.dtype))[:, feature].float().clamp_min(0.0)
+    decode = bundle.tokenizer.decode
+    return [str(decode([ids[i]])) for i in keep], acts.tolist(), truncated

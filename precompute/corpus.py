@@ -123,6 +123,28 @@ def iter_documents(spec: str, split: str = "train") -> Iterator[Document]:
     return _iter_jsonl(path, split)
 
 
+def run_documents(spec: str, split: str = "all", seed: int = 0) -> Iterator[Document]:
+    """The documents a precompute run reads, in a representative order.
+
+    Corpus files are ordered by source (all of Austen, then Shakespeare, ...), so the first million
+    tokens in file order would come from one source. For a file spec this yields the held-out
+    documents first (for ``split="all"``), then the training documents, each group in a
+    permutation drawn from ``seed``: any prefix of the stream mixes the sources in their corpus
+    shares, and held-out text is used before text the SAEs were trained on. An ``hf:`` spec is a
+    stream and keeps its own order.
+    """
+    if spec.startswith(HF_PREFIX):
+        yield from iter_documents(spec, split)
+        return
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for part in ("heldout", "train") if split == "all" else (split,):
+        docs = list(iter_documents(spec, part))
+        for i in rng.permutation(len(docs)):
+            yield docs[int(i)]
+
+
 def corpus_sha256(spec: str) -> str:
     """Fingerprint of a corpus spec for manifests.
 

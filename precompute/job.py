@@ -48,13 +48,14 @@ class RunConfig:
 
     Args:
         corpus: corpus spec (``default``, a local file, or ``hf:NAME``).
-        split: ``train``, ``heldout`` or ``all``.
+        split: ``train``, ``heldout`` or ``all`` (held-out documents first, see
+            :func:`precompute.corpus.run_documents`).
         tokens: non-special tokens to process (whole windows: the last one may go past it).
         layers: layers to precompute; empty means all of the bundle's.
         context_size: tokens per window, BOS included.
         batch_windows: windows per forward pass.
         shard_tokens: tokens per checkpointed shard.
-        seed: seeds the interval sampling.
+        seed: seeds the document order and the interval sampling.
         reduce: the statistics' parameters (top-k, bins, intervals, context, dense threshold).
     """
 
@@ -91,14 +92,16 @@ class RunConfig:
 
 def collect_windows(cfg: RunConfig, tokenizer: Any) -> TokenTable:
     """The run's windows in order, as a :class:`TokenTable`, until ``cfg.tokens`` are reached."""
-    from precompute.corpus import iter_documents, token_windows
+    from precompute.corpus import run_documents, token_windows
 
     special = set(tokenizer.all_special_ids)
     ids: list[list[int]] = []
     docs: list[str] = []
     offsets: list[int] = []
     n = 0
-    for w in token_windows(iter_documents(cfg.corpus, cfg.split), tokenizer, cfg.context_size):
+    for w in token_windows(
+        run_documents(cfg.corpus, cfg.split, cfg.seed), tokenizer, cfg.context_size
+    ):
         ids.append(w.token_ids)
         docs.append(w.doc_id)
         offsets.append(w.start)
@@ -487,15 +490,12 @@ class Job:
 
 def bundle_meta(bundle: Bundle) -> dict[str, Any]:
     """What the store records about the bundle it describes (and checks at app start)."""
-    spec = bundle.spec
-    if spec.model != "embedded":
-        return {"model": spec.model, "model_sha256": None}
-    from explorer.bundle import ASSETS_SAES
-    from explorer.gguf_model import gguf_sha256
+    from explorer.bundle import ASSETS_SAES, bundle_identity
 
-    meta: dict[str, Any] = {"model": "gemma-3-270m", "model_sha256": gguf_sha256()}
+    ident = bundle_identity(bundle.spec)
+    meta: dict[str, Any] = {"model": ident["model"], "model_sha256": ident["model_sha256"]}
     manifest = ASSETS_SAES / "manifest.json"
-    if spec.name == "default" and manifest.is_file():
+    if bundle.spec.name == "default" and manifest.is_file():
         layers = json.loads(manifest.read_text()).get("layers", [])
         meta["metrics"] = {str(m["layer"]): m for m in layers}
     return meta

@@ -177,17 +177,20 @@ def tiny_bundle(hf_model, tokenizer, sae_dirs: dict[int, Path], max_tokens: int 
     return Bundle(spec=spec, model=hooked_from_hf(hf_model, tokenizer), tokenizer=tokenizer)
 
 
+def make_random_saes(where: Path, hf_model, layers=(1, 2), width: int = 48) -> dict[int, Path]:  # type: ignore[no-untyped-def]
+    """Random ReLU SAEs (seeded by layer) on ``layers`` of a tiny model, written under ``where``."""
+    d = hf_model.config.hidden_size
+    out = {}
+    for layer in layers:
+        g = torch.Generator().manual_seed(layer)
+        w = torch.randn(d, width, generator=g) / d**0.5
+        b = torch.full((width,), -0.1)
+        out[layer] = write_relu_sae(where / f"sae{layer}", w, b, f"blocks.{layer}.hook_resid_post")
+    return out
+
+
 @pytest.fixture
 def random_saes(tmp_path: Path, gemma3_hf) -> dict[int, Path]:  # type: ignore[no-untyped-def]
     """Random ReLU SAEs (width 48) on layers 1 and 2 of the tiny Gemma 3 (not the last layer,
     whose HF hidden state is taken after the final norm)."""
-    d = gemma3_hf.config.hidden_size
-    out = {}
-    for layer in (1, 2):
-        g = torch.Generator().manual_seed(layer)
-        w = torch.randn(d, 48, generator=g) / d**0.5
-        b = torch.full((48,), -0.1)
-        out[layer] = write_relu_sae(
-            tmp_path / f"sae{layer}", w, b, f"blocks.{layer}.hook_resid_post"
-        )
-    return out
+    return make_random_saes(tmp_path, gemma3_hf)

@@ -27,6 +27,7 @@ from precompute.corpus import (
     corpus_sha256,
     default_corpus_path,
     iter_documents,
+    run_documents,
     token_windows,
 )
 from precompute.corpus_sources import (
@@ -71,6 +72,25 @@ def test_jsonl_documents_and_splits(tmp_path: Path, suffix: str) -> None:
     # The row without a split goes where the hash of its id says.
     assert ("mini:000003" in heldout) == (assign_split("mini:000003") == "heldout")
     assert sorted(train + heldout) == sorted(d.doc_id for d in every)
+
+
+def test_run_documents_put_heldout_first_and_mix_sources(tmp_path: Path) -> None:
+    rows = [
+        {"id": f"{src}-{i}", "text": f"{src} {i}", "source": src, "split": split}
+        for src in ("austen", "pydocs")
+        for i in range(20)
+        for split in ["heldout" if i < 3 else "train"]
+    ]
+    path = str(_write_jsonl(tmp_path / "c.jsonl", rows))
+    order = [d.doc_id for d in run_documents(path, "all", seed=0)]
+    assert sorted(order) == sorted(r["id"] for r in rows)  # each document once
+    assert {int(i.split("-")[1]) for i in order[:6]} == {0, 1, 2}  # the 6 held-out ones first
+    # The file is ordered by source; a prefix of the run's order mixes them.
+    assert {i.split("-")[0] for i in order[6:16]} == {"austen", "pydocs"}
+    assert order == [d.doc_id for d in run_documents(path, "all", seed=0)]  # deterministic
+    assert order != [d.doc_id for d in run_documents(path, "all", seed=1)]
+    train = [d.doc_id for d in run_documents(path, "train", seed=0)]
+    assert sorted(train) == sorted(r["id"] for r in rows if r["split"] == "train")
 
 
 def test_txt_documents_split_on_two_blank_lines_or_form_feed(tmp_path: Path) -> None:

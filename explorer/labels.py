@@ -1,0 +1,656 @@
+"""Feature labels: what people decide a feature means, kept in SQLite apart from the feature store.
+
+The store is read-only and rebuilt by ``precompute``; labels are the one thing users write, so they
+live in their own small database that survives a rebuild. Every label belongs to a *scope* (the SAE
+set, e.g. the preset name ``"default"``): feature 12 of layer 9 means something different in
+another SAE set, so every query is within one scope, and one file can hold several scopes.
+
+History is append-only: :meth:`Labels.add` inserts a row and nothing is ever updated or deleted
+(triggers refuse both). A feature's current label is its newest row (highest id)::
+
+    labels = Labels("labels.db", scope="default", widths={9: 4096})
+    labels.add(9, 12, "French words")
+    labels.add(9, 12, "French and Italian words", confidence="high")
+    labels.current(9, 12).label  # 'French and Italian words'; history(9, 12) has both, newest first
+
+Durability and threads: WAL with ``synchronous=FULL``, so a write that returned survives the
+process being killed (and a power cut); a fresh connection per operation, so one :class:`Labels`
+is safe from Gradio's thread pool. Writes from one object are serialised by a lock; writes from
+other objects or processes wait on SQLite's lock (``busy_timeout`` 10 s).
+
+Text is stored verbatim (any Unicode, HTML included) apart from control characters: whoever renders
+a label must escape it. Exports are standard CSV/JSON that import back to the identical history;
+the CSV is not defused against spreadsheet formulas (a label starting with ``=`` stays as it is),
+since prefixing cells would break the round trip.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import operator
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CONFIDENCES = ("low", "medium", "high")
+# The exported columns, in order; ``id`` is local to a database and not exported.
+COLUMNS = ("scope", "layer", "feature", "label", "notes", "confidence", "labeller", "created_at")
+REQUIRED_COLUMNS = ("layer", "feature", "label")
+MAX_LABEL_CHARS = 200
+MAX_NOTES_CHARS = 4000
+MAX_LABELLER_CHARS = 100
+MAX_IMPORT_BYTES = 10 * 1024 * 1024
+MAX_IMPORT_ROWS = 100_000
+MAX_REPORTED_ERRORS = 20
+BUSY_TIMEOUT_S = 10.0
+_MAX_INDEX = 2**31 - 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")  # Unicode category Cc
+_CONTROL_BUT_TAB_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
+_SCHEMA = (
+    """CREATE TABLE labels (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL,
+        layer INTEGER NOT NULL,
+        feature INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        confidence TEXT NOT NULL CHECK (confidence IN ('low', 'medium', 'high')),
+        labeller TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX labels_by_feature ON labels (scope, layer, feature, id)",
+    """CREATE TRIGGER labels_no_update BEFORE UPDATE ON labels
+        BEGIN SELECT RAISE(ABORT, 'label history is append-only'); END""",
+    """CREATE TRIGGER labels_no_delete BEFORE DELETE ON labels
+        BEGIN SELECT RAISE(ABORT, 'label history is append-only'); END""",
+)
+_SELECT = f"SELECT id, {', '.join(COLUMNS)} FROM labels"
+_CURRENT_IDS = "SELECT MAX(id) FROM labels WHERE scope = ?"
+_INSERT = f"INSERT INTO labels ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+# (layer, feature, label, notes, confidence, labeller, created_at): what makes two rows duplicates.
+_Key = tuple[int, int, str, str, str, str, str]
+
+
+class LabelError(ValueError):
+    """Bad input or an unusable label database; the message is one sentence for the end user."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """One row of label history.
+
+    Args:
+        id: Row id, increasing with insertion; the newest row of a feature is its current label.
+        scope: The SAE set the label belongs to (e.g. the preset name).
+        layer: Layer of the SAE.
+        feature: Feature index within that SAE (``0 <= feature < width``).
+        label: Short name, one line, at most 200 characters.
+        notes: Free text, may span lines, at most 4000 characters.
+        confidence: ``"low"``, ``"medium"`` or ``"high"``.
+        labeller: Who wrote it (free text, may be empty).
+        created_at: ISO-8601 UTC, e.g. ``2026-11-23T10:00:00.123456Z`` (fraction only if non-zero).
+    """
+
+    id: int
+    scope: str
+    layer: int
+    feature: int
+    label: str
+    notes: str
+    confidence: str
+    labeller: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did.
+
+    Args:
+        added: Rows inserted.
+        duplicates: Valid rows skipped because an identical row was already in the history (or
+            earlier in the same file).
+        errors: One line per problem (``"row 7: feature 99999 is past layer 9's width (4096)"``),
+            at most 20 plus a final line counting the rest; ignored columns are reported here too.
+        skipped: Rows not imported because they were invalid.
+    """
+
+    added: int
+    duplicates: int
+    errors: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    def summary(self) -> str:
+        """One sentence for the UI: ``'Added 3 labels; 1 duplicate, 2 rows with errors.'``."""
+        return (
+            f"Added {self.added} label{'s' * (self.added != 1)}; {self.duplicates} "
+            f"duplicate{'s' * (self.duplicates != 1)}, {self.skipped} "
+            f"row{'s' * (self.skipped != 1)} with errors."
+        )
+
+
+def _show(value: object) -> str:
+    """``repr`` clipped for messages, so a hostile 1 MB cell does not become a 1 MB error."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _now() -> str:
+    return _format_time(datetime.now(UTC))
+
+
+def _format_time(moment: datetime) -> str:
+    """``2026-11-23T10:00:00Z``, or with microseconds when they are not zero."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+def _parse_time(value: object) -> str | None:
+    """An ISO-8601 time in our canonical form (naive means UTC), or None if it is not one."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return _format_time(moment)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _index(name: str, value: object) -> int:
+    """A layer or feature number: an int (not bool) or a string of ASCII digits, ``>= 0``.
+
+    A sign is parsed so that ``"-1"`` gets the message about negatives, not about digits.
+    """
+    number: int | None = None
+    if isinstance(value, str):
+        digits = value.strip()
+        if re.fullmatch(r"[+-]?[0-9]{1,12}", digits):
+            number = int(digits)
+    elif not isinstance(value, bool):
+        try:
+            number = operator.index(value)  # type: ignore[arg-type]  # numpy ints too
+        except TypeError:
+            pass
+    if number is None:
+        raise LabelError(f"{name} must be a whole number, not {_show(value)}")
+    if number < 0:
+        raise LabelError(f"{name} must be 0 or more, not {number}")
+    if number > _MAX_INDEX:
+        raise LabelError(f"{name} {number} is too large")
+    return number
+
+
+def _text(name: str, value: object, limit: int, *, multiline: bool = False) -> str:
+    """Stripped text without control characters (newline and tab kept when ``multiline``).
+
+    In one-line fields a run of control characters becomes one space. Nothing else is changed:
+    no Unicode normalisation, no HTML escaping.
+    """
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise LabelError(f"{name} must be text, not {type(value).__name__}")
+    if multiline:
+        value = _CONTROL_BUT_TAB_NEWLINE.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
+    else:
+        value = _CONTROL.sub(" ", value)
+    value = value.strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LabelError(f"{name} contains invalid Unicode (a lone surrogate)") from None
+    if len(value) > limit:
+        raise LabelError(f"{name} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def _confidence(value: object) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "medium"
+    if isinstance(value, str) and value.strip().lower() in CONFIDENCES:
+        return value.strip().lower()
+    raise LabelError(f"confidence must be low, medium or high, not {_show(value)}")
+
+
+def _casefold(value: object) -> str | None:
+    return value.casefold() if isinstance(value, str) else None
+
+
+class Labels:
+    """The labels of one scope in a SQLite file (created with its parent folder if missing).
+
+    Args:
+        path: The database file. A file that is not a label database is never modified.
+        scope: The SAE set these labels belong to; other scopes in the file are invisible.
+        widths: ``{layer: number of features}``; when given, writes and imports refuse layers not
+            in it and features past the width. Reads never check it, so labels stay readable.
+    """
+
+    def __init__(
+        self, path: str | Path, scope: str, widths: Mapping[int, int] | None = None
+    ) -> None:
+        if not isinstance(scope, str) or not scope.strip():
+            raise ValueError(f"scope must be a non-empty string, not {scope!r}")
+        if widths is not None and not all(
+            type(k) is int and type(v) is int and k >= 0 and v > 0 for k, v in widths.items()
+        ):
+            raise ValueError(f"widths must map layers >= 0 to widths > 0, not {widths!r}")
+        self.path = Path(path).expanduser().absolute()  # immune to later chdir
+        self.scope = scope.strip()
+        self.widths: dict[int, int] | None = None if widths is None else dict(widths)
+        self._write_lock = threading.Lock()
+        self._create()
+
+    def __repr__(self) -> str:
+        return f"Labels({str(self.path)!r}, scope={self.scope!r})"
+
+    # -- database ---------------------------------------------------------------------------------
+
+    def _create(self) -> None:
+        """Check the file is ours (or new) before SQLite writes anything, then set up the schema."""
+        path = self.path
+        try:
+            if path.is_dir():
+                raise LabelError(f"{path} is a folder, not a label database")
+            if path.exists():
+                with path.open("rb") as f:
+                    head = f.read(len(_SQLITE_MAGIC))
+                if head and head != _SQLITE_MAGIC:
+                    raise LabelError(
+                        f"{path} is not a label database (not SQLite); it was left untouched, "
+                        "so choose another path"
+                    )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LabelError(f"cannot open the label database {path}: {e.strerror}") from None
+        with self._connect() as conn:
+            self._check_version(conn)  # before WAL, which would rewrite the header of any file
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                logger.warning("%s: journal mode is %s, not wal", path, mode)
+            with _transaction(conn):
+                if self._check_version(conn) == 0:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    logger.info("created label database %s", path)
+
+    def _check_version(self, conn: sqlite3.Connection) -> int:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise LabelError(
+                f"{self.path} was written by a newer version of the explorer (label schema "
+                f"{version}, this one reads {SCHEMA_VERSION}); upgrade to open it"
+            )
+        if version == 0:
+            tables = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'"
+                )
+            ]
+            if tables:
+                raise LabelError(
+                    f"{self.path} is a SQLite database of something else (tables: "
+                    f"{', '.join(tables[:5])}), not a label database; choose another path"
+                )
+        return version
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A fresh autocommit connection; database failures become a :class:`LabelError`."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+            yield conn
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.DatabaseError as e:
+            busy = "locked" in str(e) or "busy" in str(e)
+            why = "it is busy, try again" if busy else str(e)
+            raise LabelError(f"label database {self.path}: {why}") from e
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front (``BEGIN IMMEDIATE``) so it never fails halfway."""
+        # The lock spares same-object writers SQLite's sleep-and-retry busy handler.
+        with self._connect() as conn, self._write_lock, _transaction(conn):
+            yield conn
+
+    def _check_row(
+        self,
+        layer: object,
+        feature: object,
+        label: object,
+        notes: object,
+        confidence: object,
+        labeller: object,
+    ) -> tuple[int, int, str, str, str, str]:
+        """Validated, cleaned values of one row, or :class:`LabelError` saying what is wrong."""
+        layer_n = _index("layer", layer)
+        feature_n = _index("feature", feature)
+        if self.widths is not None:
+            if layer_n not in self.widths:
+                known = ", ".join(str(n) for n in sorted(self.widths))
+                raise LabelError(f"layer {layer_n} has no SAE here; the layers are {known}")
+            width = self.widths[layer_n]
+            if feature_n >= width:
+                raise LabelError(f"feature {feature_n} is past layer {layer_n}'s width ({width})")
+        text = _text("label", label, MAX_LABEL_CHARS)
+        if not text:
+            raise LabelError("label is empty")
+        return (
+            layer_n,
+            feature_n,
+            text,
+            _text("notes", notes, MAX_NOTES_CHARS, multiline=True),
+            _confidence(confidence),
+            _text("labeller", labeller, MAX_LABELLER_CHARS),
+        )
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def add(
+        self,
+        layer: int | str,
+        feature: int | str,
+        label: str,
+        notes: str = "",
+        confidence: str = "medium",
+        labeller: str = "",
+    ) -> Label:
+        """Append a label for ``(layer, feature)``; it becomes the current one. Returns the row.
+
+        ``layer``/``feature`` may be ints or digit strings; ``label`` is stripped and must not be
+        empty. Raises :class:`LabelError` for any invalid value, before touching the database.
+        """
+        values = self._check_row(layer, feature, label, notes, confidence, labeller)
+        with self._write() as conn:
+            created_at = _now()  # taken under the write lock, so times increase with ids
+            cursor = conn.execute(_INSERT, (self.scope, *values, created_at))
+            row_id = cursor.lastrowid
+        assert row_id is not None
+        return Label(row_id, self.scope, *values, created_at)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _select(self, where: str, params: tuple[object, ...]) -> list[Label]:
+        with self._connect() as conn:
+            return [Label(*row) for row in conn.execute(f"{_SELECT} {where}", params)]
+
+    def current(self, layer: int | str, feature: int | str) -> Label | None:
+        """The newest label of ``(layer, feature)``, or None if it was never labelled."""
+        rows = self._select(
+            "WHERE scope = ? AND layer = ? AND feature = ? ORDER BY id DESC LIMIT 1",
+            (self.scope, _index("layer", layer), _index("feature", feature)),
+        )
+        return rows[0] if rows else None
+
+    def history(self, layer: int | str, feature: int | str) -> list[Label]:
+        """Every label ever given to ``(layer, feature)``, newest first."""
+        return self._select(
+            "WHERE scope = ? AND layer = ? AND feature = ? ORDER BY id DESC",
+            (self.scope, _index("layer", layer), _index("feature", feature)),
+        )
+
+    def current_all(self, layer: int | str | None = None) -> dict[tuple[int, int], Label]:
+        """``{(layer, feature): current label}`` for every labelled feature (of one layer if given).
+
+        One query: the newest id per feature comes from the ``(scope, layer, feature, id)`` index.
+        """
+        params: tuple[object, ...] = (self.scope,)
+        if layer is None:
+            where = f"WHERE id IN ({_CURRENT_IDS} GROUP BY layer, feature)"
+        else:
+            where = f"WHERE id IN ({_CURRENT_IDS} AND layer = ? GROUP BY feature)"
+            params = (self.scope, _index("layer", layer))
+        rows = self._select(f"{where} ORDER BY layer, feature", params)
+        return {(row.layer, row.feature): row for row in rows}
+
+    def search(self, text: str, limit: int = 100) -> list[Label]:
+        """Current labels whose label or notes contain ``text``, newest first.
+
+        Case-insensitive for all of Unicode (both sides are case-folded), and ``%``/``_`` match
+        themselves. An empty ``text`` returns the newest ``limit`` current labels.
+        """
+        if type(limit) is not int or limit < 1:
+            raise ValueError(f"limit must be a positive int, not {limit!r}")
+        needle = _text("search text", text, MAX_NOTES_CHARS).casefold()
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", needle) + "%"
+        with self._connect() as conn:
+            conn.create_function("casefold", 1, _casefold, deterministic=True)
+            rows = conn.execute(
+                f"{_SELECT} WHERE id IN ({_CURRENT_IDS} GROUP BY layer, feature) "
+                "AND (casefold(label) LIKE ? ESCAPE '\\' OR casefold(notes) LIKE ? ESCAPE '\\') "
+                "ORDER BY id DESC LIMIT ?",
+                (self.scope, pattern, pattern, limit),
+            ).fetchall()
+        return [Label(*row) for row in rows]
+
+    def count(self) -> int:
+        """Rows of history in this scope (every label ever added, not just current ones)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM labels WHERE scope = ?", (self.scope,))
+            return int(row.fetchone()[0])
+
+    # -- export and import ------------------------------------------------------------------------
+
+    def _export_rows(self) -> list[dict[str, object]]:
+        rows = self._select("WHERE scope = ? ORDER BY id", (self.scope,))
+        return [{k: v for k, v in asdict(row).items() if k != "id"} for row in rows]
+
+    def export_csv(self) -> str:
+        """The scope's full history as standard CSV (:data:`COLUMNS`, oldest first).
+
+        Cells are not defused for spreadsheets (``=SUM(...)`` is written as is), so the file
+        imports back exactly; write it with encoding ``utf-8-sig`` if Excel must read it.
+        """
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(self._export_rows())
+        return buffer.getvalue()
+
+    def export_json(self) -> str:
+        """The scope's full history as a JSON list of objects (:data:`COLUMNS`, oldest first)."""
+        return json.dumps(self._export_rows(), ensure_ascii=False, indent=1)
+
+    def import_file(self, path: str | Path) -> ImportReport:
+        """:meth:`import_text` of a ``.csv`` or ``.json`` UTF-8 file (a BOM is allowed)."""
+        path = Path(path)
+        fmt = {".csv": "csv", ".json": "json"}.get(path.suffix.lower())
+        if fmt is None:
+            raise LabelError(f"{path.name} is neither a .csv nor a .json file")
+        try:
+            size = path.stat().st_size
+            if size > MAX_IMPORT_BYTES:
+                raise LabelError(f"{path.name} is {size / 2**20:.1f} MB; the limit is 10 MB")
+            data = path.read_bytes()
+        except OSError as e:
+            raise LabelError(f"cannot read {path.name}: {e.strerror}") from None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise LabelError(
+                f"{path.name} is not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8"
+            ) from None
+        return self.import_text(text, fmt)
+
+    def import_text(self, text: str, fmt: str) -> ImportReport:
+        """Append the rows of a CSV or JSON export (ours or hand-made) to the history.
+
+        Columns ``layer``, ``feature``, ``label`` are required; ``notes``, ``confidence``,
+        ``labeller``, ``created_at``, ``scope`` are optional, others are ignored (and reported).
+        A row of another scope, or one that :meth:`add` would refuse, is reported and skipped. A
+        row identical to one in the history (or earlier in the text) is a duplicate and skipped,
+        so importing an export twice adds nothing. ``created_at`` is kept when it is ISO-8601
+        (normalised to UTC), otherwise it is the import time. The valid rows go in, in order, in
+        one transaction. CSV rows are numbered as a spreadsheet shows them (header = row 1), JSON
+        rows by position (first object = row 1).
+
+        Raises :class:`LabelError` for an unknown ``fmt``, text over 10 MB or 100,000 rows,
+        unparsable text or missing required columns, before touching the database.
+        """
+        if not isinstance(text, str):
+            raise LabelError(f"import text must be a string, not {type(text).__name__}")
+        if len(text) > MAX_IMPORT_BYTES or len(text.encode("utf-8", "surrogatepass")) > (
+            MAX_IMPORT_BYTES
+        ):
+            raise LabelError("the import is larger than 10 MB; split it into smaller files")
+        kind = fmt.strip().lower().lstrip(".") if isinstance(fmt, str) else ""
+        if kind == "csv":
+            columns, records = _read_csv(text.removeprefix("\ufeff"))
+        elif kind == "json":
+            columns, records = _read_json(text.removeprefix("\ufeff"))
+        else:
+            raise LabelError(f"import format must be csv or json, not {_show(fmt)}")
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing and (records or kind == "csv"):
+            raise LabelError(f"the import has no {', '.join(missing)} column; those are required")
+        errors: list[str] = []
+        unknown = [c for c in columns if c and c not in COLUMNS]  # blank: trailing commas
+        if unknown:
+            errors.append(f"ignored unknown columns: {', '.join(_show(c) for c in unknown)}")
+        rows: list[tuple[tuple[int, int, str, str, str, str], str | None]] = []
+        for number, record in records:
+            try:
+                rows.append(self._check_record(record))
+            except LabelError as e:
+                errors.append(f"row {number}: {e}")
+        skipped = len(records) - len(rows)
+        if len(errors) > MAX_REPORTED_ERRORS:
+            errors[MAX_REPORTED_ERRORS:] = [f"... and {len(errors) - MAX_REPORTED_ERRORS} more"]
+        added = duplicates = 0
+        if rows:
+            with self._write() as conn:
+                now = _now()
+                seen: set[_Key] = set(
+                    conn.execute(
+                        f"SELECT {', '.join(COLUMNS[1:])} FROM labels WHERE scope = ?",
+                        (self.scope,),
+                    )
+                )
+                fresh: list[_Key] = []
+                for values, created_at in rows:
+                    key = (*values, created_at or now)
+                    if key in seen:
+                        duplicates += 1
+                    else:
+                        seen.add(key)
+                        fresh.append(key)
+                conn.executemany(_INSERT, [(self.scope, *key) for key in fresh])
+                added = len(fresh)
+        report = ImportReport(added, duplicates, errors, skipped)
+        logger.info("%s, scope %s: %s", self.path, self.scope, report.summary())
+        return report
+
+    def _check_record(
+        self, record: dict[str, object]
+    ) -> tuple[tuple[int, int, str, str, str, str], str | None]:
+        """One import row's cleaned values and canonical ``created_at`` (None: use now)."""
+        if record.get(_EXTRA_CELLS):
+            raise LabelError("it has more cells than the header has columns")
+        for name in REQUIRED_COLUMNS:
+            value = record.get(name)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise LabelError(f"{name} is missing")
+        scope = record.get("scope")
+        if isinstance(scope, str):
+            scope = scope.strip() or None
+        if scope is not None and scope != self.scope:
+            raise LabelError(f"scope {_show(scope)} is not this label set's scope {self.scope!r}")
+        values = self._check_row(
+            record["layer"],
+            record["feature"],
+            record["label"],
+            record.get("notes"),
+            record.get("confidence"),
+            record.get("labeller"),
+        )
+        return values, _parse_time(record.get("created_at"))
+
+
+_EXTRA_CELLS = "\x00extra cells"  # key under which _read_csv keeps cells past the header
+_Records = list[tuple[int, dict[str, object]]]
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back if the body raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _read_csv(text: str) -> tuple[list[str], _Records]:
+    """Header (lower-cased) and ``(row number, {column: cell})``; blank lines are skipped."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise LabelError("the CSV is empty; it needs a header row with layer, feature, label")
+        columns = [name.strip().lower() for name in header]
+        repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+        if repeated:
+            raise LabelError(f"the CSV header repeats {', '.join(map(_show, repeated))}")
+        records: _Records = []
+        for number, cells in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(records) >= MAX_IMPORT_ROWS:
+                raise LabelError(f"the import has more than {MAX_IMPORT_ROWS:,} rows; split it")
+            record: dict[str, object] = dict(zip(columns, cells, strict=False))
+            record[_EXTRA_CELLS] = any(cell.strip() for cell in cells[len(columns) :])
+            records.append((number, record))
+    except csv.Error as e:
+        raise LabelError(f"the CSV cannot be read: {e}") from None
+    return columns, records
+
+
+def _read_json(text: str) -> tuple[list[str], _Records]:
+    """Keys (lower-cased, in order of first use) and ``(row number, object)``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabelError(f"the JSON is malformed ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise LabelError("the JSON is nested too deeply") from None
+    if not isinstance(data, list):
+        raise LabelError("the JSON must be a list of objects, one per label")
+    if len(data) > MAX_IMPORT_ROWS:
+        raise LabelError(f"the import has more than {MAX_IMPORT_ROWS:,} rows; split it")
+    columns: dict[str, None] = {}
+    records: _Records = []
+    for number, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            raise LabelError(f"the JSON must be a list of objects, but item {number} is not one")
+        record = {str(k).strip().lower(): v for k, v in item.items()}
+        columns.update(dict.fromkeys(record))
+        records.append((number, record))
+    return list(columns), records

@@ -1,0 +1,184 @@
+"""Pure functions from data to HTML strings and plotly figures; nothing here touches a model.
+
+Every piece of text that came from a user, a corpus or a tokenizer goes through :func:`esc`:
+token strings and labels are shown, never interpreted as markup. Whitespace tokens are made
+visible (a newline shows as ``↵``), as Neuronpedia does, so a feature that fires on newlines can
+be seen firing.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from explorer.store import Example, FeatureRecord
+
+ACT_RGB = "255, 140, 0"  # activations: orange, alpha by strength
+MARK = "#b30000"
+
+
+def esc(text: str) -> str:
+    """Escape for HTML text and attributes; newlines and tabs shown as ``↵`` and ``⇥``."""
+    return html.escape(text, quote=True).replace("\n", "↵").replace("\t", "⇥")
+
+
+def token_spans(
+    tokens: Sequence[str],
+    acts: Sequence[float],
+    scale: float,
+    mark: int | None = None,
+) -> str:
+    """Tokens as inline spans shaded by ``act / scale``; ``mark`` gets a red outline.
+
+    Each span's tooltip gives the token and its activation.
+    """
+    out = []
+    for i, (tok, act) in enumerate(zip(tokens, acts, strict=True)):
+        alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, float(act) / scale))
+        style = f"background: rgba({ACT_RGB}, {alpha:.2f});"
+        if i == mark:
+            style += f" outline: 2px solid {MARK}; font-weight: 600;"
+        title = f"{esc(repr(tok))}: {float(act):.3g}"
+        out.append(f'<span class="gse-tok" style="{style}" title="{title}">{esc(tok)}</span>')
+    return "".join(out)
+
+
+def example_html(ex: Example, scale: float) -> str:
+    """One example context; its centre (the activation it was chosen for) outlined."""
+    peak = ex.acts[ex.max_pos] if 0 <= ex.max_pos < len(ex.acts) else 0.0
+    body = token_spans(ex.tokens, ex.acts, scale, mark=ex.max_pos)
+    return (
+        f'<div class="gse-ex"><span class="gse-act">{peak:.2f}</span>'
+        f'<span class="gse-ctx">{body}</span></div>'
+    )
+
+
+def examples_html(examples: Sequence[Example], scale: float, empty: str = "no examples") -> str:
+    if not examples:
+        return f'<div class="gse-empty">{esc(empty)}</div>'
+    return "".join(example_html(ex, scale) for ex in examples)
+
+
+def intervals_html(rec: FeatureRecord) -> str:
+    """Neuronpedia's interval groups: ``Interval a–b (contains x%)`` with its sampled examples."""
+    parts = []
+    for group in reversed(rec.intervals):  # strongest first, as the top examples
+        head = (
+            f"Interval {group.lo:.2f}–{group.hi:.2f} "
+            f"(contains {100 * group.share:.1f}% of activations, {group.count:,} fires)"
+        )
+        body = examples_html(group.examples, rec.max_act, "no activations in this interval")
+        parts.append(f'<div class="gse-group"><div class="gse-head">{esc(head)}</div>{body}</div>')
+    return "".join(parts)
+
+
+def badges_html(rec: FeatureRecord, label: str | None, dense_threshold: float) -> str:
+    """The dashboard header: id, label, density, max, mean and dead / dense badges."""
+    badges = []
+    if rec.dead:
+        badges.append('<span class="gse-badge gse-dead">dead: never fired</span>')
+    if rec.dense:
+        badges.append(
+            f'<span class="gse-badge gse-dense">dense: fires on more than '
+            f"{100 * dense_threshold:g}% of tokens</span>"
+        )
+    shown = esc(label) if label else '<span class="gse-muted">unlabelled</span>'
+    return (
+        f'<div class="gse-header"><div class="gse-title">Layer {rec.layer} · feature '
+        f"{rec.feature}</div><div class='gse-label'>{shown}</div>"
+        f'<div class="gse-stats">density {100 * rec.density:.4f}% · {rec.n_fires:,} fires · '
+        f"max {rec.max_act:.3f} · mean {rec.mean_act:.3f} {''.join(badges)}</div></div>"
+    )
+
+
+def histogram_figure(rec: FeatureRecord, marks: Sequence[float] = ()) -> go.Figure:
+    """The activation histogram (non-zero activations, 0 to max); ``marks`` as vertical lines."""
+    import plotly.graph_objects as go
+
+    edges = rec.hist_edges
+    centres = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+    width = (edges[1] - edges[0]) if len(edges) > 1 else 1.0
+    fig = go.Figure(
+        go.Bar(
+            x=centres,
+            y=rec.hist_counts,
+            width=width,
+            marker_color=f"rgb({ACT_RGB})",
+            hovertemplate="activation %{x:.3f}<br>%{y:,} tokens<extra></extra>",
+        )
+    )
+    for value in marks:
+        fig.add_vline(x=value, line_color=MARK, line_dash="dash")
+        fig.add_annotation(
+            x=value, y=1, yref="paper", text=f"your text: {value:.2f}", showarrow=False
+        )
+    fig.update_layout(
+        xaxis_title="activation",
+        yaxis_title="tokens",
+        height=260,
+        margin={"l": 50, "r": 10, "t": 10, "b": 40},
+        bargap=0.05,
+    )
+    return fig
+
+
+def logits_figure(tokens: Sequence[str], values: Sequence[float], positive: bool) -> go.Figure:
+    """Horizontal bars of the tokens a feature promotes (``positive``) or suppresses."""
+    import plotly.graph_objects as go
+
+    shown = [repr(t)[1:-1] for t in tokens]  # quotes off, whitespace visible
+    fig = go.Figure(
+        go.Bar(
+            x=list(values)[::-1],
+            y=[f"{i}. {t}" for i, t in enumerate(shown, 1)][::-1],
+            orientation="h",
+            marker_color="#2e7d32" if positive else "#c62828",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 30})
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def heatmap_figure(
+    tokens: Sequence[str], layers: Sequence[int], values: Any, what: str
+) -> go.Figure:
+    """Tokens (x) × layers (y); ``values`` is ``[n_layers, n_tokens]``."""
+    import plotly.graph_objects as go
+
+    x = [f"{i}:{repr(t)[1:-1]}" for i, t in enumerate(tokens)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=x,
+            y=[f"layer {n}" for n in layers],
+            colorscale="Oranges",
+            hovertemplate="%{x} · %{y}<br>" + what + ": %{z:.3g}<extra></extra>",
+            colorbar={"title": what},
+        )
+    )
+    fig.update_layout(height=120 + 28 * len(layers), margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    fig.update_xaxes(showticklabels=len(tokens) <= 60, tickangle=-60)
+    return fig
+
+
+CSS = """
+.gse-tok { white-space: pre-wrap; border-radius: 3px; padding: 0 1px; }
+.gse-ex { font-family: ui-monospace, monospace; font-size: 0.85em; padding: 3px 0;
+  border-bottom: 1px solid #eee; }
+.gse-act { display: inline-block; min-width: 3.5em; color: #666; margin-right: 0.5em; }
+.gse-head { font-weight: 600; margin-top: 0.6em; }
+.gse-title { font-size: 1.3em; font-weight: 700; }
+.gse-label { font-size: 1.1em; margin: 0.2em 0; }
+.gse-muted, .gse-empty { color: #888; font-style: italic; }
+.gse-badge { border-radius: 4px; padding: 1px 6px; margin-left: 6px; font-size: 0.85em; }
+.gse-dead { background: #eceff1; color: #37474f; }
+.gse-dense { background: #fff3e0; color: #e65100; }
+.gse-text { font-family: ui-monospace, monospace; line-height: 1.9; }
+"""

@@ -1,0 +1,247 @@
+"""The app's handlers on a tiny bundle with a real store and label database, then the running app
+driven over HTTP by gradio_client (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import WORDS, make_random_saes, tiny_bundle
+
+from explorer.encode import encode
+from explorer.handlers import Explorer, UserError
+from explorer.labels import Labels
+from explorer.store import Store
+from precompute.accumulate import ReduceConfig
+from precompute.job import Job, RunConfig
+
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
+
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory, gemma3_hf, tokenizer) -> Explorer:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("app")
+    rng = random.Random(1)
+    corpus = tmp / "c.jsonl"
+    with corpus.open("w") as f:
+        for i in range(30):
+            text = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(20, 70)))
+            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    bundle = tiny_bundle(gemma3_hf, tokenizer, make_random_saes(tmp, gemma3_hf))
+    cfg = RunConfig(
+        corpus=str(corpus),
+        tokens=1500,
+        context_size=16,
+        batch_windows=8,
+        reduce=ReduceConfig(top_k=5, n_bins=10, n_intervals=3, per_interval=2, before=4, after=2),
+    )
+    store = Job(cfg, bundle, tmp / "store", bundle_meta={"model": "tiny"}).run()
+    labels = Labels(tmp / "labels.sqlite", scope="tiny", widths={1: 48, 2: 48})
+    return Explorer(bundle=bundle, store=Store.open(store), labels=labels)
+
+
+def _live(ex: Explorer, layer: int = 2) -> int:
+    df = ex.summary_layer(layer)
+    live = df[~df["dead"]].sort_values("n_fires", ascending=False)
+    return int(live["feature"].iat[0])
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+def test_microscope_matches_encode_and_hides_dense_features_visibly(explorer: Explorer) -> None:
+    text = "the cat sat on the mat and the dog ran"
+    view = explorer.microscope(text, ["1", "2"], max_density_pct=100)
+    enc = encode(explorer.bundle, text, top_k=32)
+    assert [t for t, _ in view.highlighted] == enc.tokens
+    assert view.heatmap.data[0].z.shape == (2, len(enc.tokens))
+    # The heatmap's value is the strongest feature per token and layer.
+    for row, layer in enumerate((1, 2)):
+        for pos in range(len(enc.tokens)):
+            top = enc.layers[layer].top(pos)
+            assert view.heatmap.data[0].z[row][pos] == pytest.approx(top[0][1] if top else 0.0)
+    assert "hidden" not in view.status
+    # With the filter at 0% every feature that fires anywhere is dense: all hidden, and said so.
+    hidden = explorer.microscope(text, ["1", "2"], max_density_pct=0)
+    assert "hidden" in hidden.status and hidden.text_top.empty
+    first = view.text_top.iloc[0]
+    layer, feature = int(first["layer"]), int(first["feature"])
+    best = max(
+        a for pos in range(len(enc.tokens)) for f, a in enc.layers[layer].top(pos) if f == feature
+    )
+    assert first["max act"] == pytest.approx(best)
+
+
+def test_token_features_list_every_layer(explorer: Explorer) -> None:
+    view = explorer.microscope("the cat sat on the mat", max_density_pct=100)
+    table = explorer.token_features(view.encoding, 1, 100)
+    enc = view.encoding
+    want = {(layer, f) for layer in (1, 2) for f, _ in enc.layers[layer].top(1)}
+    assert set(zip(table["layer"], table["feature"], strict=True)) == want
+
+
+def test_dashboard_shows_the_store_and_marks_test_text(explorer: Explorer) -> None:
+    feature = _live(explorer)
+    rec = explorer.store.feature(2, feature)  # type: ignore[union-attr]
+    view = explorer.dashboard("2", feature, "the cat sat on the mat and the dog ran to the house")
+    assert f"Layer 2 · feature {feature}" in view.header
+    assert list(view.histogram.data[0].y) == rec.hist_counts
+    assert view.neighbours["feature"].tolist() == rec.neighbours
+    assert view.top_examples.count('class="gse-ex"') == len(rec.top_examples)
+    assert "max on your text" in view.test
+    # The mark is at the feature's maximum on the test text, recomputed here.
+    from explorer.encode import feature_activations
+
+    _, acts, _ = feature_activations(
+        explorer.bundle, "the cat sat on the mat and the dog ran to the house", 2, feature
+    )
+    if max(acts) > 0:
+        assert view.histogram.layout.shapes[0].x0 == pytest.approx(max(acts))
+
+
+def test_labels_show_up_everywhere_and_stay_escaped(explorer: Explorer) -> None:
+    feature = _live(explorer, 1)
+    explorer.save_label(1, feature, HOSTILE, "notes", "high", "tester")
+    view = explorer.dashboard(1, feature)
+    assert HOSTILE not in view.header and "&lt;script&gt;" in view.header
+    table = explorer.browse("1", "onerror")
+    assert table["feature"].tolist() == [feature]
+    assert explorer.label_history(1, feature)["label"].tolist()[0] == HOSTILE
+    for _ in range(20):
+        assert explorer.next_unlabelled("1", "any") != (1, feature)
+
+
+def test_browse_sorts_filters_and_searches_top_tokens(explorer: Explorer) -> None:
+    table = explorer.browse("all", "", "n_fires", True, False, True)
+    assert table["n_fires"].tolist() == sorted(table["n_fires"], reverse=True)
+    assert (table["n_fires"] > 0).all()
+    token = table["top_tokens"].iat[0].split()[0]
+    hits = explorer.browse("all", token)
+    assert len(hits) and all(token.lower() in t.lower() for t in hits["top_tokens"])
+    layer, feature = explorer.random_feature("2", random.Random(3))
+    assert layer == 2 and not explorer.store.feature(2, feature).dead  # type: ignore[union-attr]
+
+
+def test_steering_streams_default_and_steered(explorer: Explorer) -> None:
+    feature = _live(explorer)
+    steers = explorer.add_steer([], 2, feature, "", "add")
+    assert steers[0]["strength"] == pytest.approx(explorer.default_strength(2, feature))
+    steers = explorer.add_steer(steers, 2, feature, "300", "add")
+    out = list(explorer.steer("the cat sat", steers, 0, 6, 1, 0))
+    assert len(out) == 6 and "token limit" in out[-1][2]
+    default, steered, _ = out[-1]
+    plain = list(
+        explorer.steer("the cat sat", explorer.add_steer([], 2, feature, "0", "add"), 0, 6)
+    )
+    assert default == plain[-1][0] == plain[-1][1]  # strength 0 changes nothing
+    assert steered != default
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda ex: ex.microscope("   "), "empty"),
+        (lambda ex: ex.microscope("the cat", ["7"]), "layer"),
+        (lambda ex: ex.microscope("the cat", ["x"]), "whole number"),
+        (lambda ex: ex.microscope("the cat", None, max_density_pct="nan"), "density"),
+        (lambda ex: ex.dashboard(2, -1), "feature must be from 0 to 47"),
+        (lambda ex: ex.dashboard(2, 48), "feature must be from 0 to 47"),
+        (lambda ex: ex.dashboard(2, "abc"), "whole number"),
+        (lambda ex: ex.dashboard(2, 1.5), "whole number"),
+        (lambda ex: ex.dashboard(9, 1), "no SAE"),
+        (lambda ex: ex.dashboard(None, 1), "missing"),
+        (lambda ex: ex.add_steer([], 2, 1, "inf", "add"), "strength"),
+        (lambda ex: ex.add_steer([], 2, 1, "1e30", "add"), "strength"),
+        (lambda ex: ex.add_steer([], 2, 1, "1", "multiply"), "method"),
+        (lambda ex: list(ex.steer("hi", [], 0.7, 10)), "at least one feature"),
+        (lambda ex: list(ex.steer("the cat", ex.add_steer([], 2, 1, "", "add"), -1)), "temper"),
+        (lambda ex: list(ex.steer("the cat", ex.add_steer([], 2, 1, "", "add"), 0, 999)), "max"),
+        (lambda ex: list(ex.steer("the cat", ex.add_steer([], 2, 1, "", "add"), 0, 5, -3)), "seed"),
+        (lambda ex: list(ex.steer(" ", ex.add_steer([], 2, 1, "", "add"), 0, 5)), "empty"),
+        (lambda ex: ex.browse("all", "x" * 300), "too long"),
+        (lambda ex: ex.browse("all", "", "bogus"), "sort"),
+        (lambda ex: ex.save_label(2, 1, "   ", "", "medium", ""), "label"),
+        (lambda ex: ex.token_features(None, 0), "encode a text first"),
+    ],
+)
+def test_bad_input_is_a_user_error(explorer: Explorer, call, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UserError, match=message):
+        call(explorer)
+
+
+# --- the running app ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(explorer: Explorer):  # type: ignore[no-untyped-def]
+    from explorer.app import build_app
+    from explorer.render import CSS
+
+    demo = build_app(explorer)
+    port = _free_port()
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_each_tab_main_action_over_http(served: str, explorer: Explorer) -> None:
+    from gradio_client import Client
+
+    client = Client(served, verbose=False)
+    micro = client.predict(
+        "the cat sat on the mat", ["1", "2"], "max activation", 100, "max", api_name="/microscope"
+    )
+    assert [t["token"] for t in micro[0]] == encode(
+        explorer.bundle, "the cat sat on the mat"
+    ).tokens
+    feature = _live(explorer)
+    dash = client.predict("2", feature, api_name="/open_feature")
+    assert f"feature {feature}" in dash[2]
+    saved = client.predict("2", feature, "a label over http", "client", api_name="/save_label")
+    assert "Saved label" in saved
+    assert explorer.labels.current(2, feature).label == "a label over http"  # type: ignore[union-attr]
+    table = client.predict("2", "label over http", "density", True, False, True, api_name="/browse")
+    assert [row[1] for row in table["data"]] == [feature]
+    found = client.predict("the cat sat on the mat", 100, api_name="/search_inference")
+    assert found["data"]
+
+
+def test_steering_over_http_streams_and_reports_bad_input(served: str, explorer: Explorer) -> None:
+    from gradio_client import Client
+
+    client = Client(served, verbose=False)
+    feature = _live(explorer)
+    steers = explorer.add_steer([], 2, feature, "200", "add")
+    table = {
+        "headers": ["layer", "feature", "strength", "method", "label"],
+        "data": [[s["layer"], s["feature"], s["strength"], s["method"], ""] for s in steers],
+    }
+    job = client.submit("the cat sat", table, 0, 5, 0, 0, api_name="/generate")
+    final = job.result(timeout=60)
+    assert len(job.outputs()) >= 2  # streamed: more than one update
+    want = list(explorer.steer("the cat sat", steers, 0, 5, 0, 0))[-1]
+    assert tuple(final[:2]) == want[:2]
+    with pytest.raises(Exception, match="feature must be from 0 to 47"):
+        client.predict("2", 4000, api_name="/open_feature")
+    # The app keeps serving after an error.
+    assert client.predict("2", feature, api_name="/open_feature")[1] == feature
+
+
+def test_store_mismatch_is_refused_at_start(tmp_path: Path, explorer: Explorer) -> None:
+    from explorer.store import StoreError
+
+    store = explorer.store
+    assert store is not None
+    with pytest.raises(StoreError, match="built with model 'tiny', the bundle has 'gemma-3-270m'"):
+        store.check_bundle("gemma-3-270m", None, {1: {}, 2: {}})
