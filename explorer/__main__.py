@@ -74,16 +74,17 @@ def _app_args(parser: argparse.ArgumentParser) -> None:
         help="label database (env GSE_LABELS; default: /data/labels.sqlite on a "
         "Space with persistent storage, else ~/.local/share/gemma-scope-explorer/)",
     )
+    # A Space sets GRADIO_SERVER_NAME=0.0.0.0 (and the port): Gradio's own variables count too.
     g.add_argument(
         "--host",
-        default=_env("GSE_HOST", "127.0.0.1"),
-        help="address to listen on (env GSE_HOST; default 127.0.0.1)",
+        default=_env("GSE_HOST", _env("GRADIO_SERVER_NAME", "127.0.0.1")),
+        help="address to listen on (env GSE_HOST or GRADIO_SERVER_NAME; default 127.0.0.1)",
     )
     g.add_argument(
         "--port",
         type=int,
-        default=int(_env("GSE_PORT", "7860") or 7860),
-        help="port (env GSE_PORT; default 7860)",
+        default=int(_env("GSE_PORT", _env("GRADIO_SERVER_PORT", "7860")) or 7860),
+        help="port (env GSE_PORT or GRADIO_SERVER_PORT; default 7860)",
     )
     g.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     g.add_argument(

@@ -553,3 +553,11 @@ def steers_from_table(table: Any) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+if __name__ == "__main__":  # a Hugging Face Space runs this file (README front matter: app_file)
+    import sys
+
+    from explorer.__main__ import main
+
+    sys.exit(main([]))

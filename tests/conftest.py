@@ -194,3 +194,65 @@ def random_saes(tmp_path: Path, gemma3_hf) -> dict[int, Path]:  # type: ignore[n
     """Random ReLU SAEs (width 48) on layers 1 and 2 of the tiny Gemma 3 (not the last layer,
     whose HF hidden state is taken after the final norm)."""
     return make_random_saes(tmp_path, gemma3_hf)
+
+
+def live_feature(explorer, layer: int = 2) -> int:  # type: ignore[no-untyped-def]
+    """The feature of ``layer`` that fires most often in the tiny store."""
+    df = explorer.summary_layer(layer)
+    live = df[~df["dead"]].sort_values("n_fires", ascending=False)
+    return int(live["feature"].iat[0])
+
+
+@pytest.fixture(scope="session")
+def explorer(tmp_path_factory, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
+    """An :class:`explorer.handlers.Explorer` over the tiny Gemma 3 with random SAEs on layers 1
+    and 2, a real store precomputed from a small random-word corpus, and a label database."""
+    import json
+
+    from explorer.handlers import Explorer
+    from explorer.labels import Labels
+    from explorer.store import Store
+    from precompute.accumulate import ReduceConfig
+    from precompute.job import Job, RunConfig
+
+    tmp = tmp_path_factory.mktemp("app")
+    rng = random.Random(1)
+    corpus = tmp / "c.jsonl"
+    with corpus.open("w") as f:
+        for i in range(30):
+            text = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(20, 70)))
+            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    bundle = tiny_bundle(gemma3_hf, tokenizer, make_random_saes(tmp, gemma3_hf))
+    cfg = RunConfig(
+        corpus=str(corpus),
+        tokens=1500,
+        context_size=16,
+        batch_windows=8,
+        reduce=ReduceConfig(top_k=5, n_bins=10, n_intervals=3, per_interval=2, before=4, after=2),
+    )
+    store = Job(cfg, bundle, tmp / "store", bundle_meta={"model": "tiny"}).run()
+    labels = Labels(tmp / "labels.sqlite", scope="tiny", widths={1: 48, 2: 48})
+    return Explorer(bundle=bundle, store=Store.open(store), labels=labels)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def served(explorer):  # type: ignore[no-untyped-def]
+    """The app over :func:`explorer`, launched on 127.0.0.1 (a free port); yields its URL."""
+    from explorer.app import build_app
+    from explorer.render import CSS
+
+    demo = build_app(explorer)
+    port = free_port()
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

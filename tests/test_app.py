@@ -3,50 +3,16 @@ driven over HTTP by gradio_client (127.0.0.1 only)."""
 
 from __future__ import annotations
 
-import json
 import random
-import socket
 from pathlib import Path
 
 import pytest
-from conftest import WORDS, make_random_saes, tiny_bundle
+from conftest import live_feature
 
 from explorer.encode import encode
 from explorer.handlers import Explorer, UserError
-from explorer.labels import Labels
-from explorer.store import Store
-from precompute.accumulate import ReduceConfig
-from precompute.job import Job, RunConfig
 
-HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
-
-
-@pytest.fixture(scope="module")
-def explorer(tmp_path_factory, gemma3_hf, tokenizer) -> Explorer:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("app")
-    rng = random.Random(1)
-    corpus = tmp / "c.jsonl"
-    with corpus.open("w") as f:
-        for i in range(30):
-            text = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(20, 70)))
-            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
-    bundle = tiny_bundle(gemma3_hf, tokenizer, make_random_saes(tmp, gemma3_hf))
-    cfg = RunConfig(
-        corpus=str(corpus),
-        tokens=1500,
-        context_size=16,
-        batch_windows=8,
-        reduce=ReduceConfig(top_k=5, n_bins=10, n_intervals=3, per_interval=2, before=4, after=2),
-    )
-    store = Job(cfg, bundle, tmp / "store", bundle_meta={"model": "tiny"}).run()
-    labels = Labels(tmp / "labels.sqlite", scope="tiny", widths={1: 48, 2: 48})
-    return Explorer(bundle=bundle, store=Store.open(store), labels=labels)
-
-
-def _live(ex: Explorer, layer: int = 2) -> int:
-    df = ex.summary_layer(layer)
-    live = df[~df["dead"]].sort_values("n_fires", ascending=False)
-    return int(live["feature"].iat[0])
+HOSTILE_LABEL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
 
 
 # --- handlers -----------------------------------------------------------------------------------
@@ -84,7 +50,7 @@ def test_token_features_list_every_layer(explorer: Explorer) -> None:
 
 
 def test_dashboard_shows_the_store_and_marks_test_text(explorer: Explorer) -> None:
-    feature = _live(explorer)
+    feature = live_feature(explorer)
     rec = explorer.store.feature(2, feature)  # type: ignore[union-attr]
     view = explorer.dashboard("2", feature, "the cat sat on the mat and the dog ran to the house")
     assert f"Layer 2 · feature {feature}" in view.header
@@ -103,13 +69,13 @@ def test_dashboard_shows_the_store_and_marks_test_text(explorer: Explorer) -> No
 
 
 def test_labels_show_up_everywhere_and_stay_escaped(explorer: Explorer) -> None:
-    feature = _live(explorer, 1)
-    explorer.save_label(1, feature, HOSTILE, "notes", "high", "tester")
+    feature = live_feature(explorer, 1)
+    explorer.save_label(1, feature, HOSTILE_LABEL, "notes", "high", "tester")
     view = explorer.dashboard(1, feature)
-    assert HOSTILE not in view.header and "&lt;script&gt;" in view.header
+    assert HOSTILE_LABEL not in view.header and "&lt;script&gt;" in view.header
     table = explorer.browse("1", "onerror")
     assert table["feature"].tolist() == [feature]
-    assert explorer.label_history(1, feature)["label"].tolist()[0] == HOSTILE
+    assert explorer.label_history(1, feature)["label"].tolist()[0] == HOSTILE_LABEL
     for _ in range(20):
         assert explorer.next_unlabelled("1", "any") != (1, feature)
 
@@ -126,7 +92,7 @@ def test_browse_sorts_filters_and_searches_top_tokens(explorer: Explorer) -> Non
 
 
 def test_steering_streams_default_and_steered(explorer: Explorer) -> None:
-    feature = _live(explorer)
+    feature = live_feature(explorer)
     steers = explorer.add_steer([], 2, feature, "", "add")
     assert steers[0]["strength"] == pytest.approx(explorer.default_strength(2, feature))
     steers = explorer.add_steer(steers, 2, feature, "300", "add")
@@ -175,26 +141,6 @@ def test_bad_input_is_a_user_error(explorer: Explorer, call, message) -> None:  
 # --- the running app ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def served(explorer: Explorer):  # type: ignore[no-untyped-def]
-    from explorer.app import build_app
-    from explorer.render import CSS
-
-    demo = build_app(explorer)
-    port = _free_port()
-    demo.queue().launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS
-    )
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
 def test_each_tab_main_action_over_http(served: str, explorer: Explorer) -> None:
     from gradio_client import Client
 
@@ -205,7 +151,7 @@ def test_each_tab_main_action_over_http(served: str, explorer: Explorer) -> None
     assert [t["token"] for t in micro[0]] == encode(
         explorer.bundle, "the cat sat on the mat"
     ).tokens
-    feature = _live(explorer)
+    feature = live_feature(explorer)
     dash = client.predict("2", feature, api_name="/open_feature")
     assert f"feature {feature}" in dash[2]
     saved = client.predict("2", feature, "a label over http", "client", api_name="/save_label")
@@ -221,7 +167,7 @@ def test_steering_over_http_streams_and_reports_bad_input(served: str, explorer:
     from gradio_client import Client
 
     client = Client(served, verbose=False)
-    feature = _live(explorer)
+    feature = live_feature(explorer)
     steers = explorer.add_steer([], 2, feature, "200", "add")
     table = {
         "headers": ["layer", "feature", "strength", "method", "label"],

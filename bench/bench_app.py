@@ -1,0 +1,183 @@
+"""The app's speed on the embedded default with the shipped store (run by hand, not a test).
+
+    python bench/bench_app.py [--runs 20] [--gen-tokens 32] [--startup]
+
+Prints, each with its target from the app issue:
+- microscope (64 tokens, all default layers, through the handler the UI calls) p50 vs the bare
+  forward pass to the last layer (``stop_at_layer``, no hooks): target ratio <= 1.5;
+- feature dashboard open p50 / p95 over random live features (the first open, which loads the
+  store's context, reported apart): target p95 <= 100 ms;
+- steered generation (default + steered rows, greedy) tokens/s of the steered row vs plain
+  generation (one row, our KV-cache loop) and vs transformer-lens's ``HookedTransformer.generate``:
+  target ratio >= 0.9;
+- with ``--startup``: ``python -m explorer`` start-up time until the page answers, and its
+  resident memory then and after a microscope call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pcts(xs: list[float]) -> tuple[float, float]:
+    s = sorted(xs)
+    return statistics.median(s), s[int(0.95 * (len(s) - 1))]
+
+
+def _timed(fn, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+    fn()  # warm-up
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def startup() -> None:
+    port = 7961
+    env = dict(os.environ, GSE_LABELS=str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "explorer", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.perf_counter() - t0 > 300:
+                    raise SystemExit("the app did not start") from None
+                time.sleep(0.2)
+        ready = time.perf_counter() - t0
+        rss = _rss_mb(proc.pid)
+        from gradio_client import Client
+
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(
+            "The cat sat on the mat.",
+            ["5", "9", "12", "15"],
+            "max activation",
+            1,
+            "max",
+            api_name="/microscope",
+        )
+        print(f"start-up (python -m explorer until the page answers): {ready:.1f} s")
+        print(f"resident memory: {rss:.0f} MB at start, {_rss_mb(proc.pid):.0f} MB after a call")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--gen-tokens", type=int, default=32)
+    parser.add_argument("--startup", action="store_true")
+    args = parser.parse_args()
+
+    from explorer.__main__ import open_explorer
+    from explorer.steer import GenerationConfig, generate
+
+    t0 = time.perf_counter()
+    ex = open_explorer("default", None, str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
+    print(
+        f"torch threads: {torch.get_num_threads()}; open (model, SAEs, store): "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    bundle = ex.bundle
+    words = ("The quick brown fox jumps over the lazy dog while the cat sleeps. " * 20).strip()
+    ids = bundle.tokenizer(words, add_special_tokens=False)["input_ids"][:63]
+    text = bundle.tokenizer.decode(ids)
+    full = torch.tensor([[bundle.tokenizer.bos_token_id, *ids]])
+    stop = max(bundle.layers) + 1
+
+    micro = _timed(lambda: ex.microscope(text), args.runs)
+    with torch.inference_mode():
+        bare = _timed(lambda: bundle.model(full, stop_at_layer=stop), args.runs)
+    m50, m95 = _pcts(micro)
+    b50, _ = _pcts(bare)
+    print(
+        f"microscope 64 tokens x {len(bundle.layers)} layers: p50 {m50 * 1e3:.0f} ms, "
+        f"p95 {m95 * 1e3:.0f} ms; bare forward p50 {b50 * 1e3:.0f} ms; "
+        f"ratio {m50 / b50:.2f} (target <= 1.5)"
+    )
+
+    rng = random.Random(0)
+    t = time.perf_counter()
+    ex.dashboard(*ex.random_feature("all", rng))
+    first = time.perf_counter() - t
+    opens = []
+    for _ in range(max(args.runs, 50)):
+        layer, feature = ex.random_feature("all", rng)
+        t = time.perf_counter()
+        ex.dashboard(layer, feature)
+        opens.append(time.perf_counter() - t)
+    d50, d95 = _pcts(opens)
+    print(
+        f"dashboard open: first {first * 1e3:.0f} ms, then p50 {d50 * 1e3:.1f} ms, "
+        f"p95 {d95 * 1e3:.1f} ms over {len(opens)} random features (target p95 <= 100 ms)"
+    )
+
+    n = args.gen_tokens
+    prompt = "The old house at the end of the road"
+    cfg = GenerationConfig(max_new_tokens=n, temperature=0.0)
+    layer, feature = ex.random_feature("all", rng)
+    steers = ex.add_steer([], layer, feature, None, "add")
+
+    def plain() -> None:
+        for _ in generate(bundle, prompt, cfg):
+            pass
+
+    def steered() -> None:
+        for _ in ex.steer(prompt, steers, 0.0, n, 0, 0.0):
+            pass
+
+    p = statistics.median(_timed(plain, 3))
+    s = statistics.median(_timed(steered, 3))
+    print(
+        f"generation, {n} tokens greedy: plain {n / p:.1f} tok/s; default + steered "
+        f"{n / s:.1f} tok/s per row; ratio {p / s:.2f} (target >= 0.9)"
+    )
+    tl_n = 8
+    with torch.inference_mode():
+        t = time.perf_counter()
+        bundle.model.generate(
+            torch.tensor([bundle.tokenizer(prompt)["input_ids"]]),
+            max_new_tokens=tl_n,
+            do_sample=False,
+            verbose=False,
+        )
+        tl = time.perf_counter() - t
+    print(f"transformer-lens HookedTransformer.generate: {tl_n / tl:.1f} tok/s ({tl_n} tokens)")
+    if args.startup:
+        startup()
+
+
+if __name__ == "__main__":
+    main()
