@@ -122,20 +122,17 @@ def open_explorer(
     spec = preset(preset_name)
     if store_dir is None and spec.name == "default":
         store_dir = str(REPO_ROOT / "assets" / "store")
-    store = None
-    if store_dir is not None:
-        store = Store.open(store_dir)
-        ident = bundle_identity(spec)
+    # Cheap checks first: a bad store or label file fails before the model loads.
+    store = Store.open(store_dir) if store_dir is not None else None
+    widths = {n: store.n_features(n) for n in store.layers} if store is not None else None
+    labels = Labels(labels_path or default_labels_path(), scope=spec.name, widths=widths)
+    ident = bundle_identity(spec)
+    if store is not None:
         store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
     bundle = build_bundle(spec, cache_dir=cache_dir)
     if store is not None:
-        store.check_bundle(
-            bundle_identity(spec)["model"],
-            None,
-            {n: {"d_sae": int(bundle.sae(n).cfg.d_sae)} for n in store.layers},
-        )
-    widths = {n: store.n_features(n) for n in store.layers} if store is not None else None
-    labels = Labels(labels_path or default_labels_path(), scope=spec.name, widths=widths)
+        layers = {n: {"d_sae": int(bundle.sae(n).cfg.d_sae)} for n in store.layers}
+        store.check_bundle(ident["model"], None, layers)
     return Explorer(bundle=bundle, store=store, labels=labels)
 
 

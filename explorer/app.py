@@ -185,7 +185,7 @@ def build_app(ex: Explorer, title: str = "Gemma Scope Explorer") -> gr.Blocks:
                     quick_label = gr.Textbox(label="Label", scale=4, elem_id="quick-label")
                     quick_name = gr.Textbox(label="Your name (optional)", scale=2)
                     quick_save = gr.Button("Save label", scale=1, elem_id="quick-save")
-                label_status = gr.Markdown()
+                label_status = gr.Markdown(elem_id="label-status")
                 gr.Markdown(HIST_NOTE)
                 hist = gr.Plot(label="Activation histogram")
                 gr.Markdown(LOGITS_NOTE)
@@ -258,7 +258,9 @@ def build_app(ex: Explorer, title: str = "Gemma Scope Explorer") -> gr.Blocks:
                     si_density = gr.Number(1.0, label="Hide features denser than (%)", minimum=0)
                     si_btn = gr.Button("Find features", scale=1)
                 si_table = gr.Dataframe(
-                    label="Most active features (click to open)", interactive=False
+                    headers=["layer", "feature", "label", "max act", "tokens", "density %"],
+                    label="Most active features (click to open)",
+                    interactive=False,
                 )
 
             with gr.Tab("Label", id="label"):
@@ -269,7 +271,7 @@ def build_app(ex: Explorer, title: str = "Gemma Scope Explorer") -> gr.Blocks:
                 with gr.Row():
                     l_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
                     l_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
-                l_header = gr.HTML()
+                l_header = gr.HTML(elem_id="l-header")
                 l_examples = gr.HTML()
                 l_label = gr.Textbox(label="Label", elem_id="l-label")
                 l_notes = gr.Textbox(label="Notes", lines=2)
@@ -277,7 +279,7 @@ def build_app(ex: Explorer, title: str = "Gemma Scope Explorer") -> gr.Blocks:
                     l_conf = gr.Radio(["low", "medium", "high"], value="medium", label="Confidence")
                     l_name = gr.Textbox(label="Labeller")
                 l_save = gr.Button("Save and next", variant="primary", elem_id="l-save")
-                l_status = gr.Markdown()
+                l_status = gr.Markdown(elem_id="l-status")
                 l_history = gr.Dataframe(
                     label="History of this feature's labels", interactive=False
                 )
@@ -375,13 +377,14 @@ def build_app(ex: Explorer, title: str = "Gemma Scope Explorer") -> gr.Blocks:
 
         rand_btn.click(_ui(random_open), [d_layer], dash_outputs)
 
-        def quick_label_save(layer: Any, feature: Any, label: str, name: str) -> str:
-            return ex.save_label(layer, feature, label, "", "medium", name)
+        def quick_label_save(layer: Any, feature: Any, label: str, name: str) -> tuple[str, str]:
+            message = ex.save_label(layer, feature, label, "", "medium", name)
+            return message, ex.dashboard(layer, feature).header
 
         quick_save.click(
             _ui(quick_label_save),
             [d_layer, d_feature, quick_label, quick_name],
-            label_status,
+            [label_status, header],
             api_name="save_label",
         )
 

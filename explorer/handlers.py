@@ -232,7 +232,7 @@ class Explorer:
                     "layer": layer,
                     "feature": f,
                     "label": self._label_text(labels, layer, f),
-                    aggregate + " act": max(acts) if aggregate == "max" else sum(acts),
+                    aggregate + " act": round(max(acts) if aggregate == "max" else sum(acts), 3),
                     "tokens": len(acts),
                     "density %": None if layer not in dens else round(100 * dens[layer][f], 4),
                 }
@@ -270,7 +270,8 @@ class Explorer:
     def token_features(
         self, enc: Encoding | None, position: Any, max_density_pct: Any = 1.0
     ) -> pd.DataFrame:
-        """The chosen token's active features on every encoded layer, strongest first."""
+        """The chosen token's active features on every encoded layer, strongest first (all layers
+        together)."""
         import pandas as pd
 
         if enc is None:
@@ -296,7 +297,10 @@ class Explorer:
                     }
                 )
         cols = ["layer", "feature", "label", "activation", "density %"]
-        return pd.DataFrame(rows, columns=cols)
+        table = pd.DataFrame(rows, columns=cols)
+        return table.sort_values("activation", ascending=False, kind="stable").reset_index(
+            drop=True
+        )
 
     # --- dashboard ------------------------------------------------------------------------------
 

@@ -141,7 +141,7 @@ def logits_figure(tokens: Sequence[str], values: Sequence[float], positive: bool
             hovertemplate="%{y}: %{x:.3f}<extra></extra>",
         )
     )
-    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 30})
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 30})
     fig.update_yaxes(automargin=True)
     return fig
 

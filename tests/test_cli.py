@@ -97,3 +97,56 @@ def test_non_numeric_flag_is_an_argparse_error(capsys) -> None:  # type: ignore[
         main(["encode", "--top", "many", "hi"])
     assert exc.value.code == 2
     assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+# --- the app's start-up refuses a bad store or label database, before loading the model ---------
+
+
+def _copy_store(explorer, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    import shutil
+
+    return Path(shutil.copytree(explorer.store.path, tmp_path / "store"))
+
+
+def _truncate(store: Path) -> None:
+    victim = store / "features" / "layer=02.parquet"
+    victim.write_bytes(victim.read_bytes()[:-100])
+
+
+def _other_schema(store: Path) -> None:
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (store / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: None, "was built with model 'tiny', the bundle has 'gemma-3-270m'"),
+        (_truncate, "truncated"),
+        (lambda s: (s / "examples" / "layer=01.parquet").unlink(), "is missing"),
+        (_other_schema, "schema"),
+        (lambda s: (s / "manifest.json").write_text("{not json"), "manifest"),
+    ],
+)
+def test_app_refuses_a_bad_store_at_start(
+    explorer, tmp_path: Path, damage, message, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    store = _copy_store(explorer, tmp_path)
+    damage(store)
+    rc = main(["--store", str(store), "--labels", str(tmp_path / "l.sqlite")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_app_refuses_a_label_file_that_is_not_a_database(explorer, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from explorer.__main__ import open_explorer
+
+    bad = tmp_path / "labels.sqlite"
+    bad.write_text("my notes, not a database")
+    store = _copy_store(explorer, tmp_path)
+    with pytest.raises(ValueError, match=r"labels\.sqlite"):
+        open_explorer("default", str(store), str(bad), cache_dir=str(tmp_path / "no-cache"))
+    assert bad.read_text() == "my notes, not a database"

@@ -1,0 +1,291 @@
+"""The running app driven like a user, in a real (headless Debian) Chromium through Playwright.
+
+``test_app.py`` drives the same app over HTTP with ``gradio_client``; this file proves what only a
+browser can: that the clicks are wired (a table row opens its feature, a button switches tab), that
+streamed output reaches the page, and that hostile labels and tokens are shown as text by the
+browser's own HTML parser, not run. Each tab is screenshotted (full page, 1280x900) into
+``$GSE_SCREENSHOTS`` if set, else the test's ``tmp_path``.
+
+Without ``/usr/bin/chromium`` (or when it cannot start) the tests skip, unless
+``GSE_REQUIRE_BROWSER=1`` (CI sets it), where they fail: CI can never silently skip them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+from conftest import live_feature
+
+from explorer.handlers import Explorer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Locator, Page, ViewportSize
+
+CHROMIUM = "/usr/bin/chromium"
+VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
+WAIT_MS = 30_000  # Gradio answers asynchronously; a loaded 2-core CI machine is slow
+TEXT = "the cat sat on the mat and the dog ran"
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1;alert(1)</script>'
+
+# The browser first: without one the tests skip before the app is built.
+pytestmark = pytest.mark.usefixtures("browser")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip for lack of a browser, or fail where CI said one must be there."""
+    if os.environ.get("GSE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"GSE_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    try:
+        from playwright.sync_api import Error, expect, sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as pw:
+        try:
+            # No sandbox: tests run as root in CI containers, where Chromium refuses to start
+            # with one; the page is our own app on 127.0.0.1.
+            found = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            )
+        except Error as e:
+            _unavailable(f"Playwright cannot launch {CHROMIUM}: {e.message.splitlines()[0]}")
+        yield found
+        found.close()
+
+
+@dataclass
+class UI:
+    """One browser page on the app, the dialogs it raised and where its screenshots go."""
+
+    page: Page
+    url: str
+    shots: Path
+    dialogs: list[str] = field(default_factory=list)
+
+    def open(self, query: str = "") -> None:
+        self.page.goto(self.url + query)
+        self.page.locator('button[role="tab"]').first.wait_for()
+
+    def tab(self, tab_id: str) -> None:
+        self.page.locator(f'button[role="tab"][data-tab-id="{tab_id}"]').click()
+        self.expect_tab(tab_id)
+
+    def expect_tab(self, tab_id: str) -> None:
+        from playwright.sync_api import expect
+
+        tab = self.page.locator(f'button[role="tab"][data-tab-id="{tab_id}"]')
+        expect(tab).to_have_attribute("aria-selected", "true")
+
+    def panel(self) -> Locator:
+        """The tab panel on screen (Gradio keeps visited tabs in the page, hidden)."""
+        return self.page.locator('[role="tabpanel"]:visible')
+
+    def box(self, elem_id: str) -> Locator:
+        """The text field of the Textbox ``elem_id`` (an input or a textarea)."""
+        return self.page.locator(f"#{elem_id}").get_by_role("textbox")
+
+    def cell(self, elem_id: str, row: int, col: int) -> Locator:
+        return self.page.locator(f'#{elem_id} [data-testid="cell-{row}-{col}"]')
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=self.shots / f"{name}.png", full_page=True)
+
+
+@pytest.fixture
+def ui(browser: Browser, served: str, tmp_path: Path) -> Iterator[UI]:
+    shots = Path(os.environ.get("GSE_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    found = UI(page=page, url=served, shots=shots)
+
+    def on_dialog(dialog: Any) -> None:
+        found.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    yield found
+    context.close()
+
+
+def _title(ui: UI) -> tuple[int, int]:
+    """``(layer, feature)`` from the header on screen (``Layer N · feature M``)."""
+    text = ui.panel().locator(".gse-title").inner_text()
+    found = re.fullmatch(r"Layer (\d+) · feature (\d+)", text.strip())
+    assert found, text
+    return int(found[1]), int(found[2])
+
+
+def test_a_user_goes_from_text_to_feature_label_steering_and_browse(
+    ui: UI, explorer: Explorer
+) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.open()
+    ui.expect_tab("start")
+    ui.shot("01-start")
+
+    # Microscope: encode a text with no density filter (every feature in the tiny store is dense).
+    ui.tab("microscope")
+    ui.box("micro-text").fill(TEXT)
+    ui.panel().get_by_label("Hide features denser than (%)").fill("100")
+    page.locator("#encode").click()
+    want = explorer.microscope(TEXT, ["1", "2"], max_density_pct=100)
+    expect(page.locator("#micro-status")).to_contain_text(f"{len(want.highlighted)} tokens")
+    expect(page.locator("#tokens .token")).to_have_text([t for t, _ in want.highlighted])
+    # Clicking a token lists that token's features.
+    page.locator("#tokens .token").nth(2).click()
+    expect(page.locator("#token-pick").get_by_role("combobox")).to_have_value("2: sat")
+    rows = explorer.token_features(want.encoding, 2, 100)
+    grid = page.locator("#token-table [role=grid]")
+    expect(grid).to_have_attribute("aria-rowcount", str(len(rows) + 1))  # + the header row
+    layer, feature = int(rows["layer"].iat[0]), int(rows["feature"].iat[0])
+    expect(ui.cell("token-table", 0, 1)).to_have_text(str(feature))
+    ui.shot("02-microscope")
+
+    # A row opens its feature's dashboard.
+    ui.cell("token-table", 0, 1).click()
+    ui.expect_tab("dashboard")
+    expect(page.locator("#dash-header")).to_contain_text(f"Layer {layer} · feature {feature}")
+    rec = explorer.record(layer, feature)
+    expect(page.locator("#top-examples .gse-ex")).to_have_count(len(rec.top_examples))
+
+    # A quick label is stored, and the header shows it once the feature is opened again.
+    label = "browser test: a label typed by a user"
+    ui.box("quick-label").fill(label)
+    page.locator("#quick-save").click()
+    expect(ui.panel().get_by_text("Saved label #")).to_be_visible()
+    stored = explorer.labels.current(layer, feature)
+    assert stored is not None and stored.label == label
+    page.locator("#open-feature").click()
+    expect(page.locator("#dash-header")).to_contain_text(label)
+    ui.shot("03-dashboard")
+
+    # Steer with it: the steering tab opens with the feature at its default strength.
+    page.locator("#to-steer").click()
+    ui.expect_tab("steer")
+    expect(ui.cell("steer-table", 0, 0)).to_have_text(str(layer))
+    expect(ui.cell("steer-table", 0, 1)).to_have_text(str(feature))
+    prompt = "the cat sat on the"
+    ui.box("steer-prompt").fill(prompt)
+    page.locator("#generate").click()
+    expect(page.locator("#gen-status")).to_contain_text("stopped at the")
+    # The page shows what the handler makes of the same request (the app's default settings).
+    steers = explorer.add_steer([], layer, feature, None, "add")
+    default, steered, _ = list(explorer.steer(prompt, steers, 0.7, 40, 0, 0.0))[-1]
+    assert default and steered
+    expect(ui.box("default-out")).to_have_value(default)
+    expect(ui.box("steered-out")).to_have_value(steered)
+    ui.shot("04-steer")
+
+    # Browse finds the feature by its new label; its row opens the dashboard again.
+    ui.tab("browse")
+    ui.box("b-query").fill("typed by a user")
+    page.locator("#browse-btn").click()
+    expect(page.locator("#browse-table [role=grid]")).to_have_attribute("aria-rowcount", "2")
+    expect(ui.cell("browse-table", 0, 1)).to_have_text(str(feature))
+    expect(ui.cell("browse-table", 0, 2)).to_have_text(label)
+    ui.shot("05-browse")
+    ui.cell("browse-table", 0, 1).click()
+    ui.expect_tab("dashboard")
+    expect(page.locator("#dash-header")).to_contain_text(f"Layer {layer} · feature {feature}")
+
+    # The labelling queue: an unlabelled feature, labelled and stored.
+    ui.tab("label")
+    page.locator("#next-unlabelled").click()
+    expect(ui.panel().locator(".gse-title")).to_contain_text("Layer")
+    q_layer, q_feature = _title(ui)
+    assert explorer.labels.current(q_layer, q_feature) is None
+    ui.box("l-label").fill("browser test: from the queue")
+    page.locator("#l-save").click()
+    expect(ui.panel().get_by_text("Saved label #")).to_be_visible()
+    queued = explorer.labels.current(q_layer, q_feature)
+    assert queued is not None and queued.label == "browser test: from the queue"
+    ui.shot("06-label")
+    assert not ui.dialogs
+
+
+def test_a_feature_link_opens_its_dashboard(ui: UI, explorer: Explorer) -> None:
+    from playwright.sync_api import expect
+
+    feature = live_feature(explorer, 2)
+    ui.open(f"?layer=2&feature={feature}")
+    ui.expect_tab("dashboard")
+    expect(ui.page.locator("#dash-header")).to_contain_text(f"Layer 2 · feature {feature}")
+    rec = explorer.record(2, feature)
+    expect(ui.page.locator("#top-examples .gse-ex")).to_have_count(len(rec.top_examples))
+    ui.shot("07-feature-link")
+
+
+def test_hostile_text_and_labels_are_shown_as_text(ui: UI, explorer: Explorer) -> None:
+    """Markup in a text or a label is shown, never run: no script, no dialog, no ``<img>``."""
+    from playwright.sync_api import expect
+
+    page = ui.page
+    text = f"{TEXT} {HOSTILE}"
+    # A layer-2 feature that fires on the text, other than the one test_app labels.
+    want = explorer.microscope(text, ["1", "2"], max_density_pct=100)
+    top = want.text_top
+    row = next(
+        i
+        for i in range(len(top))
+        if top["layer"].iat[i] == 2 and top["feature"].iat[i] != live_feature(explorer, 2)
+    )
+    feature = int(top["feature"].iat[row])
+
+    # The label, saved from the dashboard, then shown where labels are HTML: the header.
+    ui.open(f"?layer=2&feature={feature}")
+    header = page.locator("#dash-header")
+    expect(header).to_contain_text(f"Layer 2 · feature {feature}")
+    ui.box("quick-label").fill(HOSTILE)
+    page.locator("#quick-save").click()
+    expect(ui.panel().get_by_text("Saved label #")).to_be_visible()
+    stored = explorer.labels.current(2, feature)
+    assert stored is not None and stored.label == HOSTILE
+    page.locator("#open-feature").click()
+    expect(header).to_contain_text(HOSTILE)
+    assert "<script>" in header.inner_text()
+    expect(header.locator("img, script")).to_have_count(0)
+    ui.shot("08-hostile-dashboard")
+
+    # The microscope: the text's tokens (the tiny tokenizer hides the markup as <unk>, a special
+    # token) and the label again, in the whole-text table.
+    ui.tab("microscope")
+    ui.box("micro-text").fill(text)
+    ui.panel().get_by_label("Hide features denser than (%)").fill("100")
+    page.locator("#encode").click()
+    expect(page.locator("#tokens .token")).to_have_text([t for t, _ in want.highlighted])
+    expect(ui.cell("text-top", row, 1)).to_have_text(str(feature))
+    expect(ui.cell("text-top", row, 2)).to_have_text(HOSTILE)
+    expect(page.locator("#tokens img, #text-top img")).to_have_count(0)
+    ui.shot("09-hostile-microscope")
+
+    # Browse: the label is a table cell, as text.
+    ui.tab("browse")
+    ui.box("b-query").fill("window.__pwned")
+    page.locator("#browse-btn").click()
+    expect(ui.cell("browse-table", 0, 2)).to_contain_text("<script>")
+    n_rows = int(page.locator("#browse-table [role=grid]").get_attribute("aria-rowcount") or 0)
+    shown = {ui.cell("browse-table", r, 1).inner_text(): r for r in range(n_rows - 1)}
+    assert str(feature) in shown
+    expect(ui.cell("browse-table", shown[str(feature)], 2)).to_have_text(HOSTILE)
+    expect(page.locator("#browse-table img, #browse-table script")).to_have_count(0)
+    ui.shot("10-hostile-browse")
+
+    assert page.evaluate("window.__pwned") is None
+    assert not ui.dialogs
