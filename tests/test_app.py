@@ -193,3 +193,31 @@ def test_store_mismatch_is_refused_at_start(tmp_path: Path, explorer: Explorer) 
     assert store is not None
     with pytest.raises(StoreError, match="built with model 'tiny', the bundle has 'gemma-3-270m'"):
         store.check_bundle("gemma-3-270m", None, {1: {}, 2: {}})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the cat\x00\x01\x1b[31m sat",  # control characters
+        "the cat 🐈‍⬛ sat 👩🏽‍💻",  # emoji, joined sequences
+        "the cat مرحبا بالعالم sat \u202eevil",  # right-to-left text and an override
+        "the cafe\u0301 n\u0303 cat",  # combining marks
+        "<script>alert(1)</script> the cat",  # markup is text
+        "the cat " * 5000,  # far past the token limit
+    ],
+)
+def test_odd_but_valid_text_is_served(explorer: Explorer, text: str) -> None:
+    view = explorer.microscope(text, max_density_pct=100)
+    assert len(view.highlighted) <= explorer.bundle.spec.max_tokens
+    if len(text) > 10_000:
+        assert "cut at 64 tokens" in view.status
+    assert "<script>" not in render_all(explorer, view)
+
+
+def render_all(explorer: Explorer, view) -> str:  # type: ignore[no-untyped-def]
+    """Every HTML string a microscope result leads to (its top feature's dashboard included)."""
+    if view.text_top.empty:
+        return ""
+    layer, feature = int(view.text_top["layer"].iat[0]), int(view.text_top["feature"].iat[0])
+    dash = explorer.dashboard(layer, feature, "<script>alert(1)</script> the cat")
+    return dash.header + dash.top_examples + dash.intervals + dash.test
