@@ -96,6 +96,27 @@ def test_residuals_equal_transformers_hidden_states(which: str, request, tokeniz
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
 
 
+def test_linear_weights_are_laid_out_so_no_forward_pass_copies_them(gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """transformer-lens multiplies by ``W.T.contiguous()``: that must not copy (see bundle.py)."""
+    from explorer.bundle import transpose_weights_once
+
+    model = hooked_from_hf(gemma3_hf, tokenizer)
+    assert model.unembed.W_U.T.is_contiguous()
+    for block in model.blocks:
+        assert block.mlp.W_in.T.is_contiguous() and block.mlp.W_out.T.is_contiguous()
+    assert transpose_weights_once(model) == 0  # already done by hooked_from_hf
+    ids = torch.tensor([[2, 5, 6, 7]])
+    with torch.no_grad():
+        fast = model(ids)
+        for module in model.modules():  # the plain layout, for comparison
+            for name in ("W_U", "W_gate", "W_in", "W_out"):
+                p = module._parameters.get(name)
+                if p is not None:
+                    p.data = p.data.contiguous()
+        assert not model.unembed.W_U.T.is_contiguous()
+        assert torch.equal(fast, model(ids))  # bit-identical
+
+
 def test_presets_and_unknown_preset() -> None:
     assert preset("default").layers == (5, 9, 12, 15)
     assert preset("gemma-3-270m").source(9).sae_id == "layer_9_width_16k_l0_medium"

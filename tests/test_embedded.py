@@ -124,3 +124,63 @@ def test_cli_json_on_the_default_preset(cache: Path) -> None:
     out = json.loads(proc.stdout)
     assert out["preset"] == "default" and list(out["layers"]) == ["9"]
     assert len(out["layers"]["9"]) == len(out["tokens"]) == 7
+
+
+# --- the shipped store and the app on the embedded default --------------------------------------
+
+ASSETS = ASSETS_SAES.parent
+
+
+def test_shipped_store_passes_its_manifest_checks() -> None:
+    """Each file's size, rows, schema and sha256; built with this model, SAEs and corpus."""
+    from explorer.bundle import bundle_identity
+    from explorer.store import Store, file_sha256
+
+    store = Store.open(ASSETS / "store", verify=True)
+    ident = bundle_identity(preset("default"))
+    widths = {}
+    for layer in store.layers:
+        cfg = json.loads((ASSETS_SAES / f"layer_{layer}" / "cfg.json").read_text())
+        widths[layer] = {**ident["layers"][layer], "d_sae": cfg["d_sae"]}
+    store.check_bundle(ident["model"], ident["model_sha256"], widths)
+    m = store.manifest
+    assert store.layers == preset("default").layers
+    assert m["tokens"] >= 1_000_000
+    assert m["corpus"]["sha256"] == file_sha256(ASSETS / "corpus" / "corpus.jsonl.xz")
+    size = sum(p.stat().st_size for p in (ASSETS / "store").rglob("*") if p.is_file())
+    assert size <= 30 * 2**20, size
+    for layer in store.layers:
+        feats = store.features(layer, ["feature", "n_fires", "max_act", "dead"])
+        assert len(feats) == widths[layer]["d_sae"]
+        assert (feats["dead"] == (feats["n_fires"] == 0)).all()
+
+
+def test_curated_features_are_live_and_labelled() -> None:
+    from explorer.store import Store
+
+    curated = json.loads((ASSETS / "curated.json").read_text())
+    assert len(curated["texts"]) >= 3 and len(curated["features"]) >= 6
+    store = Store.open(ASSETS / "store")
+    for f in curated["features"]:
+        rec = store.feature(f["layer"], f["feature"])
+        assert not rec.dead and not rec.dense and f["label"].strip()
+        peak = rec.top_examples[0]
+        assert peak.acts[peak.max_pos] == pytest.approx(rec.max_act, rel=1e-2)  # float16 acts
+
+
+def test_the_app_opens_on_the_embedded_default(cache: Path, tmp_path: Path) -> None:
+    """``python -m explorer``'s own start-up path: model, SAEs, shipped store, labels; then each
+    tab's main handler on real text."""
+    from explorer.__main__ import open_explorer
+
+    ex = open_explorer("default", None, str(tmp_path / "labels.sqlite"), str(cache))
+    view = ex.microscope("The cat sat on the mat.")
+    assert [t for t, _ in view.highlighted] == ["The", " cat", " sat", " on", " the", " mat", "."]
+    assert not view.text_top.empty
+    layer, feature = int(view.text_top["layer"].iat[0]), int(view.text_top["feature"].iat[0])
+    dash = ex.dashboard(layer, feature, "The cat sat on the mat.")
+    assert f"Layer {layer} · feature {feature}" in dash.header and "max on your text" in dash.test
+    steers = ex.add_steer([], layer, feature, None, "add")
+    default, steered, status = list(ex.steer("The cat", steers, 0.0, 4, 0, 0.0))[-1]
+    assert default and steered and "stopped" in status
+    assert not ex.browse("all", "").empty
