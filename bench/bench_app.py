@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from explorer.__main__ import open_explorer
-    from explorer.steer import GenerationConfig, generate
+    from explorer.steer import GenerationConfig, Steer, generate
 
     t0 = time.perf_counter()
     ex = open_explorer("default", None, str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
@@ -158,11 +158,17 @@ def main() -> None:
         for _ in ex.steer(prompt, steers, 0.0, n, 0, 0.0):
             pass
 
+    def steered_alone() -> None:
+        for _ in generate(bundle, prompt, cfg, [Steer(layer, feature, steers[0]["strength"])]):
+            pass
+
     p = statistics.median(_timed(plain, 3))
+    s1 = statistics.median(_timed(steered_alone, 3))
     s = statistics.median(_timed(steered, 3))
     print(
-        f"generation, {n} tokens greedy: plain {n / p:.1f} tok/s; default + steered "
-        f"{n / s:.1f} tok/s per row; ratio {p / s:.2f} (target >= 0.9)"
+        f"generation, {n} tokens greedy: plain {n / p:.1f} tok/s; steered alone {n / s1:.1f} "
+        f"tok/s (ratio {p / s1:.2f}, target >= 0.9); default + steered side by side "
+        f"{n / s:.1f} tok/s per completion (ratio {p / s:.2f}; {2 * n / s:.1f} tok/s in all)"
     )
     tl_n = 8
     with torch.inference_mode():

@@ -110,6 +110,7 @@ class Explorer:
     store: Store | None
     labels: Labels
     _summary: pd.DataFrame | None = field(default=None, repr=False)
+    _dens: dict[int, Any] | None = field(default=None, repr=False)
 
     # --- shared ---------------------------------------------------------------------------------
 
@@ -202,45 +203,49 @@ class Explorer:
         dens = self._densities()
         hidden = 0
         values = np.zeros((len(chosen), len(enc.tokens)))
-        scores: dict[tuple[int, int], list[float]] = {}
+        frames = []
         for row, layer in enumerate(chosen):
             la = enc.layers[layer]
-            for pos in range(len(enc.tokens)):
-                kept = []
-                for f, a in la.top(pos):
-                    d = dens.get(layer)
-                    if d is not None and d[f] > max_density:
-                        hidden += 1
-                        continue
-                    kept.append((f, a))
-                    scores.setdefault((layer, f), []).append(a)
-                if metric == "active features":
-                    values[row, pos] = int(la.n_active[pos])
-                else:
-                    values[row, pos] = max((a for _, a in kept), default=0.0)
+            ids, acts = la.feature_ids.numpy(), la.acts.numpy()
+            kept = acts > 0
+            if layer in dens:
+                dense = dens[layer][ids] > max_density
+                hidden += int((kept & dense).sum())
+                kept &= ~dense
+            shown = np.where(kept, acts, 0.0)
+            if metric == "active features":
+                values[row] = la.n_active.numpy()
+            else:
+                values[row] = shown.max(axis=1)
+            f, a = ids[kept], acts[kept]
+            if len(f):
+                frames.append(pd.DataFrame({"layer": layer, "feature": f, "act": a}))
         peak = values.max(axis=0) if metric != "active features" else values.sum(axis=0)
         top = float(peak.max()) or 1.0
         highlighted = [
             (tok, float(v / top) if v > 0 else None)
             for tok, v in zip(enc.tokens, peak, strict=True)
         ]
-        labels = self.labels.current_all()
-        rows = []
-        for (layer, f), acts in scores.items():
-            rows.append(
-                {
-                    "layer": layer,
-                    "feature": f,
-                    "label": self._label_text(labels, layer, f),
-                    aggregate + " act": round(max(acts) if aggregate == "max" else sum(acts), 3),
-                    "tokens": len(acts),
-                    "density %": None if layer not in dens else round(100 * dens[layer][f], 4),
-                }
-            )
-        table = pd.DataFrame(
-            rows, columns=["layer", "feature", "label", aggregate + " act", "tokens", "density %"]
-        )
-        table = table.sort_values(aggregate + " act", ascending=False).head(TEXT_TOP)
+        col = aggregate + " act"
+        columns = ["layer", "feature", "label", col, "tokens", "density %"]
+        if frames:
+            grouped = pd.concat(frames).groupby(["layer", "feature"], sort=True)["act"]
+            table = grouped.agg(["max" if aggregate == "max" else "sum", "size"]).reset_index()
+            table.columns = ["layer", "feature", col, "tokens"]
+            table = table.sort_values(col, ascending=False, kind="stable").head(TEXT_TOP)
+            labels = self.labels.current_all()
+            table[col] = table[col].astype(float).round(3)
+            table["label"] = [
+                self._label_text(labels, int(la_), int(f_))
+                for la_, f_ in zip(table["layer"], table["feature"], strict=True)
+            ]
+            table["density %"] = [
+                round(100 * float(dens[int(la_)][int(f_)]), 4) if int(la_) in dens else None
+                for la_, f_ in zip(table["layer"], table["feature"], strict=True)
+            ]
+            table = table[columns]
+        else:
+            table = pd.DataFrame(columns=columns)
         what = "active features" if metric == "active features" else "max activation"
         status = f"{len(enc.tokens)} tokens × {len(chosen)} layers."
         if enc.truncated:
@@ -260,12 +265,16 @@ class Explorer:
         )
 
     def _densities(self) -> dict[int, Any]:
+        """``{layer: density per feature}`` (numpy), from the store, built once."""
         if self.store is None:
             return {}
-        s = self.summary()
-        return {
-            layer: s.loc[s["layer"] == layer, "density"].to_numpy() for layer in self.store.layers
-        }
+        if self._dens is None:
+            s = self.summary()
+            self._dens = {
+                layer: s.loc[s["layer"] == layer, "density"].to_numpy()
+                for layer in self.store.layers
+            }
+        return self._dens
 
     def token_features(
         self, enc: Encoding | None, position: Any, max_density_pct: Any = 1.0

@@ -202,3 +202,28 @@ def test_long_prompts_keep_their_end(steer_bundle) -> None:  # type: ignore[no-u
     _, bundle = steer_bundle
     out = _last(generate(bundle, "the cat " * 400, GenerationConfig(2, 0.0)))
     assert out.prompt_truncated and out.n_tokens == [2]
+
+
+def test_gemma2_generation_with_its_logit_soft_cap_equals_transformers(
+    tmp_path, gemma2_hf, tokenizer
+) -> None:  # type: ignore[no-untyped-def]
+    from conftest import make_random_saes
+
+    assert gemma2_hf.config.final_logit_softcapping  # the cap is exercised
+    bundle = tiny_bundle(gemma2_hf, tokenizer, make_random_saes(tmp_path, gemma2_hf))
+    out = _last(generate(bundle, PROMPT, GenerationConfig(max_new_tokens=12, temperature=0.0)))
+    ids = [tokenizer.bos_token_id, *tokenizer(PROMPT, add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        ref = gemma2_hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
+    assert out.token_ids[0] == ref[0, len(ids) :].tolist()
+    # The logits themselves, soft cap included (greedy decoding cannot see a monotonic cap).
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    from explorer.steer import _next_logits
+
+    model = bundle.model
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    with torch.no_grad():
+        ours = _next_logits(model, torch.tensor([ids]), cache)
+        theirs = gemma2_hf(torch.tensor([ids])).logits[:, -1]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
