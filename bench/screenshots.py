@@ -41,6 +41,8 @@ def main() -> None:
     curated = load_curated()
     text = curated["texts"][0]
     feature = curated["features"][0]
+    # Steer with the curated feature that says to try steering with it.
+    steer = next((f for f in curated["features"] if "steering" in f["why"]), feature)
     ex.labels.add(feature["layer"], feature["feature"], feature["label"], labeller="curated")
     demo = build_app(ex)
     port = _free_port()
@@ -75,10 +77,10 @@ def main() -> None:
             page.locator("#test-feature").click()
             expect(page.get_by_text("max on your text")).to_be_visible()
             shot("3-feature")
-            page.goto(f"{url}?layer={feature['layer']}&feature={feature['feature']}")
-            expect(page.locator("#dash-header")).to_contain_text(feature["label"])
+            page.goto(f"{url}?layer={steer['layer']}&feature={steer['feature']}")
+            expect(page.locator("#dash-header")).to_contain_text(f"feature {steer['feature']}")
             page.locator("#to-steer").click()
-            page.locator("#steer-prompt").get_by_role("textbox").fill("My favourite thing is")
+            page.locator("#steer-prompt").get_by_role("textbox").fill("After breakfast we all")
             page.locator("#generate").click()
             expect(page.locator("#gen-status")).to_contain_text("stopped", timeout=300_000)
             shot("4-steering")

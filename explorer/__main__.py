@@ -133,7 +133,12 @@ def open_explorer(
     if store is not None:
         layers = {n: {"d_sae": int(bundle.sae(n).cfg.d_sae)} for n in store.layers}
         store.check_bundle(ident["model"], None, layers)
-    return Explorer(bundle=bundle, store=store, labels=labels)
+    curated = {}
+    if spec.name == "default":
+        from explorer.handlers import load_curated
+
+        curated = {(f["layer"], f["feature"]): f["label"] for f in load_curated()["features"]}
+    return Explorer(bundle=bundle, store=store, labels=labels, curated=curated)
 
 
 def cmd_app(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ and the user sees one line saying so.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 import tempfile
@@ -22,11 +21,10 @@ from typing import Any
 # module's globals.
 import gradio as gr
 
-from explorer.handlers import DENSITY_BANDS, Explorer, UserError
+from explorer.handlers import DENSITY_BANDS, Explorer, UserError, load_curated
 
 logger = logging.getLogger(__name__)
 
-CURATED = Path(__file__).resolve().parent.parent / "assets" / "curated.json"
 
 INTRO = """\
 ## What is an SAE feature?
@@ -55,15 +53,6 @@ INTERVAL_NOTE = (
     "feature does when it fires weakly, not only at its peak. The percentage is the slice's share "
     "of all the feature's activations."
 )
-
-
-def load_curated(path: Path = CURATED) -> dict[str, Any]:
-    """The curated example texts and features (``{"texts": [...], "features": [...]}``)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"texts": [], "features": []}
-    return {"texts": list(data.get("texts", [])), "features": list(data.get("features", []))}
 
 
 def _as_message(fn: Callable[..., Any], err: Exception) -> Exception:

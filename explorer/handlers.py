@@ -10,10 +10,12 @@ and returned, never kept here.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explorer import render
@@ -30,6 +32,18 @@ if TYPE_CHECKING:
 TOP_PER_TOKEN = 32  # features kept per token and layer in the microscope
 TEXT_TOP = 50  # rows of "top features for the whole text"
 BROWSE_ROWS = 500  # rows shown by the browse table (the search narrows it)
+
+
+CURATED = Path(__file__).resolve().parent.parent / "assets" / "curated.json"
+
+
+def load_curated(path: Path = CURATED) -> dict[str, Any]:
+    """The curated example texts and features (``{"texts": [...], "features": [...]}``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"texts": [], "features": []}
+    return {"texts": list(data.get("texts", [])), "features": list(data.get("features", []))}
 
 
 class UserError(ValueError):
@@ -104,11 +118,14 @@ class Explorer:
         bundle: the model and its SAEs.
         store: the precomputed feature store of that bundle (``None``: dashboards unavailable).
         labels: the label database.
+        curated: labels shipped with the bundle (``assets/curated.json``), shown where the
+            database has none yet.
     """
 
     bundle: Bundle
     store: Store | None
     labels: Labels
+    curated: dict[tuple[int, int], str] = field(default_factory=dict)
     _summary: pd.DataFrame | None = field(default=None, repr=False)
     _dens: dict[int, Any] | None = field(default=None, repr=False)
 
@@ -171,8 +188,13 @@ class Explorer:
         return s[s["layer"] == layer].reset_index(drop=True)
 
     def _label_text(self, labels: dict[tuple[int, int], Any], layer: int, feature: int) -> str:
+        """The feature's current label, else its curated one, else ``""``."""
         found = labels.get((layer, feature))
-        return found.label if found is not None else ""
+        return found.label if found is not None else self.curated.get((layer, feature), "")
+
+    def label_of(self, layer: int, feature: int) -> str:
+        found = self.labels.current(layer, feature)
+        return found.label if found is not None else self.curated.get((layer, feature), "")
 
     # --- microscope -----------------------------------------------------------------------------
 
@@ -332,7 +354,7 @@ class Explorer:
         import pandas as pd
 
         rec = self.record(layer, feature)
-        label = self.labels.current(rec.layer, rec.feature)
+        label = self.label_of(rec.layer, rec.feature)
         marks: list[float] = []
         test = ""
         if test_text and test_text.strip():
@@ -357,7 +379,7 @@ class Explorer:
         return DashboardView(
             layer=rec.layer,
             feature=rec.feature,
-            header=render.badges_html(rec, label.label if label else None, self.dense_threshold),
+            header=render.badges_html(rec, label or None, self.dense_threshold),
             histogram=render.histogram_figure(rec, marks),
             promoted=render.logits_figure(rec.top_logits_tokens, rec.top_logits_values, True),
             suppressed=render.logits_figure(
@@ -367,7 +389,7 @@ class Explorer:
             top_examples=render.examples_html(rec.top_examples, rec.max_act, "never fired"),
             intervals=render.intervals_html(rec),
             test=test,
-            label=label.label if label else "",
+            label=label,
         )
 
     def _feature_acts(
@@ -411,14 +433,14 @@ class Explorer:
         current = list(steers or [])
         if len(current) >= 8:
             raise UserError("at most 8 steering features at once: remove one first")
-        label = self.labels.current(layer_n, feature_n)
+        label = self.label_of(layer_n, feature_n)
         current.append(
             {
                 "layer": layer_n,
                 "feature": feature_n,
                 "strength": value,
                 "method": method,
-                "label": label.label if label else "",
+                "label": label,
             }
         )
         return current

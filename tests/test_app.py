@@ -221,3 +221,17 @@ def render_all(explorer: Explorer, view) -> str:  # type: ignore[no-untyped-def]
     layer, feature = int(view.text_top["layer"].iat[0]), int(view.text_top["feature"].iat[0])
     dash = explorer.dashboard(layer, feature, "<script>alert(1)</script> the cat")
     return dash.header + dash.top_examples + dash.intervals + dash.test
+
+
+def test_curated_labels_show_until_someone_labels_the_feature(explorer: Explorer) -> None:
+    from dataclasses import replace
+
+    df = explorer.summary_layer(1)
+    live = df[~df["dead"]]["feature"].tolist()
+    feature = next(f for f in live if explorer.labels.current(1, f) is None)
+    ex = replace(explorer, curated={(1, feature): "curated label"})
+    assert "curated label" in ex.dashboard(1, feature).header
+    assert ex.browse("1", "curated label")["feature"].tolist() == [feature]
+    ex.save_label(1, feature, "a person's label", "", "medium", "")
+    assert "a person&#x27;s label" in ex.dashboard(1, feature).header
+    assert "curated label" not in ex.dashboard(1, feature).header
