@@ -291,13 +291,14 @@ class Labels:
                     logger.info("created label database %s", path)
 
     def _check_version(self, conn: sqlite3.Connection) -> int:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise LabelError(
-                f"{self.path} was written by a newer version of the explorer (label schema "
-                f"{version}, this one reads {SCHEMA_VERSION}); upgrade to open it"
-            )
-        if version == 0:
+        # One read transaction for both reads: in autocommit each statement sees its own
+        # snapshot, and another process creating the schema in between would make a new label
+        # database look like someone else's (version 0, yet tables).
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             tables = [
                 row[0]
                 for row in conn.execute(
@@ -305,6 +306,15 @@ class Labels:
                     "AND name NOT LIKE 'sqlite_%'"
                 )
             ]
+        finally:
+            if own:
+                conn.execute("COMMIT")
+        if version > SCHEMA_VERSION:
+            raise LabelError(
+                f"{self.path} was written by a newer version of the explorer (label schema "
+                f"{version}, this one reads {SCHEMA_VERSION}); upgrade to open it"
+            )
+        if version == 0:
             if tables:
                 raise LabelError(
                     f"{self.path} is a SQLite database of something else (tables: "

@@ -265,35 +265,34 @@ def _generate_rows(
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n_rows)
     step_input = torch.tensor([ids] * n_rows, device=device)
     reason = "length"
-    with torch.inference_mode():
-        for step in range(cfg.max_new_tokens):
-            with routed(model, hooks):
-                last = _next_logits(model, step_input, cache).float().cpu()
-            skip[0] = 0
-            nxt = []
-            for r in range(n_rows):
-                token = _sample(last[r], counts[r], cfg, gens[r])
-                if finished[r]:
-                    token = next(iter(stop)) if stop else token
-                elif token in stop:
-                    finished[r] = True
-                else:
-                    out[r].append(token)
-                    counts[r, token] += 1
-                nxt.append(token)
-            done = all(finished)
-            elapsed = time.monotonic() - start
-            if done:
-                reason = "eos"
-            elif elapsed > cfg.time_limit_s and step + 1 < cfg.max_new_tokens:
-                reason, done = "time", True
-            last_step = done or step + 1 == cfg.max_new_tokens
-            yield _completion(
-                bundle, out, last_step, reason if last_step else "", elapsed, truncated
-            )
-            if done:
-                return
-            step_input = torch.tensor([[t] for t in nxt], device=device)
+    # Inference mode only around each forward pass, never across a yield: Gradio may resume
+    # this generator in another thread, where the mode (thread-local) would not hold.
+    for step in range(cfg.max_new_tokens):
+        with torch.inference_mode(), routed(model, hooks):
+            last = _next_logits(model, step_input, cache).float().cpu()
+        skip[0] = 0
+        nxt = []
+        for r in range(n_rows):
+            token = _sample(last[r], counts[r], cfg, gens[r])
+            if finished[r]:
+                token = next(iter(stop)) if stop else token
+            elif token in stop:
+                finished[r] = True
+            else:
+                out[r].append(token)
+                counts[r, token] += 1
+            nxt.append(token)
+        done = all(finished)
+        elapsed = time.monotonic() - start
+        if done:
+            reason = "eos"
+        elif elapsed > cfg.time_limit_s and step + 1 < cfg.max_new_tokens:
+            reason, done = "time", True
+        last_step = done or step + 1 == cfg.max_new_tokens
+        yield _completion(bundle, out, last_step, reason if last_step else "", elapsed, truncated)
+        if done:
+            return
+        step_input = torch.tensor([[t] for t in nxt], device=device)
 
 
 def _next_logits(model: Any, tokens: torch.Tensor, cache: Any) -> torch.Tensor:

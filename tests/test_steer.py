@@ -227,3 +227,23 @@ def test_gemma2_generation_with_its_logit_soft_cap_equals_transformers(
         ours = _next_logits(model, torch.tensor([ids]), cache)
         theirs = gemma2_hf(torch.tensor([ids])).logits[:, -1]
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_suspended_generation_leaves_no_inference_mode_behind(steer_bundle) -> None:  # type: ignore[no-untyped-def]
+    """Gradio resumes a streaming handler in any worker thread: a generator suspended inside
+    ``torch.inference_mode()`` would leave that thread in inference mode (and the next request
+    on it would make tensors that later fail in-place updates). Steps must run in any thread."""
+    _, bundle = steer_bundle
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2)
+    it = generate_pair(bundle, PROMPT, cfg, [Steer(2, CAT_FEATURE, 60.0)])
+    steps = []
+    for _ in range(6):  # each step in a fresh thread, as Gradio's pool may do
+        t = threading.Thread(target=lambda: steps.append(next(it)))
+        t.start()
+        t.join(timeout=60)
+        assert not torch.is_inference_mode_enabled()
+    assert steps[-1].done
+    whole = _last(generate_pair(bundle, PROMPT, cfg, [Steer(2, CAT_FEATURE, 60.0)]))
+    assert steps[-1].token_ids == whole.token_ids
+    next(generate(bundle, PROMPT, cfg))
+    assert not torch.is_inference_mode_enabled()
