@@ -7,11 +7,11 @@ each run by the interpreter of its side, talking through files in ``--work-dir``
     # 1. ours (this project's venv): picks the windows, writes tokens.npy, runs the precompute
     python bench/bench_saedashboard.py ours --work-dir /tmp/bench-sd --windows 64
     # 2. SAEDashboard (a venv with sae-dashboard==0.8.0): both runners on tokens.npy
-    SD_PYTHON bench/bench_saedashboard.py saedashboard --work-dir /tmp/bench-sd
+    SD_PYTHON bench/bench_saedashboard.py saedashboard --work-dir /tmp/bench-sd --feature-batches 4
     # 3. either venv: speed-ups and top-example agreement
     python bench/bench_saedashboard.py compare --work-dir /tmp/bench-sd
-    # or all three in a row, from this project's venv:
-    python bench/bench_saedashboard.py all --sd-python /path/to/sdvenv/bin/python
+    # or all three in a row, from this project's venv (SD_PYTHON: the other venv's python):
+    python bench/bench_saedashboard.py all --sd-python SD_PYTHON --feature-batches 4
 
 What each side does, on the first ``--windows`` full (128-token, BOS-prefixed) windows of the
 default corpus in the precompute run's own order (``precompute.job.collect_windows``), with the
@@ -35,12 +35,16 @@ embedded Gemma 3 270M and our layer-9 SAE, ``torch.set_num_threads(--threads)``:
 - Both SAEDashboard runners call ``sae.fold_W_dec_norm()``; our decoder rows have norm
   1 +- 1e-3 (bf16), so their activations are ours times that norm.
 
-``--feature-batches K`` (SAEDashboard side) runs only the first K feature batches of each runner
-(K x 256 features for the default runner, K x 128 for the Neuronpedia one) and extrapolates
-linearly to all 4096 (every batch does the same work, see ``batch_s``/``warm_batch_s`` in the
-JSON; the Neuronpedia cold pass is extrapolated as its first batch, which does the forward passes
-and writes the cache, plus the warm per-batch time for the rest); the report says so. The full
-run takes about 17 min (default) and 2 x 10 min (Neuronpedia) on 2 CPU threads; K=4 about 9 min.
+``--feature-batches K`` (``--np-feature-batches K`` for the Neuronpedia runner) runs only the
+first K feature batches (K x 256 features for the default runner, K x 128 for the other) and
+extrapolates linearly to all 4096 (every batch does the same work, see ``batch_s`` and
+``warm_batch_s`` in the JSON; the Neuronpedia cold pass is extrapolated as its first batch, which
+does the forward passes and writes the cache, plus the warm per-batch time for the rest); the
+report says so. Use it for
+the default runner on a machine with less than ~32 GB: on 8,192 tokens it takes ~36 s per
+256-feature batch (2 CPU threads) but its memory grows by ~1.4 GB per batch, so all 16 batches in
+one call need more than 23 GB. The Neuronpedia runner's memory stays flat (~5 GB; ~14 s per
+128-feature batch with cached activations), so it can run all 32 batches.
 
 Environment: ``GSE_CACHE_DIR`` (where the embedded model is cached) for ``ours``;
 ``HF_HUB_OFFLINE=1`` is set by the ``saedashboard`` mode (everything is local). Files in
@@ -460,7 +464,9 @@ def run_neuronpedia(work: Path, model: Any, tokens: Any, batches: int | None) ->
     )
 
 
-def run_saedashboard(work: Path, runners: list[str], threads: int, batches: int | None) -> None:
+def run_saedashboard(
+    work: Path, runners: list[str], threads: int, batches: int | None, np_batches: int | None
+) -> None:
     """Load model and SAE (untimed), check them against ours, run the chosen runners."""
     import torch
 
@@ -476,7 +482,7 @@ def run_saedashboard(work: Path, runners: list[str], threads: int, batches: int 
     if "default" in runners:
         run_default(work, model, sae, tokens, batches)
     if "neuronpedia" in runners:
-        run_neuronpedia(work, model, tokens, batches)
+        run_neuronpedia(work, model, tokens, np_batches)
 
 
 # ---------------------------------------------------------------------------------- compare
@@ -620,7 +626,10 @@ def main() -> None:
         "--runners", default="default,neuronpedia", help="SAEDashboard runners to time"
     )
     parser.add_argument(
-        "--feature-batches", type=int, default=None, help="run K feature batches, extrapolate"
+        "--feature-batches", type=int, default=None, help="default runner: K batches, extrapolate"
+    )
+    parser.add_argument(
+        "--np-feature-batches", type=int, default=None, help="the same for the Neuronpedia runner"
     )
     parser.add_argument("--sample", type=int, default=200, help="live features compared")
     parser.add_argument("--seed", type=int, default=0)
@@ -630,7 +639,8 @@ def main() -> None:
     if args.mode == "ours":
         run_ours(work, args.windows, args.threads, args.check_windows)
     elif args.mode == "saedashboard":
-        run_saedashboard(work, args.runners.split(","), args.threads, args.feature_batches)
+        runners = args.runners.split(",")
+        run_saedashboard(work, runners, args.threads, args.feature_batches, args.np_feature_batches)
     elif args.mode == "all":
         if not args.sd_python:
             raise SystemExit("mode all needs --sd-python")
@@ -639,8 +649,12 @@ def main() -> None:
         ours = [sys.executable, script, "ours", *common, "--windows", str(args.windows)]
         subprocess.run(ours, check=True)
         sd = [args.sd_python, script, "saedashboard", *common, "--runners", args.runners]
-        if args.feature_batches:
-            sd += ["--feature-batches", str(args.feature_batches)]
+        for flag, value in (
+            ("--feature-batches", args.feature_batches),
+            ("--np-feature-batches", args.np_feature_batches),
+        ):
+            if value:
+                sd += [flag, str(value)]
         subprocess.run(sd, check=True)
     if args.mode in ("compare", "all"):
         report = compare(work, args.sample, args.seed)
