@@ -368,7 +368,7 @@ def build_app(ex: Explorer, title: str = "Gemma Scope Explorer") -> gr.Blocks:
 
         def quick_label_save(layer: Any, feature: Any, label: str, name: str) -> tuple[str, str]:
             message = ex.save_label(layer, feature, label, "", "medium", name)
-            return message, ex.dashboard(layer, feature).header
+            return message, ex.header(layer, feature)
 
         quick_save.click(
             _ui(quick_label_save),
@@ -523,6 +523,7 @@ def steers_from_table(table: Any) -> list[dict[str, Any]]:
     cell that is not a number raises :class:`UserError` naming the row.
     """
     from explorer.handlers import parse_float, parse_int
+    from explorer.steer import MAX_STRENGTH
 
     if table is None:
         return []
@@ -539,7 +540,9 @@ def steers_from_table(table: Any) -> list[dict[str, Any]]:
             {
                 "layer": parse_int(cells.get("layer"), f"row {i}: layer"),
                 "feature": parse_int(cells.get("feature"), f"row {i}: feature", 0),
-                "strength": parse_float(cells.get("strength"), f"row {i}: strength", -1e4, 1e4),
+                "strength": parse_float(
+                    cells.get("strength"), f"row {i}: strength", -MAX_STRENGTH, MAX_STRENGTH
+                ),
                 "method": str(cells.get("method") or "add").strip(),
                 "label": str(cells.get("label") or ""),
             }

@@ -81,16 +81,25 @@ class Encoding:
         }
 
 
+def text_ids(bundle: Bundle, text: str) -> list[int]:
+    """The text's token ids, no BOS; a typed ``<bos>`` or ``<eos>`` stays text.
+
+    ``split_special_tokens`` keeps typed special-token strings from becoming control tokens.
+    """
+    tok = bundle.tokenizer
+    return list(tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def with_bos(bundle: Bundle, ids: list[int]) -> list[int]:
+    bos = bundle.tokenizer.bos_token_id
+    return ids if bos is None else [bos, *ids]
+
+
 def tokenize(bundle: Bundle, text: str) -> tuple[list[int], bool]:
     """BOS + the text's tokens, cut at the bundle's limit; returns ``(ids, truncated)``."""
     if not isinstance(text, str) or not text.strip():
         raise EncodeError("the text is empty: type some text to encode")
-    tok = bundle.tokenizer
-    # split_special_tokens: a typed "<bos>" or "<eos>" is text, never a control token.
-    ids = list(tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-    bos = tok.bos_token_id
-    if bos is not None:
-        ids = [bos, *ids]
+    ids = with_bos(bundle, text_ids(bundle, text))
     limit = bundle.spec.max_tokens
     truncated = len(ids) > limit
     return ids[:limit], truncated
@@ -129,19 +138,14 @@ def encode(
     ``include_special=True`` keeps BOS and other special tokens in the result (they are always
     in the forward pass).
     """
-    import torch
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
         raise EncodeError(f"top-k must be a positive whole number, not {top_k!r}")
     chosen = bundle.check_layers(layers)
-    ids, truncated = tokenize(bundle, text)
-    special = bundle.special_ids
-    keep = [i for i, t in enumerate(ids) if include_special or t not in special]
-    resid = residuals(bundle, torch.tensor([ids]), chosen)
-    keep_t = torch.tensor(keep, dtype=torch.long)
+    ids, keep, resid, truncated = _reported(bundle, text, chosen, include_special)
     out: dict[int, LayerActivations] = {}
     for layer in chosen:
-        out[layer] = _layer_top(bundle, layer, resid[layer][0, keep_t], top_k)
+        out[layer] = _layer_top(bundle, layer, resid[layer], top_k)
     decode = bundle.tokenizer.decode
     return Encoding(
         preset=bundle.spec.name,
@@ -150,6 +154,24 @@ def encode(
         truncated=truncated,
         layers=out,
     )
+
+
+def _reported(
+    bundle: Bundle, text: str, layers: list[int], include_special: bool = False
+) -> tuple[list[int], list[int], dict[int, Tensor], bool]:
+    """Tokenize and run ``text`` once: ``(ids, kept positions, {layer: resid [kept, d]}, cut)``.
+
+    Every position goes through the model; only the kept ones (non-special unless
+    ``include_special``) are returned.
+    """
+    import torch
+
+    ids, truncated = tokenize(bundle, text)
+    special = bundle.special_ids
+    keep = [i for i, t in enumerate(ids) if include_special or t not in special]
+    keep_t = torch.tensor(keep, dtype=torch.long)
+    resid = residuals(bundle, torch.tensor([ids]), layers)
+    return ids, keep, {n: r[0, keep_t] for n, r in resid.items()}, truncated
 
 
 def _layer_top(bundle: Bundle, layer: int, resid: Tensor, top_k: int) -> LayerActivations:
@@ -179,11 +201,9 @@ def feature_activations(
     width = int(bundle.sae(layer).cfg.d_sae)
     if isinstance(feature, bool) or not 0 <= feature < width:
         raise EncodeError(f"feature {feature} does not exist on layer {layer} (0–{width - 1})")
-    ids, truncated = tokenize(bundle, text)
-    keep = [i for i, t in enumerate(ids) if t not in bundle.special_ids]
-    resid = residuals(bundle, torch.tensor([ids]), chosen)[layer][0, torch.tensor(keep)]
+    ids, keep, resid, truncated = _reported(bundle, text, chosen)
     sae = bundle.sae(layer)
     with torch.inference_mode():
-        acts = sae.encode(resid.to(sae.dtype))[:, feature].float().clamp_min(0.0)
+        acts = sae.encode(resid[layer].to(sae.dtype))[:, feature].float().clamp_min(0.0)
     decode = bundle.tokenizer.decode
     return [str(decode([ids[i]])) for i in keep], acts.tolist(), truncated

@@ -349,6 +349,13 @@ class Explorer:
         except StoreError as e:
             raise UserError(str(e)) from None
 
+    def header(self, layer: Any, feature: Any) -> str:
+        """The dashboard's header alone (after a label is saved, only it changes)."""
+        rec = self.record(layer, feature)
+        return render.badges_html(
+            rec, self.label_of(rec.layer, rec.feature) or None, self.dense_threshold
+        )
+
     def dashboard(self, layer: Any, feature: Any, test_text: str = "") -> DashboardView:
         """Everything about one feature; ``test_text`` (optional) is marked on its histogram."""
         import pandas as pd
@@ -456,8 +463,10 @@ class Explorer:
     ) -> Iterator[tuple[str, str, str]]:
         """Stream ``(default, steered, status)`` as the two completions grow."""
         from explorer.steer import (
+            MAX_FREQ_PENALTY,
             MAX_NEW_TOKENS,
             MAX_SEED,
+            MAX_TEMPERATURE,
             GenerationConfig,
             Steer,
             SteerError,
@@ -467,9 +476,11 @@ class Explorer:
         try:
             cfg = GenerationConfig(
                 max_new_tokens=parse_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS),
-                temperature=parse_float(temperature, "temperature", 0.0, 5.0),
+                temperature=parse_float(temperature, "temperature", 0.0, MAX_TEMPERATURE),
                 seed=parse_int(seed, "seed", 0, MAX_SEED),
-                freq_penalty=parse_float(freq_penalty, "frequency penalty", -10.0, 10.0),
+                freq_penalty=parse_float(
+                    freq_penalty, "frequency penalty", -MAX_FREQ_PENALTY, MAX_FREQ_PENALTY
+                ),
             )
             chosen = [
                 Steer(int(s["layer"]), int(s["feature"]), float(s["strength"]), str(s["method"]))

@@ -41,6 +41,7 @@ MAX_SECONDS = 60.0
 """Wall-clock bound of one generation; it stops early and says so."""
 MAX_STRENGTH = 10_000.0
 MAX_TEMPERATURE = 5.0
+MAX_FREQ_PENALTY = 10.0
 MAX_SEED = 2**63 - 1
 
 
@@ -103,8 +104,11 @@ class GenerationConfig:
         s = self.seed
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
             raise SteerError("seed must be a whole number from 0 to 2**63 - 1")
-        if not math.isfinite(self.freq_penalty) or not -10.0 <= self.freq_penalty <= 10.0:
-            raise SteerError("frequency penalty must be between -10 and 10")
+        f = self.freq_penalty
+        if not math.isfinite(f) or not -MAX_FREQ_PENALTY <= f <= MAX_FREQ_PENALTY:
+            raise SteerError(
+                f"frequency penalty must be between -{MAX_FREQ_PENALTY:g} and {MAX_FREQ_PENALTY:g}"
+            )
         if not math.isfinite(self.time_limit_s) or self.time_limit_s <= 0:
             raise SteerError("the time limit must be a positive number of seconds")
 
@@ -149,18 +153,16 @@ def prompt_ids(bundle: Bundle, prompt: str, max_new_tokens: int = 0) -> tuple[li
     At most :data:`MAX_PROMPT_TOKENS` are kept, fewer if the model's context could not also hold
     BOS and ``max_new_tokens``.
     """
+    from explorer.encode import text_ids, with_bos
+
     if not isinstance(prompt, str) or not prompt.strip():
         raise SteerError("the prompt is empty: type a prompt to continue")
-    tok = bundle.tokenizer
-    ids = list(tok(prompt, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    ids = text_ids(bundle, prompt)
     if not ids:
         raise SteerError("the prompt has no tokens: type a prompt to continue")
     keep = min(MAX_PROMPT_TOKENS, int(bundle.model.cfg.n_ctx) - max_new_tokens - 1)
     truncated = len(ids) > keep
-    ids = ids[-keep:]
-    if tok.bos_token_id is not None:
-        ids = [tok.bos_token_id, *ids]
-    return ids, truncated
+    return with_bos(bundle, ids[-keep:]), truncated
 
 
 def generate(

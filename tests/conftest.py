@@ -196,6 +196,18 @@ def random_saes(tmp_path: Path, gemma3_hf) -> dict[int, Path]:  # type: ignore[n
     return make_random_saes(tmp_path, gemma3_hf)
 
 
+def write_word_corpus(path: Path, n_docs: int = 30) -> Path:
+    """A small seeded jsonl corpus of random :data:`WORDS` (20 to 70 words a document)."""
+    import json
+
+    rng = random.Random(1)
+    with path.open("w") as f:
+        for i in range(n_docs):
+            text = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(20, 70)))
+            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    return path
+
+
 def live_feature(explorer, layer: int = 2) -> int:  # type: ignore[no-untyped-def]
     """The feature of ``layer`` that fires most often in the tiny store."""
     df = explorer.summary_layer(layer)
@@ -207,8 +219,6 @@ def live_feature(explorer, layer: int = 2) -> int:  # type: ignore[no-untyped-de
 def explorer(tmp_path_factory, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
     """An :class:`explorer.handlers.Explorer` over the tiny Gemma 3 with random SAEs on layers 1
     and 2, a real store precomputed from a small random-word corpus, and a label database."""
-    import json
-
     from explorer.handlers import Explorer
     from explorer.labels import Labels
     from explorer.store import Store
@@ -216,12 +226,7 @@ def explorer(tmp_path_factory, gemma3_hf, tokenizer):  # type: ignore[no-untyped
     from precompute.job import Job, RunConfig
 
     tmp = tmp_path_factory.mktemp("app")
-    rng = random.Random(1)
-    corpus = tmp / "c.jsonl"
-    with corpus.open("w") as f:
-        for i in range(30):
-            text = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(20, 70)))
-            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    corpus = write_word_corpus(tmp / "c.jsonl")
     bundle = tiny_bundle(gemma3_hf, tokenizer, make_random_saes(tmp, gemma3_hf))
     cfg = RunConfig(
         corpus=str(corpus),

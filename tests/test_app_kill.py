@@ -21,7 +21,7 @@ TESTS = Path(__file__).resolve().parent
 
 # A real server process: the tiny app (conftest's bundle and a random store) on 127.0.0.1.
 SERVER = """
-import sys, json, random, time
+import sys, time
 sys.path[:0] = [{tests!r}, {root!r}]
 from pathlib import Path
 import conftest
@@ -36,12 +36,8 @@ tmp = Path({tmp!r})
 tok = conftest.make_tokenizer()
 hf = conftest.make_gemma3(len(tok))
 bundle = conftest.tiny_bundle(hf, tok, conftest.make_random_saes(tmp, hf))
-rng = random.Random(1)
-with (tmp / "c.jsonl").open("w") as f:
-    for i in range(10):
-        f.write(json.dumps({{"id": f"d{{i}}", "text": " ".join(rng.choice(conftest.WORDS[:40])
-                for _ in range(30))}}) + "\\n")
-cfg = RunConfig(corpus=str(tmp / "c.jsonl"), tokens=300, context_size=16, batch_windows=8,
+corpus = conftest.write_word_corpus(tmp / "c.jsonl", n_docs=10)
+cfg = RunConfig(corpus=str(corpus), tokens=300, context_size=16, batch_windows=8,
                 reduce=ReduceConfig(top_k=3, n_bins=5, n_intervals=2, per_interval=1))
 store = Job(cfg, bundle, tmp / "store", bundle_meta={{"model": "tiny"}}).run()
 labels = Labels({db!r}, scope="tiny", widths={{1: 48, 2: 48}})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -10,27 +9,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import WORDS, tiny_bundle
+from conftest import tiny_bundle, write_word_corpus
 
 from explorer.store import Store
 from precompute.accumulate import ReduceConfig
 from precompute.job import Job, RunConfig, collect_windows
 
 
-def _corpus(path: Path, n_docs: int = 30) -> Path:
-    rng = random.Random(1)
-    with path.open("w") as f:
-        for i in range(n_docs):
-            text = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(20, 70)))
-            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
-    return path
-
-
 @pytest.fixture
 def job_parts(tmp_path: Path, gemma3_hf, tokenizer, random_saes):  # type: ignore[no-untyped-def]
     bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes)
     cfg = RunConfig(
-        corpus=str(_corpus(tmp_path / "c.jsonl")),
+        corpus=str(write_word_corpus(tmp_path / "c.jsonl")),
         tokens=1200,
         context_size=16,
         batch_windows=8,
@@ -182,7 +172,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     for layer, path in random_saes.items():
         path.rename(tmp_path / f"sae_layer{layer}")
     sae = str(tmp_path / "sae_layer{layer}")
-    corpus = str(_corpus(tmp_path / "c.jsonl"))
+    corpus = str(write_word_corpus(tmp_path / "c.jsonl"))
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     out = tmp_path / "killed"
