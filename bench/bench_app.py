@@ -17,19 +17,13 @@ Prints, each with its target from the app issue:
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pcts(xs: list[float]) -> tuple[float, float]:
@@ -47,38 +41,13 @@ def _timed(fn, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
     return out
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def startup() -> None:
-    port = 7961
-    env = dict(os.environ, GSE_LABELS=str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "explorer", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.perf_counter() - t0 > 300:
-                    raise SystemExit("the app did not start") from None
-                time.sleep(0.2)
-        ready = time.perf_counter() - t0
-        rss = _rss_mb(proc.pid)
-        from gradio_client import Client
+    from app_process import app_process, rss_mb
+    from gradio_client import Client
 
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with app_process() as app:
+        rss = rss_mb(app.pid)
+        client = Client(app.url, verbose=False)
         client.predict(
             "The cat sat on the mat.",
             ["5", "9", "12", "15"],
@@ -87,11 +56,8 @@ def startup() -> None:
             "max",
             api_name="/microscope",
         )
-        print(f"start-up (python -m explorer until the page answers): {ready:.1f} s")
-        print(f"resident memory: {rss:.0f} MB at start, {_rss_mb(proc.pid):.0f} MB after a call")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        print(f"start-up (python -m explorer until the page answers): {app.ready_s:.1f} s")
+        print(f"resident memory: {rss:.0f} MB at start, {rss_mb(app.pid):.0f} MB after a call")
 
 
 def main() -> None:

@@ -20,20 +20,12 @@ client).
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The old house at the end of the road"
 
 
@@ -158,19 +150,6 @@ def run_load(
     return report
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=4)
@@ -180,53 +159,38 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.clients <= 64 or not 0 < args.seconds <= 1800:
         raise SystemExit("--clients must be 1..64 and --seconds 1..1800")
-    proc = None
-    url = args.url
-    if url is None:
-        port = _free_port()
-        env = dict(os.environ, GSE_LABELS=str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "explorer", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}/"
-        t0 = time.monotonic()
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() - t0 > 300:
-                    raise SystemExit("the app did not start") from None
-                time.sleep(0.5)
-    try:
-        before = _rss_mb(proc.pid) if proc else float("nan")
-        texts = [
-            "The cat sat on the mat.",
-            "def main():\n    return 0",
-            "It is a truth universally acknowledged.",
-            "To be, or not to be, that is the question.",
-        ]
-        report = run_load(
-            url,
-            args.clients,
-            args.seconds,
-            texts,
-            ["5", "9", "12", "15"],
-            (9, 100),
-            args.max_new_tokens,
-        )
-        print(f"{args.clients} clients, {args.seconds:.0f} s, {url}")
-        print("\n".join(report.lines()))
-        if proc:
-            print(f"server memory: {before:.0f} MB before, {_rss_mb(proc.pid):.0f} MB after")
-    finally:
-        if proc:
-            proc.terminate()
-            proc.wait(timeout=30)
+    if args.url is not None:
+        _report(args, args.url, None)
+        return
+    from app_process import app_process
+
+    with app_process() as app:
+        _report(args, app.url, app.pid)
+
+
+def _report(args: argparse.Namespace, url: str, pid: int | None) -> None:
+    from app_process import rss_mb
+
+    before = rss_mb(pid) if pid else float("nan")
+    texts = [
+        "The cat sat on the mat.",
+        "def main():\n    return 0",
+        "It is a truth universally acknowledged.",
+        "To be, or not to be, that is the question.",
+    ]
+    report = run_load(
+        url,
+        args.clients,
+        args.seconds,
+        texts,
+        ["5", "9", "12", "15"],
+        (9, 100),
+        args.max_new_tokens,
+    )
+    print(f"{args.clients} clients, {args.seconds:.0f} s, {url}")
+    print("\n".join(report.lines()))
+    if pid:
+        print(f"server memory: {before:.0f} MB before, {rss_mb(pid):.0f} MB after")
 
 
 if __name__ == "__main__":

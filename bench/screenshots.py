@@ -11,17 +11,10 @@ and the playwright package (``pip install -e ".[test]"``).
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -45,7 +38,9 @@ def main() -> None:
     steer = next((f for f in curated["features"] if "steering" in f["why"]), feature)
     ex.labels.add(feature["layer"], feature["feature"], feature["label"], labeller="curated")
     demo = build_app(ex)
-    port = _free_port()
+    from app_process import free_port
+
+    port = free_port()
     demo.queue().launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS
     )
