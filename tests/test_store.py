@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import precompute.write as write
-from explorer.bundle import REPO_ROOT
+from explorer.paths import REPO_ROOT
 from explorer.store import (
     SCHEMA_VERSION,
     TOKENS,

@@ -32,7 +32,6 @@ a :class:`StoreError` on the feature that holds it instead of as wrong numbers.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import threading
@@ -40,6 +39,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from explorer.files import file_sha256
+from explorer.paths import REPO_ROOT
 
 if TYPE_CHECKING:
     import numpy as np
@@ -195,8 +197,6 @@ def sae_ref(sae: str) -> str:
     written relative to the repository root; anything else (a sae-lens ``release/id``, another
     path) is kept as given. Stores built elsewhere then still match the default bundle.
     """
-    from explorer.bundle import REPO_ROOT
-
     path = Path(sae)
     if path.is_absolute() or path.exists():
         try:
@@ -318,15 +318,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     ):
         raise StoreError(f"store {path}: {MANIFEST} lacks 'files' or 'bundle.layers'")
     return manifest
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks (the store's and the corpus's fingerprint)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Store:
