@@ -100,7 +100,7 @@ def build_app(ex: Explorer, title: str = "Gemma Scope Explorer") -> gr.Blocks:
     texts = curated["texts"] or ["The cat sat on the mat. It was a sunny day in Paris."]
     layer_names = [str(n) for n in ex.layers]
     store_line = (
-        f"store: {ex.store.manifest.get('tokens', 0):,} corpus tokens"
+        f"store: {ex.store.manifest.tokens or 0:,} corpus tokens"
         if ex.store is not None
         else "no feature store (dashboards and browse are off)"
     )

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from explorer.gguf_model import embedded_identity
+from explorer.gguf_model import embedded_identity, embedded_model_dir
+from explorer.hooked import hooked_from_hf
 from explorer.paths import ASSETS_SAES
-from explorer.store.reader import sae_ref
+from explorer.store.schema import sae_ref
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
@@ -222,124 +223,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "float32" if device == "cpu" else "bfloat16"
 
 
-def hooked_config(hf_config: Any, device: str = "cpu", dtype: str = "float32") -> Any:
-    """A ``HookedTransformerConfig`` for a Gemma 2 or Gemma 3 text model, from its HF config.
-
-    Mirrors transformer-lens's hard-coded configs for the official Gemma names, field by field.
-    """
-    import torch
-    from transformer_lens import HookedTransformerConfig
-
-    model_type = hf_config.model_type
-    if model_type not in ("gemma2", "gemma3_text"):
-        raise BundleError(
-            f"model type {model_type!r} is not supported: this explorer loads Gemma 2 and "
-            "Gemma 3 text models"
-        )
-    gemma3 = model_type == "gemma3_text"
-    layer_types = list(getattr(hf_config, "layer_types", None) or [])
-    rope = getattr(hf_config, "rope_parameters", None) or {}
-    if gemma3 and "full_attention" in rope:
-        rotary_base = rope["full_attention"]["rope_theta"]
-        rotary_base_local = rope.get("sliding_attention", {}).get("rope_theta", 10000.0)
-    else:
-        flat = rope.get("rope_theta") if isinstance(rope, dict) else None
-        rotary_base = flat or getattr(hf_config, "rope_theta", 10000.0)
-        rotary_base_local = None
-    cfg: dict[str, Any] = {
-        "d_model": hf_config.hidden_size,
-        "d_head": hf_config.head_dim,
-        "n_heads": hf_config.num_attention_heads,
-        "d_mlp": hf_config.intermediate_size,
-        "n_layers": hf_config.num_hidden_layers,
-        "n_ctx": min(hf_config.max_position_embeddings, 8192),
-        "eps": hf_config.rms_norm_eps,
-        "d_vocab": hf_config.vocab_size,
-        "act_fn": hf_config.hidden_activation,
-        "initializer_range": hf_config.initializer_range,
-        "normalization_type": "RMS",
-        "rotary_base": rotary_base,
-        "positional_embedding_type": "rotary",
-        "use_attn_scale": True,
-        "attn_scale": float(hf_config.query_pre_attn_scalar) ** 0.5,
-        "n_key_value_heads": hf_config.num_key_value_heads,
-        "window_size": hf_config.sliding_window,
-        "use_local_attn": True,
-        "attn_types": ["local" if t == "sliding_attention" else "global" for t in layer_types],
-        "gated_mlp": True,
-        "final_rms": True,
-        "use_normalization_before_and_after": True,
-        "original_architecture": "Gemma3ForCausalLM" if gemma3 else "Gemma2ForCausalLM",
-        "model_name": getattr(hf_config, "_name_or_path", "") or model_type,
-        "device": device,
-        "dtype": getattr(torch, dtype),
-        "init_weights": False,
-        "default_prepend_bos": True,
-    }
-    if gemma3:
-        cfg["use_qk_norm"] = True
-        cfg["rotary_base_local"] = rotary_base_local
-    else:
-        cfg["attn_scores_soft_cap"] = hf_config.attn_logit_softcapping
-        cfg["output_logits_soft_cap"] = hf_config.final_logit_softcapping
-    return HookedTransformerConfig(**cfg)
-
-
-def hooked_from_hf(
-    hf_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    device: str = "cpu",
-    dtype: str = "float32",
-) -> HookedSAETransformer:
-    """Wrap a transformers Gemma model as an unprocessed ``HookedSAETransformer``.
-
-    No folding or centering: ``blocks.N.hook_resid_post`` equals ``hidden_states[N + 1]``.
-    """
-    from sae_lens import HookedSAETransformer
-    from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
-
-    cfg = hooked_config(hf_model.config, device=device, dtype=dtype)
-    model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
-    state_dict = convert_gemma_weights(hf_model, cfg)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    model.to(device, print_details=False)
-    model.eval()
-    transpose_weights_once(model)
-    return model
-
-
-# Weights that transformer-lens 3.9 multiplies as ``F.linear(x, W.T.contiguous())``.
-_LINEAR_T_WEIGHTS = ("W_U", "W_gate", "W_in", "W_out")
-
-
-def transpose_weights_once(model: Any) -> int:
-    """Store ``W_U`` and the MLP matrices so that ``W.T`` is already contiguous.
-
-    transformer-lens calls ``F.linear(x, W.T.contiguous())`` on every forward pass; with ``W``
-    contiguous that copies the matrix each time: 670 MB for Gemma 3's 262k-token unembedding and
-    16 MB per MLP layer, which made generation crawl (about 2 s a token here). Keeping the same
-    values in the transposed memory layout makes ``.contiguous()`` a no-op; results are
-    bit-identical (the same ``F.linear`` on the same layout). Returns how many were changed.
-    """
-    import torch
-
-    changed = 0
-    for module in model.modules():
-        for name in _LINEAR_T_WEIGHTS:
-            p = module._parameters.get(name) if hasattr(module, "_parameters") else None
-            if isinstance(p, torch.nn.Parameter) and p.dim() == 2 and not p.T.is_contiguous():
-                p.data = p.data.T.contiguous().T
-                changed += 1
-    return changed
-
-
 def load_hf_model(
     model: str, cache_dir: str | Path | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -348,8 +231,6 @@ def load_hf_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model == "embedded":
-        from explorer.gguf_model import embedded_model_dir
-
         location: str | Path = embedded_model_dir(cache_dir)
     else:
         location = model
@@ -431,6 +312,19 @@ class Bundle:
             while len(self._saes) > self.max_saes:
                 self._saes.popitem(last=False)
         return sae
+
+    def width(self, layer: int) -> int:
+        """The number of features of ``layer``'s SAE (loads it if needed)."""
+        return int(self.sae(layer).cfg.d_sae)
+
+    def check_feature(self, layer: int, feature: int) -> None:
+        """The one check that a (layer, feature) exists; a :class:`BundleError` says why not."""
+        if layer not in self.layers:
+            have = ", ".join(map(str, self.layers))
+            raise BundleError(f"layer {layer} has no SAE in this bundle (layers: {have})")
+        width = self.width(layer)
+        if isinstance(feature, bool) or not 0 <= feature < width:
+            raise BundleError(f"feature {feature} does not exist on layer {layer} (0–{width - 1})")
 
     def check_layers(self, layers: list[int] | None) -> list[int]:
         """Validate requested layers (``None`` means all of the bundle's)."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from explorer.bundle import Bundle, BundleError
+from explorer.hooks import routed
+
 if TYPE_CHECKING:
     from torch import Tensor
-
-    from explorer.bundle import Bundle
 
 
 class EncodeError(ValueError):
@@ -113,8 +114,6 @@ def residuals(bundle: Bundle, ids: Tensor, layers: list[int]) -> dict[int, Tenso
     """
     import torch
 
-    from explorer.hooks import routed
-
     captured: dict[int, Tensor] = {}
     names = {bundle.spec.hook_name(layer): layer for layer in layers}
 
@@ -198,9 +197,10 @@ def feature_activations(
     import torch
 
     chosen = bundle.check_layers([layer])
-    width = int(bundle.sae(layer).cfg.d_sae)
-    if isinstance(feature, bool) or not 0 <= feature < width:
-        raise EncodeError(f"feature {feature} does not exist on layer {layer} (0–{width - 1})")
+    try:
+        bundle.check_feature(layer, feature)
+    except BundleError as err:
+        raise EncodeError(str(err)) from None
     ids, keep, resid, truncated = _reported(bundle, text, chosen)
     sae = bundle.sae(layer)
     with torch.inference_mode():

@@ -139,8 +139,7 @@ class Explorer:
     def dense_threshold(self) -> float:
         if self.store is None:
             return 0.01
-        reduce = self.store.manifest.get("reduce", {})
-        return float(reduce.get("dense_threshold", 0.01))
+        return self.store.manifest.dense_threshold
 
     def width(self, layer: int) -> int:
         if self.store is not None and layer in self.store.layers:

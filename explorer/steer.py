@@ -27,10 +27,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from explorer.bundle import Bundle, BundleError
+from explorer.encode import text_ids, with_bos
+from explorer.hooks import routed
+
 if TYPE_CHECKING:
     import torch
 
-    from explorer.bundle import Bundle
 
 METHODS = ("add", "clamp", "ablate")
 MAX_NEW_TOKENS = 128
@@ -137,14 +140,10 @@ class Completion:
 def check_steers(bundle: Bundle, steers: Sequence[Steer]) -> None:
     """Raise :class:`SteerError` for a layer the bundle lacks or a feature past the SAE's width."""
     for s in steers:
-        if s.layer not in bundle.layers:
-            have = ", ".join(map(str, bundle.layers))
-            raise SteerError(f"layer {s.layer} has no SAE in this bundle (layers: {have})")
-        width = int(bundle.sae(s.layer).cfg.d_sae)
-        if isinstance(s.feature, bool) or not 0 <= s.feature < width:
-            raise SteerError(
-                f"feature {s.feature} does not exist on layer {s.layer} (0–{width - 1})"
-            )
+        try:
+            bundle.check_feature(s.layer, s.feature)
+        except BundleError as err:
+            raise SteerError(str(err)) from None
 
 
 def prompt_ids(bundle: Bundle, prompt: str, max_new_tokens: int = 0) -> tuple[list[int], bool]:
@@ -153,8 +152,6 @@ def prompt_ids(bundle: Bundle, prompt: str, max_new_tokens: int = 0) -> tuple[li
     At most :data:`MAX_PROMPT_TOKENS` are kept, fewer if the model's context could not also hold
     BOS and ``max_new_tokens``.
     """
-    from explorer.encode import text_ids, with_bos
-
     if not isinstance(prompt, str) or not prompt.strip():
         raise SteerError("the prompt is empty: type a prompt to continue")
     ids = text_ids(bundle, prompt)
@@ -248,8 +245,6 @@ def _generate_rows(
 ) -> Iterator[Completion]:
     import torch
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    from explorer.hooks import routed
 
     check_steers(bundle, [s for row in rows for s in row])
     ids, truncated = prompt_ids(bundle, prompt, cfg.max_new_tokens)

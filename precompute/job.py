@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,13 +29,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explorer import __version__
+from explorer.bundle import build_bundle, bundle_identity, preset
+from explorer.encode import residuals
+from explorer.files import atomic_writer
 from explorer.paths import ASSETS_SAES
+from explorer.store.codec import (
+    FeatureColumns,
+    examples_table,
+    features_table,
+    tokens_table,
+    vocab_table,
+)
 from explorer.store.saes import SAES_MANIFEST, SaeManifest
-from precompute.accumulate import Records, ReduceConfig, TokenTable, examples, reduce_layer
+from explorer.store.schema import StoreLayer, StoreManifest, sae_ref
+from precompute.accumulate import (
+    Examples,
+    LayerStats,
+    Records,
+    ReduceConfig,
+    TokenTable,
+    examples,
+    reduce_layer,
+)
+from precompute.corpus import corpus_sha256, pad_windows, run_documents, token_windows
+from precompute.write import write_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import pyarrow as pa
 
     from explorer.bundle import Bundle
@@ -94,8 +113,6 @@ class RunConfig:
 
 def collect_windows(cfg: RunConfig, tokenizer: Any) -> TokenTable:
     """The run's windows in order, as a :class:`TokenTable`, until ``cfg.tokens`` are reached."""
-    from precompute.corpus import run_documents, token_windows
-
     special = set(tokenizer.all_special_ids)
     ids: list[list[int]] = []
     docs: list[str] = []
@@ -144,9 +161,6 @@ def encode_batch(
     """One forward pass over ``windows``; each layer's non-zero SAE codes as Records."""
     import torch
 
-    from explorer.encode import residuals
-    from precompute.corpus import pad_windows
-
     starts = table.window_start[windows.start : windows.stop]
     ends = table.window_end[windows.start : windows.stop]
     ids, keep = pad_windows(
@@ -181,12 +195,8 @@ def _save_shard(path: Path, records: dict[int, Records], meta: dict[str, Any]) -
             r.feat,
             r.act,
         )
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
+    with atomic_writer(path) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def _load_shard(path: Path, layer: int) -> Records:
@@ -238,111 +248,61 @@ def neighbours(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, np.
     return torch.cat(idx).numpy().astype(np.int32), torch.cat(val).numpy().astype(np.float32)
 
 
-def _list_array(values: np.ndarray, offsets: np.ndarray, type_: Any) -> pa.Array:
-    import pyarrow as pa
-
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, type_))
-
-
-def _fixed_lists(matrix: np.ndarray, type_: Any) -> pa.Array:
-    """``[F, k]`` → a list column of F rows of k values each."""
-    rows, k = matrix.shape
-    return _list_array(matrix.reshape(-1), np.arange(0, rows * k + 1, k), type_)
-
-
 def build_tables(
-    stats: Any,
-    ex: Any,
+    stats: LayerStats,
+    ex: Examples,
     table: TokenTable,
     cfg: ReduceConfig,
     logits: tuple[np.ndarray, ...],
     neighbours: tuple[np.ndarray, np.ndarray],
 ) -> tuple[pa.Table, pa.Table]:
-    """The features and examples tables of one layer, in the store's schema.
+    """The features and examples tables of one layer, in the store's schema (through the codec).
 
-    An example points into :func:`tokens_table` (window, start, length) and keeps its non-zero
-    activations only (``act_pos``/``act_val``); everything is vectorized over examples.
+    An example's context is given by its window and its start inside the window without BOS.
     """
-    import pyarrow as pa
-
-    n = len(stats.n_fires)
     top_i, top_v, bot_i, bot_v = logits
-    features = pa.table(
-        {
-            "feature": pa.array(np.arange(n, dtype=np.int32)),
-            "density": pa.array(stats.density.astype(np.float64)),
-            "n_fires": pa.array(stats.n_fires.astype(np.int64)),
-            "max_act": pa.array(stats.max_act.astype(np.float32)),
-            "mean_act": pa.array(stats.mean_act.astype(np.float32)),
-            "dead": pa.array(stats.dead),
-            "dense": pa.array(stats.dense),
-            "hist_counts": _fixed_lists(stats.hist_counts.astype(np.int64), pa.int64()),
-            "interval_counts": _fixed_lists(stats.interval_counts.astype(np.int64), pa.int64()),
-            "top_logits": _fixed_lists(top_i.astype(np.int32), pa.int32()),
-            "top_logits_values": _fixed_lists(top_v.astype(np.float16), pa.float16()),
-            "bottom_logits": _fixed_lists(bot_i.astype(np.int32), pa.int32()),
-            "bottom_logits_values": _fixed_lists(bot_v.astype(np.float16), pa.float16()),
-            "neighbours": _fixed_lists(neighbours[0].astype(np.int32), pa.int32()),
-            "neighbour_cos": _fixed_lists(neighbours[1].astype(np.float16), pa.float16()),
-        }
+    features = features_table(
+        FeatureColumns(
+            density=stats.density,
+            n_fires=stats.n_fires,
+            max_act=stats.max_act,
+            mean_act=stats.mean_act,
+            dead=stats.dead,
+            dense=stats.dense,
+            hist_counts=stats.hist_counts,
+            interval_counts=stats.interval_counts,
+            top_logits=top_i,
+            top_values=top_v,
+            bottom_logits=bot_i,
+            bottom_values=bot_v,
+            neighbours=neighbours[0],
+            neighbour_cos=neighbours[1],
+        )
     )
-    group = ex.group.astype(np.int64)
     win = table.window[ex.ctx_start]
-    start = ex.ctx_start - table.window_start[win] - 1  # in the window without its BOS
-    lens = ex.ctx_len.astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lens)])
-    acts = np.concatenate(ex.acts).astype(np.float32) if len(ex.acts) else np.zeros(0, np.float32)
-    fires = np.flatnonzero(acts)
-    n_fires = np.diff(np.searchsorted(fires, offsets))
-    act_offsets = np.concatenate([[0], np.cumsum(n_fires)])
-    act_pos = fires - np.repeat(offsets[:-1], n_fires)
-    names = np.array(["top"] + [f"interval {k}" for k in range(1, cfg.n_intervals + 1)])
-    examples_table = pa.table(
-        {
-            "feature": pa.array(ex.feature.astype(np.int32)),
-            "group": pa.DictionaryArray.from_arrays(
-                pa.array(group.astype(np.int32)), pa.array(names)
-            ).cast(pa.string()),
-            "rank": pa.array(ex.rank.astype(np.int16)),
-            "window": pa.array(win.astype(np.int32)),
-            "start": pa.array(start.astype(np.int16)),
-            "length": pa.array(lens.astype(np.int16)),
-            "max_pos": pa.array((ex.pos - ex.ctx_start).astype(np.int16)),
-            "act_pos": _list_array(act_pos.astype(np.int16), act_offsets, pa.int16()),
-            "act_val": _list_array(acts[fires].astype(np.float16), act_offsets, pa.float16()),
-        }
+    examples = examples_table(
+        feature=ex.feature,
+        group=ex.group,
+        rank=ex.rank,
+        window=win,
+        start=ex.ctx_start - table.window_start[win] - 1,  # in the window without its BOS
+        max_pos=ex.pos - ex.ctx_start,
+        acts=ex.acts,
+        n_intervals=cfg.n_intervals,
     )
-    return features, examples_table
+    return features, examples
 
 
-def tokens_table(table: TokenTable) -> pa.Table:
+def store_tokens(table: TokenTable) -> pa.Table:
     """The store's ``tokens.parquet``: every window of the run without its BOS."""
-    import pyarrow as pa
-
-    n_windows = len(table.window_start)
     keep = np.ones(len(table.token_ids), dtype=bool)
     keep[table.window_start] = False  # each window's BOS
-    lengths = table.window_end - table.window_start - 1
-    return pa.table(
-        {
-            "window": pa.array(np.arange(n_windows, dtype=np.int32)),
-            "doc_id": pa.array(table.window_doc, pa.string()),
-            "offset": pa.array(table.window_offset.astype(np.int32)),
-            "token_ids": _list_array(
-                table.token_ids[keep].astype(np.int32),
-                np.concatenate([[0], np.cumsum(lengths)]),
-                pa.int32(),
-            ),
-        }
+    return tokens_table(
+        table.token_ids[keep],
+        table.window_end - table.window_start - 1,
+        table.window_doc,
+        table.window_offset,
     )
-
-
-def vocab_table(ids: np.ndarray, token_text: Callable[[np.ndarray], list[str]]) -> pa.Table:
-    """The store's ``vocab.parquet``: the text of each distinct id of ``ids``."""
-    import pyarrow as pa
-
-    unique = np.unique(ids).astype(np.int32)
-    return pa.table({"token_id": pa.array(unique), "text": pa.array(token_text(unique))})
 
 
 @dataclass
@@ -410,15 +370,12 @@ class Job:
 
     def reduce(self, table: TokenTable, work: Path) -> Path:
         """Reduce the shards of every layer and write the store atomically."""
-        from explorer.store import sae_ref
-        from precompute.write import write_store
-
         t0 = time.perf_counter()
         shards = sorted(work.glob("shard-*.npz"))
         features: dict[int, Any] = {}
         example_tables: dict[int, Any] = {}
         logit_ids: list[np.ndarray] = []
-        layer_meta = []
+        layer_meta: list[StoreLayer] = []
         for layer in self.layers:
             records = Records.concat([_load_shard(p, layer) for p in shards])
             sae = self.bundle.sae(layer)
@@ -436,46 +393,40 @@ class Job:
                 neighbours=neighbours(self.bundle, layer),
             )
             layer_meta.append(
-                {
-                    "layer": layer,
-                    "hook_name": self.bundle.spec.hook_name(layer),
-                    "sae": sae_ref(self.bundle.spec.source(layer).describe()),
-                    "d_sae": int(sae.cfg.d_sae),
-                    "architecture": sae.cfg.architecture(),
-                    "metrics": self.bundle_meta.get("metrics", {}).get(str(layer), {}),
-                }
+                StoreLayer(
+                    layer=layer,
+                    hook_name=self.bundle.spec.hook_name(layer),
+                    sae=sae_ref(self.bundle.spec.source(layer).describe()),
+                    d_sae=int(sae.cfg.d_sae),
+                    architecture=sae.cfg.architecture(),
+                    metrics=self.bundle_meta.get("metrics", {}).get(str(layer), {}),
+                )
             )
-        tokens = tokens_table(table)
+        tokens = store_tokens(table)
         used = tokens.column("token_ids").combine_chunks().flatten().to_numpy()
         vocab = vocab_table(np.concatenate([used, *logit_ids]), self._token_text)
         self.timing["reduce_s"] = round(time.perf_counter() - t0, 2)
-        from explorer import __version__
-        from precompute.corpus import corpus_sha256
-
-        manifest = {
-            "kind": "store",
-            "package_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "bundle": {
-                "preset": self.bundle.spec.name,
-                "model": self.bundle_meta.get("model", self.bundle.spec.model),
-                "model_sha256": self.bundle_meta.get("model_sha256"),
-                "layers": layer_meta,
-            },
-            "corpus": {
+        manifest = StoreManifest(
+            layers=tuple(layer_meta),
+            preset=self.bundle.spec.name,
+            model=self.bundle_meta.get("model", self.bundle.spec.model),
+            model_sha256=self.bundle_meta.get("model_sha256"),
+            package_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            corpus={
                 "spec": self.cfg.corpus,
                 "sha256": corpus_sha256(self.cfg.corpus),
                 "split": self.cfg.split,
             },
-            "tokens": int(table.n_tokens),
-            "windows": len(table.window_start),
-            "context_size": self.cfg.context_size,
-            "bos_policy": "excluded",
-            "seed": self.cfg.seed,
-            "run": self.cfg.to_dict(),
-            "reduce": asdict(self.cfg.reduce),
-            "timing": self.timing,
-        }
+            tokens=int(table.n_tokens),
+            windows=len(table.window_start),
+            context_size=self.cfg.context_size,
+            bos_policy="excluded",
+            seed=self.cfg.seed,
+            run=self.cfg.to_dict(),
+            reduce=asdict(self.cfg.reduce),
+            timing=self.timing,
+        )
         return write_store(self.out_dir, manifest, features, example_tables, tokens, vocab)
 
     _cache: dict[int, str] = field(default_factory=dict, repr=False)
@@ -492,8 +443,6 @@ class Job:
 
 def bundle_meta(bundle: Bundle) -> dict[str, Any]:
     """What the store records about the bundle it describes (and checks at app start)."""
-    from explorer.bundle import bundle_identity
-
     ident = bundle_identity(bundle.spec)
     meta: dict[str, Any] = {"model": ident["model"], "model_sha256": ident["model_sha256"]}
     if bundle.spec.name == "default" and (ASSETS_SAES / SAES_MANIFEST).is_file():
@@ -511,8 +460,6 @@ def run_preset(
     work_dir: Path | None = None,
 ) -> Path:
     """Build the preset's bundle and run the job (the ``run`` command)."""
-    from explorer.bundle import build_bundle, preset
-
     bundle = build_bundle(preset(preset_name), device=device, dtype="float32", cache_dir=cache_dir)
     job = Job(cfg, bundle, out_dir, work_dir=work_dir, bundle_meta=bundle_meta(bundle))
     return job.run()

@@ -28,17 +28,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from explorer.store import (
+from explorer.files import atomic_write_text, file_sha256, fsync_dir, replace_dir
+from explorer.store.schema import (
     KIND,
     MANIFEST,
     SCHEMA_VERSION,
     TOKENS,
     VOCAB,
+    StoreError,
+    StoreManifest,
     examples_path,
     examples_schema,
     features_path,
     features_schema,
-    file_sha256,
     group_order,
     tokens_schema,
     vocab_schema,
@@ -67,7 +69,7 @@ class WriteError(ValueError):
 
 def write_store(
     out_dir: Path,
-    manifest: dict[str, Any],
+    manifest: StoreManifest | Mapping[str, Any],
     features: Mapping[int, pa.Table | pd.DataFrame],
     examples: Mapping[int, pa.Table | pd.DataFrame],
     tokens: pa.Table | pd.DataFrame,
@@ -79,9 +81,10 @@ def write_store(
     Args:
         out_dir: the store directory; an existing store there is replaced (any other non-empty
             directory is refused).
-        manifest: everything but ``files``, which is filled here (a copy; the argument is left
-            as is); ``schema_version`` and ``kind`` are set if absent and must be right if given;
-            ``bundle.layers`` must name exactly the layers of ``features``.
+        manifest: everything but ``files``, which is filled here (the argument is left as is);
+            a :class:`StoreManifest`, or its JSON object (``schema_version`` and ``kind`` are set
+            if absent and must be right if given); its layers must be exactly those of
+            ``features``.
         features: per layer, the features table (:func:`explorer.store.features_schema`).
         examples: per layer, the examples table (:func:`explorer.store.examples_schema`), in
             any row order; each inside its window of ``tokens``.
@@ -94,7 +97,7 @@ def write_store(
     out_dir = Path(out_dir)
     manifest = _check_manifest(manifest, features, examples)
     _check_destination(out_dir)
-    d_sae = {e["layer"]: e.get("d_sae") for e in manifest["bundle"]["layers"]}
+    d_sae = {e.layer: e.d_sae for e in manifest.layers}
     windows = _conform(tokens, tokens_schema(), "tokens")
     window_len = _check_tokens(windows)
     vocab_table = _conform(vocab, vocab_schema(), "vocab")
@@ -128,15 +131,11 @@ def write_store(
             files[examples_path(layer)] = _write_parquet(
                 tmp, examples_path(layer), _feature_aligned_chunks(exs, rows_per_group)
             )
-        manifest["files"] = files
-        data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        with (tmp / MANIFEST).open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        text = json.dumps(manifest.with_files(files).to_dict(), indent=2, ensure_ascii=False)
+        atomic_write_text(tmp / MANIFEST, text + "\n")
         for sub in ("features", "examples", "."):
-            _fsync_dir(tmp / sub)
-        _replace(tmp, out_dir)
+            fsync_dir(tmp / sub)
+        replace_dir(tmp, out_dir)
     except BaseException:
         _cleanup(tmp)
         raise
@@ -151,21 +150,25 @@ def write_store(
 
 
 def _check_manifest(
-    manifest: dict[str, Any], features: Mapping[int, Any], examples: Mapping[int, Any]
-) -> dict[str, Any]:
-    manifest = dict(manifest)
-    for key, value in (("schema_version", SCHEMA_VERSION), ("kind", KIND)):
-        if manifest.setdefault(key, value) != value:
-            raise WriteError(f"manifest {key} is {manifest[key]!r}, this writer writes {value!r}")
+    manifest: StoreManifest | Mapping[str, Any],
+    features: Mapping[int, Any],
+    examples: Mapping[int, Any],
+) -> StoreManifest:
+    if not isinstance(manifest, StoreManifest):
+        for key, value in (("schema_version", SCHEMA_VERSION), ("kind", KIND)):
+            if manifest.get(key, value) != value:
+                raise WriteError(
+                    f"manifest {key} is {manifest[key]!r}, this writer writes {value!r}"
+                )
+        try:
+            manifest = StoreManifest.from_dict(dict(manifest))
+        except StoreError:
+            raise WriteError("manifest has no bundle.layers list") from None
     if set(features) != set(examples) or not features:
         raise WriteError(
             f"features have layers {sorted(features)}, examples have layers {sorted(examples)}"
         )
-    bundle = manifest.get("bundle")
-    entries = bundle.get("layers") if isinstance(bundle, dict) else None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise WriteError("manifest has no bundle.layers list")
-    named = sorted(e.get("layer") for e in entries)
+    named = [e.layer for e in sorted(manifest.layers, key=lambda e: e.layer)]
     if named != sorted(features):
         raise WriteError(f"manifest bundle.layers are {named}, the tables' are {sorted(features)}")
     return manifest
@@ -371,31 +374,6 @@ def _write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, A
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
     }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` to ``out_dir``, the old store aside first and deleted last."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".old-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out_dir)
-        raise
-    _fsync_dir(out_dir.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _cleanup(tmp: Path) -> None:

@@ -166,7 +166,8 @@ def write_relu_sae(
 
 def tiny_bundle(hf_model, tokenizer, sae_dirs: dict[int, Path], max_tokens: int = 64):  # type: ignore[no-untyped-def]
     """A :class:`explorer.bundle.Bundle` over an in-memory model and local SAE directories."""
-    from explorer.bundle import Bundle, BundleSpec, SAESource, hooked_from_hf
+    from explorer.bundle import Bundle, BundleSpec, SAESource
+    from explorer.hooked import hooked_from_hf
 
     spec = BundleSpec(
         name="tiny",

@@ -15,11 +15,10 @@ from explorer.bundle import (
     SAESource,
     build_bundle,
     custom_spec,
-    hooked_config,
-    hooked_from_hf,
     parse_sae_source,
     preset,
 )
+from explorer.hooked import ModelTypeError, hooked_config, hooked_from_hf, transpose_weights_once
 
 
 def _hf_config_of(official: str):  # type: ignore[no-untyped-def]
@@ -98,7 +97,6 @@ def test_residuals_equal_transformers_hidden_states(which: str, request, tokeniz
 
 def test_linear_weights_are_laid_out_so_no_forward_pass_copies_them(gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
     """transformer-lens multiplies by ``W.T.contiguous()``: that must not copy (see bundle.py)."""
-    from explorer.bundle import transpose_weights_once
 
     model = hooked_from_hf(gemma3_hf, tokenizer)
     assert model.unembed.W_U.T.is_contiguous()
@@ -197,7 +195,7 @@ def test_default_preset_without_saes_names_the_build_command(monkeypatch, tmp_pa
 def test_unsupported_architecture_is_refused() -> None:
     from transformers import LlamaConfig
 
-    with pytest.raises(BundleError, match="'llama' is not supported"):
+    with pytest.raises(ModelTypeError, match="'llama' is not supported"):
         hooked_config(LlamaConfig())
 
 

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from explorer import gguf_model
-from explorer.bundle import build_bundle, hooked_from_hf, load_hf_model, preset
+from explorer.bundle import build_bundle, load_hf_model, preset
 from explorer.encode import encode
+from explorer.hooked import hooked_from_hf
 from explorer.paths import ASSETS_SAES
 
 pytestmark = pytest.mark.slow
@@ -147,8 +148,8 @@ def test_shipped_store_passes_its_manifest_checks() -> None:
     store.check_bundle(ident["model"], ident["model_sha256"], widths)
     m = store.manifest
     assert store.layers == preset("default").layers
-    assert m["tokens"] >= 1_000_000
-    assert m["corpus"]["sha256"] == file_sha256(ASSETS / "corpus" / "corpus.jsonl.xz")
+    assert m.tokens is not None and m.tokens >= 1_000_000
+    assert m.corpus is not None and m.corpus["sha256"] == file_sha256(ASSETS / "corpus" / "corpus.jsonl.xz")
     size = sum(p.stat().st_size for p in (ASSETS / "store").rglob("*") if p.is_file())
     assert size <= 30 * 2**20, size
     for layer in store.layers:

@@ -145,14 +145,14 @@ def gemma_scope_2(hub: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gemma2_model(tokenizer):  # type: ignore[no-untyped-def]
-    from explorer.bundle import hooked_from_hf
+    from explorer.hooked import hooked_from_hf
 
     return hooked_from_hf(make_gemma2(len(tokenizer), n_layers=4, d_model=D_IN), tokenizer)
 
 
 @pytest.fixture(scope="module")
 def gemma3_model(tokenizer):  # type: ignore[no-untyped-def]
-    from explorer.bundle import hooked_from_hf
+    from explorer.hooked import hooked_from_hf
 
     return hooked_from_hf(make_gemma3(len(tokenizer), n_layers=6, d_model=D_IN), tokenizer)
 

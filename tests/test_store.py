@@ -199,7 +199,7 @@ def store_dir(tmp_path: Path, tables: Tables) -> Path:
 def test_round_trip(store_dir: Path, tables: Tables) -> None:
     store = Store.open(store_dir)
     assert store.layers == LAYERS
-    manifest = store.manifest
+    manifest = store.manifest.to_dict()
     assert manifest["schema_version"] == SCHEMA_VERSION and manifest["kind"] == "store"
     assert {k: v for k, v in manifest.items() if k not in ("files", "schema_version", "kind")} == (
         make_manifest()
@@ -490,7 +490,7 @@ def test_interrupted_write_keeps_existing_store(
         tables.write(store_dir, {**make_manifest(), "tokens": 2})
     assert [p.name for p in store_dir.parent.iterdir()] == [store_dir.name]
     assert _snapshot(store_dir) == before
-    assert Store.open(store_dir, verify=True).manifest["tokens"] == 1000
+    assert Store.open(store_dir, verify=True).manifest.tokens == 1000
 
 
 def test_killed_write_leaves_no_readable_store(
@@ -511,7 +511,7 @@ def test_killed_write_leaves_no_readable_store(
 
 def test_rewrite_replaces_store(store_dir: Path, tables: Tables) -> None:
     tables.write(store_dir, {**make_manifest(), "tokens": 2})
-    assert Store.open(store_dir).manifest["tokens"] == 2
+    assert Store.open(store_dir).manifest.tokens == 2
     assert [p.name for p in store_dir.parent.iterdir()] == [store_dir.name]
 
 

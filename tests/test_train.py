@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import WORDS
 
-from explorer.bundle import hooked_from_hf
+from explorer.hooked import hooked_from_hf
 from precompute.train import TrainConfig, evaluate, finished_metrics, load_saved, train_saes
 
 
