@@ -40,7 +40,7 @@ def _add_build_corpus(sub: _SubParsers) -> None:
 
 
 def _cmd_build_corpus(args: argparse.Namespace) -> int:
-    from precompute.build_corpus import build_corpus
+    from precompute.corpus_build import build_corpus
 
     report = build_corpus(args.out, work_dir=args.work_dir)
     print(

@@ -13,13 +13,6 @@ from typing import Any
 
 import pytest
 
-from precompute.build_corpus import (
-    BuildCorpusConfig,
-    balance,
-    chunk_sections,
-    clean_text,
-    write_corpus,
-)
 from precompute.corpus import (
     CorpusError,
     Document,
@@ -30,14 +23,18 @@ from precompute.corpus import (
     run_documents,
     token_windows,
 )
-from precompute.corpus_sources import (
+from precompute.corpus_build import (
+    BuildCorpusConfig,
     ExtractedSource,
     LicenceExcerpt,
     SourceInfo,
     SourceText,
-    _dict_b64,
-    _drop_lists,
+    balance,
+    chunk_sections,
+    clean_text,
+    write_corpus,
 )
+from precompute.corpus_build.extract import _dict_b64, _drop_lists
 
 # --- iter_documents ------------------------------------------------------------------------------
 
@@ -360,13 +357,13 @@ def test_write_corpus_names_a_missing_source(tmp_path: Path) -> None:
 def test_cli_reports_errors_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import precompute.build_corpus
+    import precompute.corpus_build
     from precompute.__main__ import main
 
     def fail(*args: Any, **kwargs: Any) -> None:
         raise CorpusError("source 'devil': `apt-get download dict-devil` failed (exit 100): E: x")
 
-    monkeypatch.setattr(precompute.build_corpus, "build_corpus", fail)
+    monkeypatch.setattr(precompute.corpus_build, "build_corpus", fail)
     assert main(["build-corpus", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == "error: source 'devil': `apt-get download dict-devil` failed (exit 100): E: x\n"

