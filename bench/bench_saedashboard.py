@@ -106,8 +106,8 @@ def _full_windows(tokenizer: Any, n_windows: int) -> tuple[Any, int]:
     Shorter windows (a document's tail) are skipped so that both tools see one ``[W, 128]``
     tensor with no padding; our job then runs on exactly this table.
     """
-    from precompute.accumulate import TokenTable
     from precompute.job import RunConfig, collect_windows
+    from precompute.records import TokenTable
 
     tokens = n_windows * CONTEXT * 2
     while True:

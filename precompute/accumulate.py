@@ -27,255 +27,31 @@ cost a minute.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from precompute.records import (
+    MAX_FEATURES,
+    POS_BITS,
+    POS_MASK,
+    AccumulateError,
+    Records,
+    TokenTable,
+    chunks,
+    sample_key,
+)
+
 logger = logging.getLogger(__name__)
 
-POS_BITS = 40
-"""Canonical record key: ``feat << POS_BITS | pos`` (also the sample key's input)."""
-_POS_MASK = (1 << POS_BITS) - 1
-_MAX_FEATURES = 1 << (63 - POS_BITS)
-_CHUNK = 1 << 20
-"""Records per chunk in the per-record passes: temporaries of a few MB, reused by malloc."""
 _FINE_CELLS = 1 << 24
 """Budget for the top-k filter's fine histogram (features x buckets)."""
 _FINE_OCTAVE_BITS = 4
 """Fine buckets cover 2**4 octaves below a feature's max (lower activations: the last one)."""
 _SAMPLE_OVERSHOOT = 8.0
 """Interval candidates aim at this many times ``per_interval`` (re-scan when short)."""
-
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-class AccumulateError(ValueError):
-    """Records, a token table or a config that cannot be reduced; the message is one line."""
-
-
-def splitmix64(x: NDArray[Any] | int) -> NDArray[np.uint64]:
-    """SplitMix64's output for state ``x`` (uint64 in, uint64 out, wrapping arithmetic).
-
-    Convention: ``splitmix64(x)`` is the first number a SplitMix64 generator seeded with ``x``
-    returns (Vigna's ``next()``: add the golden gamma, then mix), so
-    ``splitmix64(0) == 0xE220A8397B1DCDAF``. It is a bijection of the 64-bit integers.
-    """
-    z = np.array(x, dtype=np.uint64, ndmin=1)  # a copy: _mix works in place
-    return _mix(z).reshape(np.shape(x))
-
-
-def _mix(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """In place: ``z`` becomes ``splitmix64(z)``."""
-    with np.errstate(over="ignore"):
-        z += _GAMMA
-        z ^= z >> np.uint64(30)
-        z *= _MIX1
-        z ^= z >> np.uint64(27)
-        z *= _MIX2
-        z ^= z >> np.uint64(31)
-    return z
-
-
-def _sample_key(key: NDArray[np.int64], seed: int) -> NDArray[np.uint64]:
-    """``splitmix64(seed ^ splitmix64(key))`` for canonical keys ``feat << 40 | pos``."""
-    z = _mix(key.astype(np.uint64))
-    z ^= np.uint64(seed)
-    return _mix(z)
-
-
-@dataclass(frozen=True)
-class TokenTable:
-    """Every position of a run, in run order (window after window, each starting with its BOS).
-
-    Args:
-        token_ids: int32 ``[N]`` token id of every position, BOS included.
-        window: int32 ``[N]`` window index of each position.
-        special: bool ``[N]`` BOS / pad / EOS / other special token (never a record).
-        window_start: int64 ``[W]`` global position of each window's first position (its BOS).
-        window_doc: ``[W]`` doc_id of each window.
-        window_offset: int32 ``[W]`` offset of the window's first non-BOS token in its document.
-    """
-
-    token_ids: NDArray[np.int32]
-    window: NDArray[np.int32]
-    special: NDArray[np.bool_]
-    window_start: NDArray[np.int64]
-    window_doc: list[str]
-    window_offset: NDArray[np.int32]
-
-    def __post_init__(self) -> None:
-        n, w = len(self.token_ids), len(self.window_start)
-        if not (len(self.window) == len(self.special) == n):
-            raise AccumulateError(
-                f"token table: token_ids, window and special differ in length "
-                f"({n}, {len(self.window)}, {len(self.special)})"
-            )
-        if not (len(self.window_doc) == len(self.window_offset) == w):
-            raise AccumulateError(
-                f"token table: window_start, window_doc and window_offset differ in length "
-                f"({w}, {len(self.window_doc)}, {len(self.window_offset)})"
-            )
-        starts = np.asarray(self.window_start, dtype=np.int64)
-        if w and (starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= n):
-            raise AccumulateError(
-                "token table: window_start must start at 0 and increase strictly below N"
-            )
-        lengths = np.diff(np.append(starts, n))
-        if n != (0 if w == 0 else int(lengths.sum())) or not np.array_equal(
-            self.window, np.repeat(np.arange(w), lengths)
-        ):
-            raise AccumulateError("token table: window does not match window_start")
-
-    @property
-    def n_tokens(self) -> int:
-        """Non-special positions: the tokens that statistics count."""
-        return int((~np.asarray(self.special, dtype=bool)).sum())
-
-    @property
-    def window_end(self) -> NDArray[np.int64]:
-        """int64 ``[W]`` one past each window's last position."""
-        return np.append(self.window_start[1:], len(self.token_ids)).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class Records:
-    """Sparse activations of one layer: feature ``feat`` fired ``act`` at global position ``pos``.
-
-    Arrays are coerced to the dtypes below (a copy only where the dtype differs). Each
-    ``(feat, pos)`` pair may appear once (checked when reduced).
-
-    Args:
-        pos: int64 ``[M]`` global positions (``0 <= pos < 2**40``).
-        feat: int32 ``[M]`` feature ids (``>= 0``).
-        act: float32 ``[M]`` activations, all finite and ``> 0``.
-    """
-
-    pos: NDArray[np.int64]
-    feat: NDArray[np.int32]
-    act: NDArray[np.float32]
-
-    def __post_init__(self) -> None:
-        arrays = {name: np.asarray(getattr(self, name)) for name in ("pos", "feat", "act")}
-        for name, a in arrays.items():
-            if a.ndim != 1:
-                raise AccumulateError(f"records: {name} must be 1-D, got shape {a.shape}")
-            kind, what = ("f", "floats") if name == "act" else ("iu", "integers")
-            if a.size and a.dtype.kind not in kind:
-                raise AccumulateError(f"records: {name} has dtype {a.dtype}, expected {what}")
-        sizes = {name: len(a) for name, a in arrays.items()}
-        if len(set(sizes.values())) > 1:
-            raise AccumulateError(f"records: arrays differ in length {sizes}")
-        pos = np.asarray(self.pos, dtype=np.int64)
-        feat = np.asarray(self.feat, dtype=np.int32)
-        act = np.asarray(self.act, dtype=np.float32)
-        if pos.size:
-            if pos.min() < 0 or pos.max() > _POS_MASK:
-                raise AccumulateError(f"records: pos outside [0, 2**{POS_BITS})")
-            if arrays["feat"].min() < 0 or arrays["feat"].max() >= _MAX_FEATURES:
-                raise AccumulateError(f"records: feature ids outside [0, {_MAX_FEATURES})")
-            if not np.all(act > 0) or not np.all(np.isfinite(act)):
-                raise AccumulateError("records: act must be finite and > 0 (zeros are not records)")
-        object.__setattr__(self, "pos", pos)
-        object.__setattr__(self, "feat", feat)
-        object.__setattr__(self, "act", act)
-
-    def __len__(self) -> int:
-        return len(self.pos)
-
-    @classmethod
-    def concat(cls, parts: Sequence[Records]) -> Records:
-        """The merge: all parts' records together (results never depend on their order)."""
-        if not parts:
-            return cls.empty()
-        return cls(
-            pos=np.concatenate([p.pos for p in parts]),
-            feat=np.concatenate([p.feat for p in parts]),
-            act=np.concatenate([p.act for p in parts]),
-        )
-
-    @classmethod
-    def empty(cls) -> Records:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-
-    def canonical(self) -> Records:
-        """The same records in ``(feat, pos)`` order (``self`` when already so)."""
-        s = self._sorted
-        if s.act is self.act:
-            return self
-        out = Records(pos=s.key & _POS_MASK, feat=(s.key >> POS_BITS).astype(np.int32), act=s.act)
-        out.__dict__["_sorted"] = s
-        return out
-
-    @cached_property
-    def _sorted(self) -> _Sorted:
-        """Canonical order, computed once per object: :func:`reduce_layer` and :func:`examples`
-        both need it, and sorting tens of millions of records takes seconds. Kept with the
-        object (12 bytes a record)."""
-        return _canonical(self)
-
-
-class _Sorted(NamedTuple):
-    key: NDArray[np.int64]  # feat << POS_BITS | pos, strictly increasing
-    act: NDArray[np.float32]
-
-
-def _canonical(records: Records) -> _Sorted:
-    """Records sorted by ``(feat, pos)``; raises on a duplicate pair.
-
-    Works chunk by chunk in place on one int64 buffer: at tens of millions of records, fresh
-    full-size temporaries cost as much in page faults as the arithmetic itself.
-    """
-    m, feat, pos = len(records), records.feat, records.pos
-    key = np.empty(m, np.int64)
-    ordered = True
-    for a, c in _chunks(key):
-        np.left_shift(feat[a : a + len(c)], POS_BITS, out=c, dtype=np.int64)
-        c |= pos[a : a + len(c)]
-        ordered = ordered and bool(np.all(c[1:] > c[:-1])) and (a == 0 or c[0] > key[a - 1])
-    if ordered:
-        return _Sorted(key, records.act)
-    # Pack (feat, pos, index) into one int64 when it fits: np.sort of int64 is several times
-    # faster than np.argsort, and the index comes back from the low bits.
-    pbits = int(pos.max()).bit_length()
-    ibits = (m - 1).bit_length()
-    if int(feat.max()).bit_length() + pbits + ibits <= 63:
-        for a, c in _chunks(key):
-            p = c & _POS_MASK
-            c >>= POS_BITS
-            c <<= pbits
-            c |= p
-            c <<= ibits
-            c |= np.arange(a, a + len(c), dtype=np.int64)
-        key.sort()
-        act = np.empty(m, np.float32)
-        for a, c in _chunks(key):
-            act[a : a + len(c)] = records.act[c & ((1 << ibits) - 1)]
-            c >>= ibits
-            p = c & ((1 << pbits) - 1)
-            c >>= pbits
-            c <<= POS_BITS
-            c |= p
-    else:
-        order = np.argsort(key)
-        key, act = key[order], records.act[order]
-    if not bool(np.all(key[1:] > key[:-1])):
-        dup = int(key[1:][key[1:] == key[:-1]][0])
-        raise AccumulateError(
-            f"records: feature {dup >> POS_BITS} appears twice at pos {dup & _POS_MASK}"
-        )
-    return _Sorted(key, act)
-
-
-def _chunks(a: NDArray[Any]) -> Iterator[tuple[int, NDArray[Any]]]:
-    """``(start, view)`` over consecutive chunks of ``a``."""
-    for start in range(0, len(a), _CHUNK):
-        yield start, a[start : start + _CHUNK]
 
 
 @dataclass(frozen=True)
@@ -385,8 +161,8 @@ def _first_per_group(group: NDArray[np.int64], limit: int) -> tuple[NDArray[Any]
 def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceConfig) -> LayerStats:
     """Exact per-feature statistics, top-k and interval samples of one layer's records."""
     f_n, k, n_int, per = n_features, cfg.top_k, cfg.n_intervals, cfg.per_interval
-    if not 1 <= f_n <= _MAX_FEATURES:
-        raise AccumulateError(f"n_features must be in [1, {_MAX_FEATURES}], got {f_n}")
+    if not 1 <= f_n <= MAX_FEATURES:
+        raise AccumulateError(f"n_features must be in [1, {MAX_FEATURES}], got {f_n}")
     if n_tokens < 0:
         raise AccumulateError(f"n_tokens must be >= 0, got {n_tokens}")
     if len(records) and int(records.feat.max()) >= f_n:
@@ -421,7 +197,7 @@ def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceCo
     fine = np.zeros((f_n, n_fine), np.int64)
     interval = np.empty(m, np.int8)
     sample = np.empty(m if per else 0, np.uint64)
-    for a, c in _chunks(key):
+    for a, c in chunks(key):
         f, x = c >> POS_BITS, act[a : a + len(c)]
         f0, f1 = int(f[0]), int(f[-1]) + 1
         ratio = x / max_act[f].astype(np.float64)
@@ -434,7 +210,7 @@ def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceCo
         if k:
             _add_counts(fine[f0:f1], fl, _fine_bucket(x, max_bits[f], n_fine, fine_shift))
         if per:
-            sample[a : a + len(c)] = _sample_key(c, cfg.seed)
+            sample[a : a + len(c)] = sample_key(c, cfg.seed)
 
     # Top-k threshold: the closest-to-max fine bucket where a feature reaches k records.
     top_thr = np.zeros(f_n, np.int64)
@@ -455,7 +231,7 @@ def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceCo
         thr = np.where(share >= 1, 2.0**53, np.ceil(share * 2.0**53)).astype(np.int64)
         thr[~todo] = 0
         found: list[NDArray[np.intp]] = []
-        for a, c in _chunks(key):
+        for a, c in chunks(key):
             f = c >> POS_BITS
             g = f * n_int + interval[a : a + len(c)]
             if per:
@@ -476,7 +252,7 @@ def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceCo
     top_act = np.zeros((f_n, k), np.float32)
     if k and m:
         idx = np.concatenate(top_idx)
-        fc, ac, pc = key[idx] >> POS_BITS, act[idx], key[idx] & _POS_MASK
+        fc, ac, pc = key[idx] >> POS_BITS, act[idx], key[idx] & POS_MASK
         order = np.lexsort((pc, -ac, fc))
         keep, rank = _first_per_group(fc[order], k)
         sel = order[keep]
@@ -490,7 +266,7 @@ def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceCo
         order = np.lexsort((sample[idx], gc))
         keep, rank = _first_per_group(gc[order], per)
         sel = order[keep]
-        interval_pos[gc[sel], rank] = key[idx[sel]] & _POS_MASK
+        interval_pos[gc[sel], rank] = key[idx[sel]] & POS_MASK
 
     density = n_fires / n_tokens if n_tokens else np.zeros(f_n, np.float64)
     return LayerStats(
@@ -610,7 +386,7 @@ def examples(stats: LayerStats, records: Records, table: TokenTable, cfg: Reduce
     for j in range(-cfg.before, cfg.after + 1):  # neighbours in (feat, pos) order
         nb = np.clip(at + j, 0, max(len(key) - 1, 0))
         nk = key[nb]
-        npos = nk & _POS_MASK
+        npos = nk & POS_MASK
         ok = np.flatnonzero(((nk >> POS_BITS) == row) & (npos >= lo) & (npos <= hi))
         dense[ok, npos[ok] - centre[ok] + cfg.before] = act[nb[ok]]
     first = lo - (centre - cfg.before)

@@ -43,16 +43,9 @@ from explorer.store.codec import (
 )
 from explorer.store.saes import SAES_MANIFEST, SaeManifest
 from explorer.store.schema import StoreLayer, StoreManifest, sae_ref
-from precompute.accumulate import (
-    Examples,
-    LayerStats,
-    Records,
-    ReduceConfig,
-    TokenTable,
-    examples,
-    reduce_layer,
-)
+from precompute.accumulate import Examples, LayerStats, ReduceConfig, examples, reduce_layer
 from precompute.corpus import corpus_sha256, pad_windows, run_documents, token_windows
+from precompute.records import Records, TokenTable
 from precompute.write import write_store
 
 if TYPE_CHECKING:

@@ -14,16 +14,9 @@ import numpy as np
 import pytest
 
 import precompute.accumulate as acc
-from precompute.accumulate import (
-    Examples,
-    LayerStats,
-    Records,
-    ReduceConfig,
-    TokenTable,
-    examples,
-    reduce_layer,
-    splitmix64,
-)
+import precompute.records as rec
+from precompute.accumulate import Examples, LayerStats, ReduceConfig, examples, reduce_layer
+from precompute.records import Records, TokenTable, splitmix64
 
 U64 = 0xFFFFFFFFFFFFFFFF
 WINDOW_LENGTHS = (40, 55, 30, 64, 50, 61)  # 300 positions, BOS first in each window
@@ -132,7 +125,7 @@ def thresholds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     if request.param == "stressed":
         monkeypatch.setattr(acc, "_FINE_CELLS", 1)
         monkeypatch.setattr(acc, "_SAMPLE_OVERSHOOT", 0.01)
-        monkeypatch.setattr(acc, "_CHUNK", 64)
+        monkeypatch.setattr(rec, "CHUNK", 64)
     return str(request.param)
 
 

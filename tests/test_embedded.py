@@ -149,7 +149,8 @@ def test_shipped_store_passes_its_manifest_checks() -> None:
     m = store.manifest
     assert store.layers == preset("default").layers
     assert m.tokens is not None and m.tokens >= 1_000_000
-    assert m.corpus is not None and m.corpus["sha256"] == file_sha256(ASSETS / "corpus" / "corpus.jsonl.xz")
+    assert m.corpus is not None
+    assert m.corpus["sha256"] == file_sha256(ASSETS / "corpus" / "corpus.jsonl.xz")
     size = sum(p.stat().st_size for p in (ASSETS / "store").rglob("*") if p.is_file())
     assert size <= 30 * 2**20, size
     for layer in store.layers:

@@ -1,63 +1,42 @@
-"""Feature labels: what people decide a feature means, kept in SQLite apart from the feature store.
-
-The store is read-only and rebuilt by ``precompute``; labels are the one thing users write, so they
-live in their own small database that survives a rebuild. Every label belongs to a *scope* (the SAE
-set, e.g. the preset name ``"default"``): feature 12 of layer 9 means something different in
-another SAE set, so every query is within one scope, and one file can hold several scopes.
-
-History is append-only: :meth:`Labels.add` inserts a row and nothing is ever updated or deleted
-(triggers refuse both). A feature's current label is its newest row (highest id)::
-
-    labels = Labels("labels.db", scope="default", widths={9: 4096})
-    labels.add(9, 12, "French words")
-    labels.add(9, 12, "French and Italian words", confidence="high")
-    labels.current(9, 12).label  # 'French and Italian words'; history(9, 12) has both, newest first
-
-Durability and threads: WAL with ``synchronous=FULL``, so a write that returned survives the
-process being killed (and a power cut); a fresh connection per operation, so one :class:`Labels`
-is safe from Gradio's thread pool. Writes from one object are serialised by a lock; writes from
-other objects or processes wait on SQLite's lock (``busy_timeout`` 10 s).
-
-Text is stored verbatim (any Unicode, HTML included) apart from control characters: whoever renders
-a label must escape it. Exports are standard CSV/JSON that import back to the identical history;
-the CSV is not defused against spreadsheet formulas (a label starting with ``=`` stays as it is),
-since prefixing cells would break the round trip.
-"""
+"""The label database: one SQLite file, append-only history per scope (see the package doc)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import operator
 import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from pathlib import Path
+
+from explorer.labels.formats import EXTRA_CELLS, read_csv, read_json, write_csv, write_json
+from explorer.labels.rows import (
+    COLUMNS,
+    MAX_IMPORT_BYTES,
+    MAX_LABEL_CHARS,
+    MAX_LABELLER_CHARS,
+    MAX_NOTES_CHARS,
+    MAX_REPORTED_ERRORS,
+    REQUIRED_COLUMNS,
+    SCHEMA_VERSION,
+    ImportReport,
+    Label,
+    LabelError,
+    casefold,
+    check_confidence,
+    check_index,
+    check_text,
+    now,
+    parse_time,
+    show,
+)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-CONFIDENCES = ("low", "medium", "high")
-# The exported columns, in order; ``id`` is local to a database and not exported.
-COLUMNS = ("scope", "layer", "feature", "label", "notes", "confidence", "labeller", "created_at")
-REQUIRED_COLUMNS = ("layer", "feature", "label")
-MAX_LABEL_CHARS = 200
-MAX_NOTES_CHARS = 4000
-MAX_LABELLER_CHARS = 100
-MAX_IMPORT_BYTES = 10 * 1024 * 1024
-MAX_IMPORT_ROWS = 100_000
-MAX_REPORTED_ERRORS = 20
 BUSY_TIMEOUT_S = 10.0
-_MAX_INDEX = 2**31 - 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")  # Unicode category Cc
-_CONTROL_BUT_TAB_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
 _SCHEMA = (
     """CREATE TABLE labels (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -82,152 +61,6 @@ _INSERT = f"INSERT INTO labels ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * l
 
 # (layer, feature, label, notes, confidence, labeller, created_at): what makes two rows duplicates.
 _Key = tuple[int, int, str, str, str, str, str]
-
-
-class LabelError(ValueError):
-    """Bad input or an unusable label database; the message is one sentence for the end user."""
-
-
-@dataclass(frozen=True)
-class Label:
-    """One row of label history.
-
-    Args:
-        id: Row id, increasing with insertion; the newest row of a feature is its current label.
-        scope: The SAE set the label belongs to (e.g. the preset name).
-        layer: Layer of the SAE.
-        feature: Feature index within that SAE (``0 <= feature < width``).
-        label: Short name, one line, at most 200 characters.
-        notes: Free text, may span lines, at most 4000 characters.
-        confidence: ``"low"``, ``"medium"`` or ``"high"``.
-        labeller: Who wrote it (free text, may be empty).
-        created_at: ISO-8601 UTC, e.g. ``2026-11-23T10:00:00.123456Z`` (fraction only if non-zero).
-    """
-
-    id: int
-    scope: str
-    layer: int
-    feature: int
-    label: str
-    notes: str
-    confidence: str
-    labeller: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class ImportReport:
-    """What an import did.
-
-    Args:
-        added: Rows inserted.
-        duplicates: Valid rows skipped because an identical row was already in the history (or
-            earlier in the same file).
-        errors: One line per problem (``"row 7: feature 99999 is past layer 9's width (4096)"``),
-            at most 20 plus a final line counting the rest; ignored columns are reported here too.
-        skipped: Rows not imported because they were invalid.
-    """
-
-    added: int
-    duplicates: int
-    errors: list[str] = field(default_factory=list)
-    skipped: int = 0
-
-    def summary(self) -> str:
-        """One sentence for the UI: ``'Added 3 labels; 1 duplicate, 2 rows with errors.'``."""
-        return (
-            f"Added {self.added} label{'s' * (self.added != 1)}; {self.duplicates} "
-            f"duplicate{'s' * (self.duplicates != 1)}, {self.skipped} "
-            f"row{'s' * (self.skipped != 1)} with errors."
-        )
-
-
-def _show(value: object) -> str:
-    """``repr`` clipped for messages, so a hostile 1 MB cell does not become a 1 MB error."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _now() -> str:
-    return _format_time(datetime.now(UTC))
-
-
-def _format_time(moment: datetime) -> str:
-    """``2026-11-23T10:00:00Z``, or with microseconds when they are not zero."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
-
-
-def _parse_time(value: object) -> str | None:
-    """An ISO-8601 time in our canonical form (naive means UTC), or None if it is not one."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return _format_time(moment)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _index(name: str, value: object) -> int:
-    """A layer or feature number: an int (not bool) or a string of ASCII digits, ``>= 0``.
-
-    A sign is parsed so that ``"-1"`` gets the message about negatives, not about digits.
-    """
-    number: int | None = None
-    if isinstance(value, str):
-        digits = value.strip()
-        if re.fullmatch(r"[+-]?[0-9]{1,12}", digits):
-            number = int(digits)
-    elif not isinstance(value, bool):
-        try:
-            number = operator.index(value)  # type: ignore[arg-type]  # numpy ints too
-        except TypeError:
-            pass
-    if number is None:
-        raise LabelError(f"{name} must be a whole number, not {_show(value)}")
-    if number < 0:
-        raise LabelError(f"{name} must be 0 or more, not {number}")
-    if number > _MAX_INDEX:
-        raise LabelError(f"{name} {number} is too large")
-    return number
-
-
-def _text(name: str, value: object, limit: int, *, multiline: bool = False) -> str:
-    """Stripped text without control characters (newline and tab kept when ``multiline``).
-
-    In one-line fields a run of control characters becomes one space. Nothing else is changed:
-    no Unicode normalisation, no HTML escaping.
-    """
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise LabelError(f"{name} must be text, not {type(value).__name__}")
-    if multiline:
-        value = _CONTROL_BUT_TAB_NEWLINE.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
-    else:
-        value = _CONTROL.sub(" ", value)
-    value = value.strip()
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise LabelError(f"{name} contains invalid Unicode (a lone surrogate)") from None
-    if len(value) > limit:
-        raise LabelError(f"{name} is {len(value)} characters long; the limit is {limit}")
-    return value
-
-
-def _confidence(value: object) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return "medium"
-    if isinstance(value, str) and value.strip().lower() in CONFIDENCES:
-        return value.strip().lower()
-    raise LabelError(f"confidence must be low, medium or high, not {_show(value)}")
-
-
-def _casefold(value: object) -> str | None:
-    return value.casefold() if isinstance(value, str) else None
 
 
 class Labels:
@@ -358,8 +191,8 @@ class Labels:
         labeller: object,
     ) -> tuple[int, int, str, str, str, str]:
         """Validated, cleaned values of one row, or :class:`LabelError` saying what is wrong."""
-        layer_n = _index("layer", layer)
-        feature_n = _index("feature", feature)
+        layer_n = check_index("layer", layer)
+        feature_n = check_index("feature", feature)
         if self.widths is not None:
             if layer_n not in self.widths:
                 known = ", ".join(str(n) for n in sorted(self.widths))
@@ -367,16 +200,16 @@ class Labels:
             width = self.widths[layer_n]
             if feature_n >= width:
                 raise LabelError(f"feature {feature_n} is past layer {layer_n}'s width ({width})")
-        text = _text("label", label, MAX_LABEL_CHARS)
+        text = check_text("label", label, MAX_LABEL_CHARS)
         if not text:
             raise LabelError("label is empty")
         return (
             layer_n,
             feature_n,
             text,
-            _text("notes", notes, MAX_NOTES_CHARS, multiline=True),
-            _confidence(confidence),
-            _text("labeller", labeller, MAX_LABELLER_CHARS),
+            check_text("notes", notes, MAX_NOTES_CHARS, multiline=True),
+            check_confidence(confidence),
+            check_text("labeller", labeller, MAX_LABELLER_CHARS),
         )
 
     # -- writing ----------------------------------------------------------------------------------
@@ -397,7 +230,7 @@ class Labels:
         """
         values = self._check_row(layer, feature, label, notes, confidence, labeller)
         with self._write() as conn:
-            created_at = _now()  # taken under the write lock, so times increase with ids
+            created_at = now()  # taken under the write lock, so times increase with ids
             cursor = conn.execute(_INSERT, (self.scope, *values, created_at))
             row_id = cursor.lastrowid
         assert row_id is not None
@@ -413,7 +246,7 @@ class Labels:
         """The newest label of ``(layer, feature)``, or None if it was never labelled."""
         rows = self._select(
             "WHERE scope = ? AND layer = ? AND feature = ? ORDER BY id DESC LIMIT 1",
-            (self.scope, _index("layer", layer), _index("feature", feature)),
+            (self.scope, check_index("layer", layer), check_index("feature", feature)),
         )
         return rows[0] if rows else None
 
@@ -421,7 +254,7 @@ class Labels:
         """Every label ever given to ``(layer, feature)``, newest first."""
         return self._select(
             "WHERE scope = ? AND layer = ? AND feature = ? ORDER BY id DESC",
-            (self.scope, _index("layer", layer), _index("feature", feature)),
+            (self.scope, check_index("layer", layer), check_index("feature", feature)),
         )
 
     def current_all(self, layer: int | str | None = None) -> dict[tuple[int, int], Label]:
@@ -434,7 +267,7 @@ class Labels:
             where = f"WHERE id IN ({_CURRENT_IDS} GROUP BY layer, feature)"
         else:
             where = f"WHERE id IN ({_CURRENT_IDS} AND layer = ? GROUP BY feature)"
-            params = (self.scope, _index("layer", layer))
+            params = (self.scope, check_index("layer", layer))
         rows = self._select(f"{where} ORDER BY layer, feature", params)
         return {(row.layer, row.feature): row for row in rows}
 
@@ -446,10 +279,10 @@ class Labels:
         """
         if type(limit) is not int or limit < 1:
             raise ValueError(f"limit must be a positive int, not {limit!r}")
-        needle = _text("search text", text, MAX_NOTES_CHARS).casefold()
+        needle = check_text("search text", text, MAX_NOTES_CHARS).casefold()
         pattern = "%" + re.sub(r"([\\%_])", r"\\\1", needle) + "%"
         with self._connect() as conn:
-            conn.create_function("casefold", 1, _casefold, deterministic=True)
+            conn.create_function("casefold", 1, casefold, deterministic=True)
             rows = conn.execute(
                 f"{_SELECT} WHERE id IN ({_CURRENT_IDS} GROUP BY layer, feature) "
                 "AND (casefold(label) LIKE ? ESCAPE '\\' OR casefold(notes) LIKE ? ESCAPE '\\') "
@@ -476,15 +309,11 @@ class Labels:
         Cells are not defused for spreadsheets (``=SUM(...)`` is written as is), so the file
         imports back exactly; write it with encoding ``utf-8-sig`` if Excel must read it.
         """
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(self._export_rows())
-        return buffer.getvalue()
+        return write_csv(self._export_rows())
 
     def export_json(self) -> str:
         """The scope's full history as a JSON list of objects (:data:`COLUMNS`, oldest first)."""
-        return json.dumps(self._export_rows(), ensure_ascii=False, indent=1)
+        return write_json(self._export_rows())
 
     def import_file(self, path: str | Path) -> ImportReport:
         """:meth:`import_text` of a ``.csv`` or ``.json`` UTF-8 file (a BOM is allowed)."""
@@ -530,18 +359,18 @@ class Labels:
             raise LabelError("the import is larger than 10 MB; split it into smaller files")
         kind = fmt.strip().lower().lstrip(".") if isinstance(fmt, str) else ""
         if kind == "csv":
-            columns, records = _read_csv(text.removeprefix("\ufeff"))
+            columns, records = read_csv(text.removeprefix("\ufeff"))
         elif kind == "json":
-            columns, records = _read_json(text.removeprefix("\ufeff"))
+            columns, records = read_json(text.removeprefix("\ufeff"))
         else:
-            raise LabelError(f"import format must be csv or json, not {_show(fmt)}")
+            raise LabelError(f"import format must be csv or json, not {show(fmt)}")
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing and (records or kind == "csv"):
             raise LabelError(f"the import has no {', '.join(missing)} column; those are required")
         errors: list[str] = []
         unknown = [c for c in columns if c and c not in COLUMNS]  # blank: trailing commas
         if unknown:
-            errors.append(f"ignored unknown columns: {', '.join(_show(c) for c in unknown)}")
+            errors.append(f"ignored unknown columns: {', '.join(show(c) for c in unknown)}")
         rows: list[tuple[tuple[int, int, str, str, str, str], str | None]] = []
         for number, record in records:
             try:
@@ -554,7 +383,7 @@ class Labels:
         added = duplicates = 0
         if rows:
             with self._write() as conn:
-                now = _now()
+                stamp = now()
                 seen: set[_Key] = set(
                     conn.execute(
                         f"SELECT {', '.join(COLUMNS[1:])} FROM labels WHERE scope = ?",
@@ -563,7 +392,7 @@ class Labels:
                 )
                 fresh: list[_Key] = []
                 for values, created_at in rows:
-                    key = (*values, created_at or now)
+                    key = (*values, created_at or stamp)
                     if key in seen:
                         duplicates += 1
                     else:
@@ -579,7 +408,7 @@ class Labels:
         self, record: dict[str, object]
     ) -> tuple[tuple[int, int, str, str, str, str], str | None]:
         """One import row's cleaned values and canonical ``created_at`` (None: use now)."""
-        if record.get(_EXTRA_CELLS):
+        if record.get(EXTRA_CELLS):
             raise LabelError("it has more cells than the header has columns")
         for name in REQUIRED_COLUMNS:
             value = record.get(name)
@@ -589,7 +418,7 @@ class Labels:
         if isinstance(scope, str):
             scope = scope.strip() or None
         if scope is not None and scope != self.scope:
-            raise LabelError(f"scope {_show(scope)} is not this label set's scope {self.scope!r}")
+            raise LabelError(f"scope {show(scope)} is not this label set's scope {self.scope!r}")
         values = self._check_row(
             record["layer"],
             record["feature"],
@@ -598,11 +427,7 @@ class Labels:
             record.get("confidence"),
             record.get("labeller"),
         )
-        return values, _parse_time(record.get("created_at"))
-
-
-_EXTRA_CELLS = "\x00extra cells"  # key under which _read_csv keeps cells past the header
-_Records = list[tuple[int, dict[str, object]]]
+        return values, parse_time(record.get("created_at"))
 
 
 @contextmanager
@@ -616,51 +441,3 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _read_csv(text: str) -> tuple[list[str], _Records]:
-    """Header (lower-cased) and ``(row number, {column: cell})``; blank lines are skipped."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise LabelError("the CSV is empty; it needs a header row with layer, feature, label")
-        columns = [name.strip().lower() for name in header]
-        repeated = sorted({c for c in columns if c and columns.count(c) > 1})
-        if repeated:
-            raise LabelError(f"the CSV header repeats {', '.join(map(_show, repeated))}")
-        records: _Records = []
-        for number, cells in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in cells):
-                continue
-            if len(records) >= MAX_IMPORT_ROWS:
-                raise LabelError(f"the import has more than {MAX_IMPORT_ROWS:,} rows; split it")
-            record: dict[str, object] = dict(zip(columns, cells, strict=False))
-            record[_EXTRA_CELLS] = any(cell.strip() for cell in cells[len(columns) :])
-            records.append((number, record))
-    except csv.Error as e:
-        raise LabelError(f"the CSV cannot be read: {e}") from None
-    return columns, records
-
-
-def _read_json(text: str) -> tuple[list[str], _Records]:
-    """Keys (lower-cased, in order of first use) and ``(row number, object)``."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LabelError(f"the JSON is malformed ({e.msg} at line {e.lineno})") from None
-    except RecursionError:
-        raise LabelError("the JSON is nested too deeply") from None
-    if not isinstance(data, list):
-        raise LabelError("the JSON must be a list of objects, one per label")
-    if len(data) > MAX_IMPORT_ROWS:
-        raise LabelError(f"the import has more than {MAX_IMPORT_ROWS:,} rows; split it")
-    columns: dict[str, None] = {}
-    records: _Records = []
-    for number, item in enumerate(data, start=1):
-        if not isinstance(item, dict):
-            raise LabelError(f"the JSON must be a list of objects, but item {number} is not one")
-        record = {str(k).strip().lower(): v for k, v in item.items()}
-        columns.update(dict.fromkeys(record))
-        records.append((number, record))
-    return list(columns), records
