@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explorer import __version__
-from explorer.bundle import build_bundle, bundle_identity, preset
+from explorer.bundle import Bundle, build_bundle, bundle_identity, preset
 from explorer.encode import residuals
 from explorer.files import atomic_writer
 from explorer.paths import ASSETS_SAES
@@ -45,13 +45,12 @@ from explorer.store.saes import SAES_MANIFEST, SaeManifest
 from explorer.store.schema import StoreLayer, StoreManifest, sae_ref
 from precompute.accumulate import Examples, LayerStats, ReduceConfig, examples, reduce_layer
 from precompute.corpus import corpus_sha256, pad_windows, run_documents, token_windows
+from precompute.features import logit_effects, neighbours
 from precompute.records import Records, TokenTable
 from precompute.write import write_store
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from explorer.bundle import Bundle
 
 logger = logging.getLogger(__name__)
 
@@ -203,42 +202,6 @@ def _shard_meta(path: Path) -> dict[str, Any] | None:
             return dict(json.loads(bytes(z["meta"]).decode()))
     except (OSError, ValueError, KeyError):
         return None  # torn or foreign: recomputed
-
-
-def logit_effects(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, ...]:
-    """Per feature the ``k`` most promoted and most suppressed tokens of ``W_dec[f] @ W_U``."""
-    import torch
-
-    sae = bundle.sae(layer)
-    w_u = bundle.model.W_U.detach().float()  # [d_model, d_vocab]
-    top_i, top_v, bot_i, bot_v = [], [], [], []
-    with torch.inference_mode():
-        for chunk in sae.W_dec.detach().float().split(256):
-            logits = chunk.to(w_u.device) @ w_u
-            v, i = logits.topk(k, dim=-1)
-            top_i.append(i.cpu())
-            top_v.append(v.cpu())
-            v, i = logits.topk(k, dim=-1, largest=False)
-            bot_i.append(i.cpu())
-            bot_v.append(v.cpu())
-    return tuple(torch.cat(x).numpy() for x in (top_i, top_v, bot_i, bot_v))
-
-
-def neighbours(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Per feature the ``k`` other features with the most similar decoder direction (cosine)."""
-    import torch
-
-    w = torch.nn.functional.normalize(bundle.sae(layer).W_dec.detach().float(), dim=-1)
-    idx, val = [], []
-    with torch.inference_mode():
-        for start in range(0, w.shape[0], 1024):
-            sim = w[start : start + 1024] @ w.T
-            rows = torch.arange(start, min(start + 1024, w.shape[0]))
-            sim[rows - start, rows] = -2.0  # never a feature's own neighbour
-            v, i = sim.topk(k, dim=-1)
-            idx.append(i.cpu())
-            val.append(v.cpu())
-    return torch.cat(idx).numpy().astype(np.int32), torch.cat(val).numpy().astype(np.float32)
 
 
 def build_tables(
