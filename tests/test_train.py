@@ -12,6 +12,7 @@ from conftest import WORDS
 
 from explorer.hooked import hooked_from_hf
 from precompute.train import TrainConfig, evaluate, finished_metrics, load_saved, train_saes
+from precompute.train import trainer as trainer_module
 
 
 def _corpus(path: Path, n_docs: int = 120) -> Path:
@@ -27,7 +28,7 @@ def _corpus(path: Path, n_docs: int = 120) -> Path:
 @pytest.fixture
 def setup(tmp_path: Path, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
     cfg = TrainConfig(
-        preset="tiny",
+        preset="default",  # names the hooks (blocks.N.hook_resid_post); the model is the tiny one
         layers=(1, 2),
         d_sae=64,
         k=4,
@@ -45,11 +46,27 @@ def setup(tmp_path: Path, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
     return cfg, hooked_from_hf(gemma3_hf, tokenizer), tokenizer
 
 
-def test_training_beats_the_untrained_sae_and_reloads_identically(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_training_beats_the_untrained_sae_and_reloads_identically(  # type: ignore[no-untyped-def]
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 
     cfg, model, tok = setup
+    # The trained SAEs as they are handed to save_compact: their inference weights (sae-lens
+    # folds the decoder norms into the encoder and turns the BatchTopK threshold into a JumpReLU
+    # one), computed here independently of what gets written.
+    trained: dict[str, dict[str, torch.Tensor]] = {}
+    real_save = trainer_module.save_compact
+
+    def recording_save(sae, path: Path) -> None:  # type: ignore[no-untyped-def]
+        state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+        sae.process_state_dict_for_saving_inference(state)
+        trained[path.name] = {k: v.detach().cpu().float() for k, v in state.items()}
+        real_save(sae, path)
+
+    monkeypatch.setattr(trainer_module, "save_compact", recording_save)
     metrics = train_saes(cfg, model, tok, {"model": "tiny"})
+    assert sorted(trained) == ["layer_1", "layer_2"]
     assert sorted(metrics) == [1, 2]
     for layer in (1, 2):
         path = Path(cfg.out_dir) / f"layer_{layer}"
@@ -60,6 +77,16 @@ def test_training_beats_the_untrained_sae_and_reloads_identically(setup, tmp_pat
         baseline = evaluate(cfg, model, tok, layer, untrained, "cpu")["explained_variance"]
         assert metrics[layer]["explained_variance"] > baseline + 0.2
         assert 0 < metrics[layer]["l0"] < 64
+        # the saved SAE is the trained one: matrices rounded to bfloat16 on purpose, vectors exact
+        saved = {k: v.float() for k, v in sae.state_dict().items()}
+        expected = trained[f"layer_{layer}"]
+        assert sorted(saved) == sorted(expected)
+        assert sorted(saved) == ["W_dec", "W_enc", "b_dec", "b_enc", "threshold"]
+        for name, want in expected.items():
+            if want.ndim == 2:
+                want = want.to(torch.bfloat16).float()
+                assert not torch.equal(want, expected[name])  # the rounding did something
+            torch.testing.assert_close(saved[name], want, rtol=0, atol=0, msg=name)
         # reload twice: identical outputs
         x = torch.randn(10, 32) * 3
         again = load_saved(path)

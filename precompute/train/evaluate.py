@@ -1,0 +1,114 @@
+"""Held-out metrics of one trained SAE: explained variance, L0, dead fraction, and next-token
+cross-entropy with the reconstruction spliced in versus the clean model (Gemma Scope's headline
+metric).
+
+The splice goes through the same routed hooks as the rest of the explorer (:mod:`explorer.hooks`):
+only this evaluation's forward pass sees it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from precompute.train.activations import window_ids
+
+if TYPE_CHECKING:
+    from sae_lens import SAE, HookedSAETransformer
+    from torch import Tensor
+
+    from precompute.train.config import TrainConfig
+
+
+def evaluate(
+    cfg: TrainConfig,
+    model: HookedSAETransformer,
+    tokenizer: Any,
+    layer: int,
+    sae: SAE,
+    device: str,
+) -> dict[str, Any]:
+    """Held-out metrics of the SAE of ``layer`` on ``cfg.eval_tokens`` tokens of the corpus's
+    held-out split (BOS and pad left out of every metric).
+
+    Returns ``{"layer", "hook_name", "eval_tokens", "explained_variance", "l0",
+    "dead_fraction", "ce_clean", "ce_spliced", "ce_delta"}``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from explorer.hooks import routed
+    from precompute.corpus import pad_windows
+
+    hook = cfg.hook_name(layer)
+    special = set(tokenizer.all_special_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sse = torch.zeros((), dtype=torch.float64)
+    sum_x = torch.zeros(model.cfg.d_model, dtype=torch.float64)
+    sum_x2 = torch.zeros((), dtype=torch.float64)
+    l0_sum = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    ce_clean = ce_spliced = 0.0
+    n_tok = n_ce = 0
+    windows = window_ids(cfg, tokenizer, "heldout")
+    while n_tok < cfg.eval_tokens:
+        # small batches: two [batch, pos, vocab] logit tensors are held at once
+        chunk = [w for _, w in zip(range(min(cfg.model_batch, 16)), windows, strict=False)]
+        if not chunk:
+            break
+        ids, keep = pad_windows(chunk, pad, special)
+        ids_d = ids.to(device)
+        recon: dict[str, Tensor] = {}
+
+        def splice(
+            act: Tensor, hook: Any, keep: Tensor = keep, recon: dict[str, Tensor] = recon
+        ) -> Tensor:
+            feats = sae.encode(act.float())
+            out = sae.decode(feats).to(act.dtype)
+            recon["feats"], recon["x"], recon["x_hat"] = feats, act.float(), out.float()
+            mask = keep.to(act.device).unsqueeze(-1)
+            return torch.where(mask, out, act)  # BOS/pad keep their clean residual
+
+        with torch.inference_mode():
+            clean_logits = model(ids_d, return_type="logits")
+            with routed(model, {hook: splice}):
+                spliced_logits = model(ids_d, return_type="logits")
+        m = keep.to(device)
+        x = recon["x"][m].double().cpu()
+        x_hat = recon["x_hat"][m].double().cpu()
+        feats = recon["feats"][m].cpu()
+        sse += ((x - x_hat) ** 2).sum()
+        sum_x += x.sum(0)
+        sum_x2 += (x**2).sum()
+        l0_sum += float((feats > 0).sum())
+        fired |= (feats > 0).any(0)
+        n_tok += int(x.shape[0])
+        # next-token loss where both the position and its target are real tokens
+        tgt = ids_d[:, 1:]
+        valid = keep.to(device)[:, 1:]
+        for logits, acc in ((clean_logits, "clean"), (spliced_logits, "spliced")):
+            loss = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                tgt.reshape(-1),
+                reduction="none",
+            ).reshape(tgt.shape)
+            total = float(loss[valid].sum())
+            if acc == "clean":
+                ce_clean += total
+            else:
+                ce_spliced += total
+        n_ce += int(valid.sum())
+    if n_tok == 0:
+        raise ValueError("the held-out split is empty: cannot evaluate")
+    mean = sum_x / n_tok
+    total_var = float(sum_x2 - n_tok * (mean**2).sum())
+    return {
+        "layer": layer,
+        "hook_name": hook,
+        "eval_tokens": n_tok,
+        "explained_variance": round(1.0 - float(sse) / total_var, 4),
+        "l0": round(l0_sum / n_tok, 2),
+        "dead_fraction": round(1.0 - float(fired.float().mean()), 4),
+        "ce_clean": round(ce_clean / max(n_ce, 1), 4),
+        "ce_spliced": round(ce_spliced / max(n_ce, 1), 4),
+        "ce_delta": round((ce_spliced - ce_clean) / max(n_ce, 1), 4),
+    }
