@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from explorer.paths import ASSETS_CORPUS, REPO_ROOT
+from precompute.accumulate import ReduceConfig
+from precompute.corpus_build import build_corpus
+from precompute.job import RunConfig, run_preset
+from precompute.train import TrainConfig, train_preset
 
 _SubParsers = Any  # argparse's _SubParsersAction is private
 
@@ -40,8 +44,6 @@ def _add_build_corpus(sub: _SubParsers) -> None:
 
 
 def _cmd_build_corpus(args: argparse.Namespace) -> int:
-    from precompute.corpus_build import build_corpus
-
     report = build_corpus(args.out, work_dir=args.work_dir)
     print(
         f"wrote {report.corpus_path} ({report.compressed_bytes:,} bytes, sha256 "
@@ -64,8 +66,6 @@ def _cmd_build_corpus(args: argparse.Namespace) -> int:
 
 
 def _add_train_saes(sub: _SubParsers) -> None:
-    from precompute.train import TrainConfig
-
     d = TrainConfig()
     p = sub.add_parser(
         "train-saes",
@@ -94,8 +94,6 @@ def _add_train_saes(sub: _SubParsers) -> None:
 
 
 def _cmd_train_saes(args: argparse.Namespace) -> int:
-    from precompute.train import TrainConfig, train_preset
-
     cfg = TrainConfig(
         preset=args.preset,
         layers=tuple(args.layers),
@@ -155,9 +153,6 @@ def _add_run(sub: _SubParsers) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from precompute.accumulate import ReduceConfig
-    from precompute.job import RunConfig, run_preset
-
     cfg = RunConfig(
         corpus=args.corpus,
         split=args.split,

@@ -357,14 +357,13 @@ def test_write_corpus_names_a_missing_source(tmp_path: Path) -> None:
 def test_cli_reports_errors_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import precompute.corpus_build
-    from precompute.__main__ import main
+    import precompute.__main__ as cli
 
     def fail(*args: Any, **kwargs: Any) -> None:
         raise CorpusError("source 'devil': `apt-get download dict-devil` failed (exit 100): E: x")
 
-    monkeypatch.setattr(precompute.corpus_build, "build_corpus", fail)
-    assert main(["build-corpus", "--out", str(tmp_path)]) == 2
+    monkeypatch.setattr(cli, "build_corpus", fail)
+    assert cli.main(["build-corpus", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == "error: source 'devil': `apt-get download dict-devil` failed (exit 100): E: x\n"
 
