@@ -67,23 +67,23 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true")
     args = parser.parse_args()
 
-    from explorer.__main__ import open_explorer
+    from explorer.app import dashboard, microscope, open_explorer, steering
     from explorer.steer import GenerationConfig, Steer, generate
 
     t0 = time.perf_counter()
-    ex = open_explorer("default", None, str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
+    ctx = open_explorer("default", None, str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
     print(
         f"torch threads: {torch.get_num_threads()}; open (model, SAEs, store): "
         f"{time.perf_counter() - t0:.1f} s"
     )
-    bundle = ex.bundle
+    bundle = ctx.bundle
     words = ("The quick brown fox jumps over the lazy dog while the cat sleeps. " * 20).strip()
     ids = bundle.tokenizer(words, add_special_tokens=False)["input_ids"][:63]
     text = bundle.tokenizer.decode(ids)
     full = torch.tensor([[bundle.tokenizer.bos_token_id, *ids]])
     stop = max(bundle.layers) + 1
 
-    micro = _timed(lambda: ex.microscope(text), args.runs)
+    micro = _timed(lambda: microscope.view(ctx, text), args.runs)
     with torch.inference_mode():
         bare = _timed(lambda: bundle.model(full, stop_at_layer=stop), args.runs)
     m50, m95 = _pcts(micro)
@@ -96,13 +96,13 @@ def main() -> None:
 
     rng = random.Random(0)
     t = time.perf_counter()
-    ex.dashboard(*ex.random_feature("all", rng))
+    dashboard.view(ctx, *dashboard.random_feature(ctx, "all", rng))
     first = time.perf_counter() - t
     opens = []
     for _ in range(max(args.runs, 50)):
-        layer, feature = ex.random_feature("all", rng)
+        layer, feature = dashboard.random_feature(ctx, "all", rng)
         t = time.perf_counter()
-        ex.dashboard(layer, feature)
+        dashboard.view(ctx, layer, feature)
         opens.append(time.perf_counter() - t)
     d50, d95 = _pcts(opens)
     print(
@@ -113,15 +113,15 @@ def main() -> None:
     n = args.gen_tokens
     prompt = "The old house at the end of the road"
     cfg = GenerationConfig(max_new_tokens=n, temperature=0.0)
-    layer, feature = ex.random_feature("all", rng)
-    steers = ex.add_steer([], layer, feature, None, "add")
+    layer, feature = dashboard.random_feature(ctx, "all", rng)
+    steers = steering.add_steer(ctx, [], layer, feature, None, "add")
 
     def plain() -> None:
         for _ in generate(bundle, prompt, cfg):
             pass
 
     def steered() -> None:
-        for _ in ex.steer(prompt, steers, 0.0, n, 0, 0.0):
+        for _ in steering.steer(ctx, prompt, steers, 0.0, n, 0, 0.0):
             pass
 
     def steered_alone() -> None:

@@ -26,18 +26,17 @@ def main() -> None:
 
     from playwright.sync_api import expect, sync_playwright
 
-    from explorer.__main__ import open_explorer
-    from explorer.app import build_app, load_curated
-    from explorer.render import CSS
+    from explorer.app import build_app, open_explorer
+    from explorer.app.render import CSS
 
-    ex = open_explorer("default", None, str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
-    curated = load_curated()
+    ctx = open_explorer("default", None, str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
+    curated = ctx.content
     text = curated["texts"][0]
     feature = curated["features"][0]
     # Steer with the curated feature that says to try steering with it.
     steer = next((f for f in curated["features"] if "steering" in f["why"]), feature)
-    ex.labels.add(feature["layer"], feature["feature"], feature["label"], labeller="curated")
-    demo = build_app(ex)
+    ctx.labels.add(feature["layer"], feature["feature"], feature["label"], labeller="curated")
+    demo = build_app(ctx)
     from app_process import free_port
 
     port = free_port()

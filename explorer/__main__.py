@@ -14,8 +14,13 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
+
+from explorer.app import open_explorer
+from explorer.app.render import CSS
+from explorer.bundle import BundleError, build_bundle, custom_spec, preset
+from explorer.encode import EncodeError, encode
 
 
 def _bundle_args(parser: argparse.ArgumentParser) -> None:
@@ -95,59 +100,12 @@ def _app_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def default_labels_path() -> Path:
-    """``/data/labels.sqlite`` on a Space with persistent storage, else the user's data dir."""
-    if Path("/data").is_dir() and os.access("/data", os.W_OK):
-        return Path("/data/labels.sqlite")
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "gemma-scope-explorer" / "labels.sqlite"
-
-
-def open_explorer(
-    preset_name: str,
-    store_dir: str | None,
-    labels_path: str | None,
-    cache_dir: str | None = None,
-) -> Any:
-    """Build the bundle, open and check the store, open the labels: the app's context.
-
-    A store that does not match the bundle, or is damaged, stops the start with a message
-    naming the problem (a :class:`ValueError`).
-    """
-    from explorer.bundle import build_bundle, bundle_identity, preset
-    from explorer.handlers import Explorer
-    from explorer.labels import Labels
-    from explorer.paths import ASSETS_STORE
-    from explorer.store import Store
-
-    spec = preset(preset_name)
-    if store_dir is None and spec.name == "default":
-        store_dir = str(ASSETS_STORE)
-    # Cheap checks first: a bad store or label file fails before the model loads.
-    store = Store.open(store_dir) if store_dir is not None else None
-    widths = {n: store.n_features(n) for n in store.layers} if store is not None else None
-    labels = Labels(labels_path or default_labels_path(), scope=spec.name, widths=widths)
-    ident = bundle_identity(spec)
-    if store is not None:
-        store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
-    bundle = build_bundle(spec, cache_dir=cache_dir)
-    if store is not None:
-        layers = {n: {"d_sae": int(bundle.sae(n).cfg.d_sae)} for n in store.layers}
-        store.check_bundle(ident["model"], None, layers)
-    curated = {}
-    if spec.name == "default":
-        from explorer.handlers import load_curated
-
-        curated = {(f["layer"], f["feature"]): f["label"] for f in load_curated()["features"]}
-    return Explorer(bundle=bundle, store=store, labels=labels, curated=curated)
-
-
 def cmd_app(args: argparse.Namespace) -> int:
-    from explorer.app import build_app
-    from explorer.render import CSS
+    # Here, not at the top: it loads Gradio, which the encode command does without.
+    from explorer.app.layout import build_app
 
-    ex = open_explorer(args.app_preset, args.store, args.labels, args.app_cache_dir)
-    demo = build_app(ex)
+    ctx = open_explorer(args.app_preset, args.store, args.labels, args.app_cache_dir)
+    demo = build_app(ctx)
     print(f"Gemma Scope Explorer: http://{args.host}:{args.port}", flush=True)
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host,
@@ -164,8 +122,6 @@ def split_layers(args: argparse.Namespace) -> None:
 
     Leading whole numbers are layers; one trailing item is the text when no text was given.
     """
-    from explorer.encode import EncodeError
-
     items = list(args.layers or [])
     layers: list[int] = []
     while items and items[0].lstrip("-").isdigit():
@@ -182,24 +138,17 @@ def split_layers(args: argparse.Namespace) -> None:
 
 
 def make_spec(args: argparse.Namespace) -> Any:
-    from explorer.bundle import BundleError, custom_spec, preset
-
     if args.model or args.sae:
         if not (args.model and args.sae):
             raise BundleError("a custom bundle needs both --model and --sae (and --layers)")
         return custom_spec(args.model, args.sae, args.layers or [], max_tokens=args.max_tokens)
     spec = preset(args.preset)
     if args.max_tokens != spec.max_tokens:
-        from dataclasses import replace
-
         spec = replace(spec, max_tokens=args.max_tokens)
     return spec
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from explorer.bundle import build_bundle
-    from explorer.encode import EncodeError, encode
-
     split_layers(args)
     if not args.text.strip():
         raise EncodeError("the text is empty: give some text to encode")

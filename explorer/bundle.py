@@ -292,6 +292,7 @@ class Bundle:
     max_saes: int = 8
     _saes: OrderedDict[int, SAE] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _widths: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -314,8 +315,11 @@ class Bundle:
         return sae
 
     def width(self, layer: int) -> int:
-        """The number of features of ``layer``'s SAE (loads it if needed)."""
-        return int(self.sae(layer).cfg.d_sae)
+        """The number of features of ``layer``'s SAE (loaded once to learn it, then remembered
+        even after the SAE leaves the cache)."""
+        if layer not in self._widths:
+            self._widths[layer] = int(self.sae(layer).cfg.d_sae)
+        return self._widths[layer]
 
     def check_feature(self, layer: int, feature: int) -> None:
         """The one check that a (layer, feature) exists; a :class:`BundleError` says why not."""

@@ -209,18 +209,18 @@ def write_word_corpus(path: Path, n_docs: int = 30) -> Path:
     return path
 
 
-def live_feature(explorer, layer: int = 2) -> int:  # type: ignore[no-untyped-def]
+def live_feature(ctx, layer: int = 2) -> int:  # type: ignore[no-untyped-def]
     """The feature of ``layer`` that fires most often in the tiny store."""
-    df = explorer.summary_layer(layer)
+    df = ctx.summary_layer(layer)
     live = df[~df["dead"]].sort_values("n_fires", ascending=False)
     return int(live["feature"].iat[0])
 
 
 @pytest.fixture(scope="session")
-def explorer(tmp_path_factory, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
-    """An :class:`explorer.handlers.Explorer` over the tiny Gemma 3 with random SAEs on layers 1
+def ctx(tmp_path_factory, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
+    """The app's :class:`explorer.app.Context` over the tiny Gemma 3 with random SAEs on layers 1
     and 2, a real store precomputed from a small random-word corpus, and a label database."""
-    from explorer.handlers import Explorer
+    from explorer.app import Context
     from explorer.labels import Labels
     from explorer.store import Store
     from precompute.accumulate import ReduceConfig
@@ -238,7 +238,7 @@ def explorer(tmp_path_factory, gemma3_hf, tokenizer):  # type: ignore[no-untyped
     )
     store = Job(cfg, bundle, tmp / "store", bundle_meta={"model": "tiny"}).run()
     labels = Labels(tmp / "labels.sqlite", scope="tiny", widths={1: 48, 2: 48})
-    return Explorer(bundle=bundle, store=Store.open(store), labels=labels)
+    return Context(bundle=bundle, store=Store.open(store), labels=labels)
 
 
 def free_port() -> int:
@@ -250,12 +250,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def served(explorer):  # type: ignore[no-untyped-def]
-    """The app over :func:`explorer`, launched on 127.0.0.1 (a free port); yields its URL."""
+def served(ctx):  # type: ignore[no-untyped-def]
+    """The app over :func:`ctx`, launched on 127.0.0.1 (a free port); yields its URL."""
     from explorer.app import build_app
-    from explorer.render import CSS
+    from explorer.app.render import CSS
 
-    demo = build_app(explorer)
+    demo = build_app(ctx)
     port = free_port()
     demo.queue().launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS

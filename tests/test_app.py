@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import live_feature
 
+from explorer.app import Context, UserError, browse, dashboard, labelling, microscope, steering
 from explorer.encode import encode
-from explorer.handlers import Explorer, UserError
 
 HOSTILE_LABEL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
 
@@ -18,10 +19,10 @@ HOSTILE_LABEL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1<
 # --- handlers -----------------------------------------------------------------------------------
 
 
-def test_microscope_matches_encode_and_hides_dense_features_visibly(explorer: Explorer) -> None:
+def test_microscope_matches_encode_and_hides_dense_features_visibly(ctx: Context) -> None:
     text = "the cat sat on the mat and the dog ran"
-    view = explorer.microscope(text, ["1", "2"], max_density_pct=100)
-    enc = encode(explorer.bundle, text, top_k=32)
+    view = microscope.view(ctx, text, ["1", "2"], max_density_pct=100)
+    enc = encode(ctx.bundle, text, top_k=32)
     assert [t for t, _ in view.highlighted] == enc.tokens
     assert view.heatmap.data[0].z.shape == (2, len(enc.tokens))
     # The heatmap's value is the strongest feature per token and layer.
@@ -31,7 +32,7 @@ def test_microscope_matches_encode_and_hides_dense_features_visibly(explorer: Ex
             assert view.heatmap.data[0].z[row][pos] == pytest.approx(top[0][1] if top else 0.0)
     assert "hidden" not in view.status
     # With the filter at 0% every feature that fires anywhere is dense: all hidden, and said so.
-    hidden = explorer.microscope(text, ["1", "2"], max_density_pct=0)
+    hidden = microscope.view(ctx, text, ["1", "2"], max_density_pct=0)
     assert "hidden" in hidden.status and hidden.text_top.empty
     first = view.text_top.iloc[0]
     layer, feature = int(first["layer"]), int(first["feature"])
@@ -41,18 +42,18 @@ def test_microscope_matches_encode_and_hides_dense_features_visibly(explorer: Ex
     assert first["max act"] == pytest.approx(best, abs=5e-4)  # rounded to 3 places
 
 
-def test_token_features_list_every_layer(explorer: Explorer) -> None:
-    view = explorer.microscope("the cat sat on the mat", max_density_pct=100)
-    table = explorer.token_features(view.encoding, 1, 100)
+def test_token_features_list_every_layer(ctx: Context) -> None:
+    view = microscope.view(ctx, "the cat sat on the mat", max_density_pct=100)
+    table = microscope.token_features(ctx, view.encoding, 1, 100)
     enc = view.encoding
     want = {(layer, f) for layer in (1, 2) for f, _ in enc.layers[layer].top(1)}
     assert set(zip(table["layer"], table["feature"], strict=True)) == want
 
 
-def test_dashboard_shows_the_store_and_marks_test_text(explorer: Explorer) -> None:
-    feature = live_feature(explorer)
-    rec = explorer.store.feature(2, feature)  # type: ignore[union-attr]
-    view = explorer.dashboard("2", feature, "the cat sat on the mat and the dog ran to the house")
+def test_dashboard_shows_the_store_and_marks_test_text(ctx: Context) -> None:
+    feature = live_feature(ctx)
+    rec = ctx.store.feature(2, feature)  # type: ignore[union-attr]
+    view = dashboard.view(ctx, "2", feature, "the cat sat on the mat and the dog ran to the house")
     assert f"Layer 2 · feature {feature}" in view.header
     assert list(view.histogram.data[0].y) == rec.hist_counts
     assert view.neighbours["feature"].tolist() == rec.neighbours
@@ -62,115 +63,120 @@ def test_dashboard_shows_the_store_and_marks_test_text(explorer: Explorer) -> No
     from explorer.encode import feature_activations
 
     _, acts, _ = feature_activations(
-        explorer.bundle, "the cat sat on the mat and the dog ran to the house", 2, feature
+        ctx.bundle, "the cat sat on the mat and the dog ran to the house", 2, feature
     )
-    if max(acts) > 0:
-        assert view.histogram.layout.shapes[0].x0 == pytest.approx(max(acts))
+    assert max(acts) > 0  # the feature fires on the test text: there is a mark to check
+    assert view.histogram.layout.shapes[0].x0 == pytest.approx(max(acts))
 
 
-def test_labels_show_up_everywhere_and_stay_escaped(explorer: Explorer) -> None:
-    feature = live_feature(explorer, 1)
-    explorer.save_label(1, feature, HOSTILE_LABEL, "notes", "high", "tester")
-    view = explorer.dashboard(1, feature)
+def test_labels_show_up_everywhere_and_stay_escaped(ctx: Context) -> None:
+    feature = live_feature(ctx, 1)
+    ctx.save_label(1, feature, HOSTILE_LABEL, "notes", "high", "tester")
+    view = dashboard.view(ctx, 1, feature)
     assert HOSTILE_LABEL not in view.header and "&lt;script&gt;" in view.header
-    table = explorer.browse("1", "onerror")
+    table = browse.features(ctx, "1", "onerror")
     assert table["feature"].tolist() == [feature]
-    assert explorer.label_history(1, feature)["label"].tolist()[0] == HOSTILE_LABEL
+    assert labelling.label_history(ctx, 1, feature)["label"].tolist()[0] == HOSTILE_LABEL
     for _ in range(20):
-        assert explorer.next_unlabelled("1", "any") != (1, feature)
+        assert labelling.next_unlabelled(ctx, "1", "any") != (1, feature)
 
 
-def test_browse_sorts_filters_and_searches_top_tokens(explorer: Explorer) -> None:
-    table = explorer.browse("all", "", "n_fires", True, False, True)
+def test_browse_sorts_filters_and_searches_top_tokens(ctx: Context) -> None:
+    table = browse.features(ctx, "all", "", "n_fires", True, False, True)
     assert table["n_fires"].tolist() == sorted(table["n_fires"], reverse=True)
     assert (table["n_fires"] > 0).all()
     token = table["top_tokens"].iat[0].split()[0]
-    hits = explorer.browse("all", token)
+    hits = browse.features(ctx, "all", token)
     assert len(hits) and all(token.lower() in t.lower() for t in hits["top_tokens"])
-    layer, feature = explorer.random_feature("2", random.Random(3))
-    assert layer == 2 and not explorer.store.feature(2, feature).dead  # type: ignore[union-attr]
+    layer, feature = dashboard.random_feature(ctx, "2", random.Random(3))
+    assert layer == 2 and not ctx.store.feature(2, feature).dead  # type: ignore[union-attr]
 
 
-def test_steering_streams_default_and_steered(explorer: Explorer) -> None:
-    feature = live_feature(explorer)
-    steers = explorer.add_steer([], 2, feature, "", "add")
-    assert steers[0]["strength"] == pytest.approx(explorer.default_strength(2, feature))
-    steers = explorer.add_steer(steers, 2, feature, "300", "add")
-    out = list(explorer.steer("the cat sat", steers, 0, 6, 1, 0))
+def test_steering_streams_default_and_steered(ctx: Context) -> None:
+    feature = live_feature(ctx)
+    steers = steering.add_steer(ctx, [], 2, feature, "", "add")
+    assert steers[0]["strength"] == pytest.approx(steering.default_strength(ctx, 2, feature))
+    steers = steering.add_steer(ctx, steers, 2, feature, "300", "add")
+    out = list(steering.steer(ctx, "the cat sat", steers, 0, 6, 1, 0))
     assert len(out) == 6 and "token limit" in out[-1][2]
     default, steered, _ = out[-1]
     plain = list(
-        explorer.steer("the cat sat", explorer.add_steer([], 2, feature, "0", "add"), 0, 6)
+        steering.steer(
+            ctx, "the cat sat", steering.add_steer(ctx, [], 2, feature, "0", "add"), 0, 6
+        )
     )
     assert default == plain[-1][0] == plain[-1][1]  # strength 0 changes nothing
     assert steered != default
 
 
+def _one_steer(ctx: Context) -> list[dict[str, Any]]:
+    """Layer 2 feature 1 at its default strength: a valid steering list."""
+    return steering.add_steer(ctx, [], 2, 1, "", "add")
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda ex: ex.microscope("   "), "empty"),
-        (lambda ex: ex.microscope("the cat", ["7"]), "layer"),
-        (lambda ex: ex.microscope("the cat", ["x"]), "whole number"),
-        (lambda ex: ex.microscope("the cat", None, max_density_pct="nan"), "density"),
-        (lambda ex: ex.dashboard(2, -1), "feature must be from 0 to 47"),
-        (lambda ex: ex.dashboard(2, 48), "feature must be from 0 to 47"),
-        (lambda ex: ex.dashboard(2, "abc"), "whole number"),
-        (lambda ex: ex.dashboard(2, 1.5), "whole number"),
-        (lambda ex: ex.dashboard(9, 1), "no SAE"),
-        (lambda ex: ex.dashboard(None, 1), "missing"),
-        (lambda ex: ex.add_steer([], 2, 1, "inf", "add"), "strength"),
-        (lambda ex: ex.add_steer([], 2, 1, "1e30", "add"), "strength"),
-        (lambda ex: ex.add_steer([], 2, 1, "1", "multiply"), "method"),
-        (lambda ex: list(ex.steer("hi", [], 0.7, 10)), "at least one feature"),
-        (lambda ex: list(ex.steer("the cat", ex.add_steer([], 2, 1, "", "add"), -1)), "temper"),
-        (lambda ex: list(ex.steer("the cat", ex.add_steer([], 2, 1, "", "add"), 0, 999)), "max"),
-        (lambda ex: list(ex.steer("the cat", ex.add_steer([], 2, 1, "", "add"), 0, 5, -3)), "seed"),
-        (lambda ex: list(ex.steer(" ", ex.add_steer([], 2, 1, "", "add"), 0, 5)), "empty"),
-        (lambda ex: ex.browse("all", "x" * 300), "too long"),
-        (lambda ex: ex.browse("all", "", "bogus"), "sort"),
+        (lambda ex: microscope.view(ex, "   "), "empty"),
+        (lambda ex: microscope.view(ex, "the cat", ["7"]), "layer"),
+        (lambda ex: microscope.view(ex, "the cat", ["x"]), "whole number"),
+        (lambda ex: microscope.view(ex, "the cat", None, max_density_pct="nan"), "density"),
+        (lambda ex: dashboard.view(ex, 2, -1), "feature must be from 0 to 47"),
+        (lambda ex: dashboard.view(ex, 2, 48), "feature must be from 0 to 47"),
+        (lambda ex: dashboard.view(ex, 2, "abc"), "whole number"),
+        (lambda ex: dashboard.view(ex, 2, 1.5), "whole number"),
+        (lambda ex: dashboard.view(ex, 9, 1), "no SAE"),
+        (lambda ex: dashboard.view(ex, None, 1), "missing"),
+        (lambda ex: steering.add_steer(ex, [], 2, 1, "inf", "add"), "strength"),
+        (lambda ex: steering.add_steer(ex, [], 2, 1, "1e30", "add"), "strength"),
+        (lambda ex: steering.add_steer(ex, [], 2, 1, "1", "multiply"), "method"),
+        (lambda ex: list(steering.steer(ex, "hi", [], 0.7, 10)), "at least one feature"),
+        (lambda ex: list(steering.steer(ex, "the cat", _one_steer(ex), -1)), "temper"),
+        (lambda ex: list(steering.steer(ex, "the cat", _one_steer(ex), 0, 999)), "max"),
+        (lambda ex: list(steering.steer(ex, "the cat", _one_steer(ex), 0, 5, -3)), "seed"),
+        (lambda ex: list(steering.steer(ex, " ", _one_steer(ex), 0, 5)), "empty"),
+        (lambda ex: browse.features(ex, "all", "x" * 300), "too long"),
+        (lambda ex: browse.features(ex, "all", "", "bogus"), "sort"),
         (lambda ex: ex.save_label(2, 1, "   ", "", "medium", ""), "label"),
-        (lambda ex: ex.token_features(None, 0), "encode a text first"),
+        (lambda ex: microscope.token_features(ex, None, 0), "encode a text first"),
     ],
 )
-def test_bad_input_is_a_user_error(explorer: Explorer, call, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_user_error(ctx: Context, call, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UserError, match=message):
-        call(explorer)
+        call(ctx)
 
 
 # --- the running app ----------------------------------------------------------------------------
 
 
-def test_each_tab_main_action_over_http(served: str, explorer: Explorer) -> None:
+def test_each_tab_main_action_over_http(served: str, ctx: Context) -> None:
     from gradio_client import Client
 
     client = Client(served, verbose=False)
     micro = client.predict(
         "the cat sat on the mat", ["1", "2"], "max activation", 100, "max", api_name="/microscope"
     )
-    assert [t["token"] for t in micro[0]] == encode(
-        explorer.bundle, "the cat sat on the mat"
-    ).tokens
-    feature = live_feature(explorer)
+    assert [t["token"] for t in micro[0]] == encode(ctx.bundle, "the cat sat on the mat").tokens
+    feature = live_feature(ctx)
     dash = client.predict("2", feature, api_name="/open_feature")
     assert f"feature {feature}" in dash[2]
     saved, header = client.predict(
         "2", feature, "a label over http", "client", api_name="/save_label"
     )
     assert "Saved label" in saved and "a label over http" in header
-    assert explorer.labels.current(2, feature).label == "a label over http"  # type: ignore[union-attr]
+    assert ctx.labels.current(2, feature).label == "a label over http"  # type: ignore[union-attr]
     table = client.predict("2", "label over http", "density", True, False, True, api_name="/browse")
     assert [row[1] for row in table["data"]] == [feature]
     found = client.predict("the cat sat on the mat", 100, api_name="/search_inference")
     assert found["data"]
 
 
-def test_steering_over_http_streams_and_reports_bad_input(served: str, explorer: Explorer) -> None:
+def test_steering_over_http_streams_and_reports_bad_input(served: str, ctx: Context) -> None:
     from gradio_client import Client
 
     client = Client(served, verbose=False)
-    feature = live_feature(explorer)
-    steers = explorer.add_steer([], 2, feature, "200", "add")
+    feature = live_feature(ctx)
+    steers = steering.add_steer(ctx, [], 2, feature, "200", "add")
     table = {
         "headers": ["layer", "feature", "strength", "method", "label"],
         "data": [[s["layer"], s["feature"], s["strength"], s["method"], ""] for s in steers],
@@ -178,7 +184,7 @@ def test_steering_over_http_streams_and_reports_bad_input(served: str, explorer:
     job = client.submit("the cat sat", table, 0, 5, 0, 0, api_name="/generate")
     final = job.result(timeout=60)
     assert len(job.outputs()) >= 2  # streamed: more than one update
-    want = list(explorer.steer("the cat sat", steers, 0, 5, 0, 0))[-1]
+    want = list(steering.steer(ctx, "the cat sat", steers, 0, 5, 0, 0))[-1]
     assert tuple(final[:2]) == want[:2]
     with pytest.raises(Exception, match="feature must be from 0 to 47"):
         client.predict("2", 4000, api_name="/open_feature")
@@ -186,10 +192,10 @@ def test_steering_over_http_streams_and_reports_bad_input(served: str, explorer:
     assert client.predict("2", feature, api_name="/open_feature")[1] == feature
 
 
-def test_store_mismatch_is_refused_at_start(tmp_path: Path, explorer: Explorer) -> None:
+def test_store_mismatch_is_refused_at_start(tmp_path: Path, ctx: Context) -> None:
     from explorer.store import StoreError
 
-    store = explorer.store
+    store = ctx.store
     assert store is not None
     with pytest.raises(StoreError, match="built with model 'tiny', the bundle has 'gemma-3-270m'"):
         store.check_bundle("gemma-3-270m", None, {1: {}, 2: {}})
@@ -206,32 +212,32 @@ def test_store_mismatch_is_refused_at_start(tmp_path: Path, explorer: Explorer) 
         "the cat " * 5000,  # far past the token limit
     ],
 )
-def test_odd_but_valid_text_is_served(explorer: Explorer, text: str) -> None:
-    view = explorer.microscope(text, max_density_pct=100)
-    assert len(view.highlighted) <= explorer.bundle.spec.max_tokens
+def test_odd_but_valid_text_is_served(ctx: Context, text: str) -> None:
+    view = microscope.view(ctx, text, max_density_pct=100)
+    assert len(view.highlighted) <= ctx.bundle.spec.max_tokens
     if len(text) > 10_000:
         assert "cut at 64 tokens" in view.status
-    assert "<script>" not in render_all(explorer, view)
+    assert "<script>" not in render_all(ctx, view)
 
 
-def render_all(explorer: Explorer, view) -> str:  # type: ignore[no-untyped-def]
+def render_all(ctx: Context, view) -> str:  # type: ignore[no-untyped-def]
     """Every HTML string a microscope result leads to (its top feature's dashboard included)."""
     if view.text_top.empty:
         return ""
     layer, feature = int(view.text_top["layer"].iat[0]), int(view.text_top["feature"].iat[0])
-    dash = explorer.dashboard(layer, feature, "<script>alert(1)</script> the cat")
+    dash = dashboard.view(ctx, layer, feature, "<script>alert(1)</script> the cat")
     return dash.header + dash.top_examples + dash.intervals + dash.test
 
 
-def test_curated_labels_show_until_someone_labels_the_feature(explorer: Explorer) -> None:
+def test_curated_labels_show_until_someone_labels_the_feature(ctx: Context) -> None:
     from dataclasses import replace
 
-    df = explorer.summary_layer(1)
+    df = ctx.summary_layer(1)
     live = df[~df["dead"]]["feature"].tolist()
-    feature = next(f for f in live if explorer.labels.current(1, f) is None)
-    ex = replace(explorer, curated={(1, feature): "curated label"})
-    assert "curated label" in ex.dashboard(1, feature).header
-    assert ex.browse("1", "curated label")["feature"].tolist() == [feature]
+    feature = next(f for f in live if ctx.labels.current(1, f) is None)
+    ex = replace(ctx, curated={(1, feature): "curated label"})
+    assert "curated label" in dashboard.view(ex, 1, feature).header
+    assert browse.features(ex, "1", "curated label")["feature"].tolist() == [feature]
     ex.save_label(1, feature, "a person's label", "", "medium", "")
-    assert "a person&#x27;s label" in ex.dashboard(1, feature).header
-    assert "curated label" not in ex.dashboard(1, feature).header
+    assert "a person&#x27;s label" in dashboard.view(ex, 1, feature).header
+    assert "curated label" not in dashboard.view(ex, 1, feature).header

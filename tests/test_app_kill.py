@@ -25,8 +25,7 @@ import sys, time
 sys.path[:0] = [{tests!r}, {root!r}]
 from pathlib import Path
 import conftest
-from explorer.app import build_app
-from explorer.handlers import Explorer
+from explorer.app import Context, build_app
 from explorer.labels import Labels
 from explorer.store import Store
 from precompute.accumulate import ReduceConfig
@@ -41,7 +40,7 @@ cfg = RunConfig(corpus=str(corpus), tokens=300, context_size=16, batch_windows=8
                 reduce=ReduceConfig(top_k=3, n_bins=5, n_intervals=2, per_interval=1))
 store = Job(cfg, bundle, tmp / "store", bundle_meta={{"model": "tiny"}}).run()
 labels = Labels({db!r}, scope="tiny", widths={{1: 48, 2: 48}})
-demo = build_app(Explorer(bundle=bundle, store=Store.open(store), labels=labels))
+demo = build_app(Context(bundle=bundle, store=Store.open(store), labels=labels))
 demo.queue().launch(server_name="127.0.0.1", server_port={port}, prevent_thread_lock=True,
                     quiet=True)
 print("READY", flush=True)

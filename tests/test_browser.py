@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 from conftest import live_feature
 
-from explorer.handlers import Explorer
+from explorer.app import Context, dashboard, microscope, steering
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page, ViewportSize
@@ -130,9 +130,7 @@ def _title(ui: UI) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
-def test_a_user_goes_from_text_to_feature_label_steering_and_browse(
-    ui: UI, explorer: Explorer
-) -> None:
+def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx: Context) -> None:
     from playwright.sync_api import expect
 
     page = ui.page
@@ -145,13 +143,13 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(
     ui.box("micro-text").fill(TEXT)
     ui.panel().get_by_label("Hide features denser than (%)").fill("100")
     page.locator("#encode").click()
-    want = explorer.microscope(TEXT, ["1", "2"], max_density_pct=100)
+    want = microscope.view(ctx, TEXT, ["1", "2"], max_density_pct=100)
     expect(page.locator("#micro-status")).to_contain_text(f"{len(want.highlighted)} tokens")
     expect(page.locator("#tokens .token")).to_have_text([t for t, _ in want.highlighted])
     # Clicking a token lists that token's features.
     page.locator("#tokens .token").nth(2).click()
     expect(page.locator("#token-pick").get_by_role("combobox")).to_have_value("2: sat")
-    rows = explorer.token_features(want.encoding, 2, 100)
+    rows = microscope.token_features(ctx, want.encoding, 2, 100)
     grid = page.locator("#token-table [role=grid]")
     expect(grid).to_have_attribute("aria-rowcount", str(len(rows) + 1))  # + the header row
     layer, feature = int(rows["layer"].iat[0]), int(rows["feature"].iat[0])
@@ -162,7 +160,7 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(
     ui.cell("token-table", 0, 1).click()
     ui.expect_tab("dashboard")
     expect(page.locator("#dash-header")).to_contain_text(f"Layer {layer} · feature {feature}")
-    rec = explorer.record(layer, feature)
+    rec = dashboard.record(ctx, layer, feature)
     expect(page.locator("#top-examples .gse-ex")).to_have_count(len(rec.top_examples))
 
     # A quick label is stored, and the header shows it once the feature is opened again.
@@ -170,7 +168,7 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(
     ui.box("quick-label").fill(label)
     page.locator("#quick-save").click()
     expect(ui.panel().get_by_text("Saved label #")).to_be_visible()
-    stored = explorer.labels.current(layer, feature)
+    stored = ctx.labels.current(layer, feature)
     assert stored is not None and stored.label == label
     page.locator("#open-feature").click()
     expect(page.locator("#dash-header")).to_contain_text(label)
@@ -186,8 +184,8 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(
     page.locator("#generate").click()
     expect(page.locator("#gen-status")).to_contain_text("stopped at the")
     # The page shows what the handler makes of the same request (the app's default settings).
-    steers = explorer.add_steer([], layer, feature, None, "add")
-    default, steered, _ = list(explorer.steer(prompt, steers, 0.7, 40, 0, 0.0))[-1]
+    steers = steering.add_steer(ctx, [], layer, feature, None, "add")
+    default, steered, _ = list(steering.steer(ctx, prompt, steers, 0.7, 40, 0, 0.0))[-1]
     assert default and steered
     expect(ui.box("default-out")).to_have_value(default)
     expect(ui.box("steered-out")).to_have_value(steered)
@@ -210,41 +208,41 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(
     page.locator("#next-unlabelled").click()
     expect(ui.panel().locator(".gse-title")).to_contain_text("Layer")
     q_layer, q_feature = _title(ui)
-    assert explorer.labels.current(q_layer, q_feature) is None
+    assert ctx.labels.current(q_layer, q_feature) is None
     ui.box("l-label").fill("browser test: from the queue")
     page.locator("#l-save").click()
     expect(ui.panel().get_by_text("Saved label #")).to_be_visible()
-    queued = explorer.labels.current(q_layer, q_feature)
+    queued = ctx.labels.current(q_layer, q_feature)
     assert queued is not None and queued.label == "browser test: from the queue"
     ui.shot("06-label")
     assert not ui.dialogs
 
 
-def test_a_feature_link_opens_its_dashboard(ui: UI, explorer: Explorer) -> None:
+def test_a_feature_link_opens_its_dashboard(ui: UI, ctx: Context) -> None:
     from playwright.sync_api import expect
 
-    feature = live_feature(explorer, 2)
+    feature = live_feature(ctx, 2)
     ui.open(f"?layer=2&feature={feature}")
     ui.expect_tab("dashboard")
     expect(ui.page.locator("#dash-header")).to_contain_text(f"Layer 2 · feature {feature}")
-    rec = explorer.record(2, feature)
+    rec = dashboard.record(ctx, 2, feature)
     expect(ui.page.locator("#top-examples .gse-ex")).to_have_count(len(rec.top_examples))
     ui.shot("07-feature-link")
 
 
-def test_hostile_text_and_labels_are_shown_as_text(ui: UI, explorer: Explorer) -> None:
+def test_hostile_text_and_labels_are_shown_as_text(ui: UI, ctx: Context) -> None:
     """Markup in a text or a label is shown, never run: no script, no dialog, no ``<img>``."""
     from playwright.sync_api import expect
 
     page = ui.page
     text = f"{TEXT} {HOSTILE}"
     # A layer-2 feature that fires on the text, other than the one test_app labels.
-    want = explorer.microscope(text, ["1", "2"], max_density_pct=100)
+    want = microscope.view(ctx, text, ["1", "2"], max_density_pct=100)
     top = want.text_top
     row = next(
         i
         for i in range(len(top))
-        if top["layer"].iat[i] == 2 and top["feature"].iat[i] != live_feature(explorer, 2)
+        if top["layer"].iat[i] == 2 and top["feature"].iat[i] != live_feature(ctx, 2)
     )
     feature = int(top["feature"].iat[row])
 
@@ -255,7 +253,7 @@ def test_hostile_text_and_labels_are_shown_as_text(ui: UI, explorer: Explorer) -
     ui.box("quick-label").fill(HOSTILE)
     page.locator("#quick-save").click()
     expect(ui.panel().get_by_text("Saved label #")).to_be_visible()
-    stored = explorer.labels.current(2, feature)
+    stored = ctx.labels.current(2, feature)
     assert stored is not None and stored.label == HOSTILE
     page.locator("#open-feature").click()
     expect(header).to_contain_text(HOSTILE)

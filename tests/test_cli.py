@@ -92,6 +92,15 @@ def test_bad_input_from_a_real_process_has_no_traceback() -> None:
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_the_command_line_does_not_load_gradio() -> None:
+    """``explorer.__main__`` (and so ``encode``) imports the app's context, never Gradio."""
+    code = "import explorer.__main__, sys; print('gradio' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.strip() == "False"
+
+
 def test_non_numeric_flag_is_an_argparse_error(capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit) as exc:
         main(["encode", "--top", "many", "hi"])
@@ -102,10 +111,10 @@ def test_non_numeric_flag_is_an_argparse_error(capsys) -> None:  # type: ignore[
 # --- the app's start-up refuses a bad store or label database, before loading the model ---------
 
 
-def _copy_store(explorer, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _copy_store(ctx, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     import shutil
 
-    return Path(shutil.copytree(explorer.store.path, tmp_path / "store"))
+    return Path(shutil.copytree(ctx.store.path, tmp_path / "store"))
 
 
 def _truncate(store: Path) -> None:
@@ -129,10 +138,8 @@ def _other_schema(store: Path) -> None:
         (lambda s: (s / "manifest.json").write_text("{not json"), "manifest"),
     ],
 )
-def test_app_refuses_a_bad_store_at_start(
-    explorer, tmp_path: Path, damage, message, capsys
-) -> None:  # type: ignore[no-untyped-def]
-    store = _copy_store(explorer, tmp_path)
+def test_app_refuses_a_bad_store_at_start(ctx, tmp_path: Path, damage, message, capsys) -> None:  # type: ignore[no-untyped-def]
+    store = _copy_store(ctx, tmp_path)
     damage(store)
     rc = main(["--store", str(store), "--labels", str(tmp_path / "l.sqlite")])
     err = capsys.readouterr().err
@@ -141,12 +148,12 @@ def test_app_refuses_a_bad_store_at_start(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_app_refuses_a_label_file_that_is_not_a_database(explorer, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from explorer.__main__ import open_explorer
+def test_app_refuses_a_label_file_that_is_not_a_database(ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from explorer.app import open_explorer
 
     bad = tmp_path / "labels.sqlite"
     bad.write_text("my notes, not a database")
-    store = _copy_store(explorer, tmp_path)
+    store = _copy_store(ctx, tmp_path)
     with pytest.raises(ValueError, match=r"labels\.sqlite"):
         open_explorer("default", str(store), str(bad), cache_dir=str(tmp_path / "no-cache"))
     assert bad.read_text() == "my notes, not a database"

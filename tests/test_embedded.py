@@ -175,16 +175,16 @@ def test_curated_features_are_live_and_labelled() -> None:
 def test_the_app_opens_on_the_embedded_default(cache: Path, tmp_path: Path) -> None:
     """``python -m explorer``'s own start-up path: model, SAEs, shipped store, labels; then each
     tab's main handler on real text."""
-    from explorer.__main__ import open_explorer
+    from explorer.app import browse, dashboard, microscope, open_explorer, steering
 
-    ex = open_explorer("default", None, str(tmp_path / "labels.sqlite"), str(cache))
-    view = ex.microscope("The cat sat on the mat.")
+    ctx = open_explorer("default", None, str(tmp_path / "labels.sqlite"), str(cache))
+    view = microscope.view(ctx, "The cat sat on the mat.")
     assert [t for t, _ in view.highlighted] == ["The", " cat", " sat", " on", " the", " mat", "."]
     assert not view.text_top.empty
     layer, feature = int(view.text_top["layer"].iat[0]), int(view.text_top["feature"].iat[0])
-    dash = ex.dashboard(layer, feature, "The cat sat on the mat.")
+    dash = dashboard.view(ctx, layer, feature, "The cat sat on the mat.")
     assert f"Layer {layer} · feature {feature}" in dash.header and "max on your text" in dash.test
-    steers = ex.add_steer([], layer, feature, None, "add")
-    default, steered, status = list(ex.steer("The cat", steers, 0.0, 4, 0, 0.0))[-1]
+    steers = steering.add_steer(ctx, [], layer, feature, None, "add")
+    default, steered, status = list(steering.steer(ctx, "The cat", steers, 0.0, 4, 0, 0.0))[-1]
     assert default and steered and "stopped" in status
-    assert not ex.browse("all", "").empty
+    assert not browse.features(ctx, "all", "").empty

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from load import run_load
 
 
-def test_concurrent_sessions_get_their_own_answers(served: str, explorer) -> None:  # type: ignore[no-untyped-def]
-    feature = live_feature(explorer)
+def test_concurrent_sessions_get_their_own_answers(served: str, ctx) -> None:  # type: ignore[no-untyped-def]
+    feature = live_feature(ctx)
     report = run_load(
         served,
         clients=3,

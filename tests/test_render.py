@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from explorer import render
+from explorer.app import render
 from explorer.store import Example
 
 HOSTILE = ["<script>alert(1)</script>", '" onmouseover="alert(1)', "a&b", "\n", "\t", "'x'"]

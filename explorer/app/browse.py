@@ -1,0 +1,149 @@
+"""The Browse & search tab: the store's features as a table (filtered, searched by label or top
+token, sorted), and search by inference (the features most active on a text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from explorer.app import microscope
+from explorer.app.context import Context, UserError, parse_int
+from explorer.app.ui import ui
+
+TAB_ID = "browse"
+BROWSE_ROWS = 500  # rows shown by the browse table (the search narrows it)
+
+
+def features(
+    ctx: Context,
+    layer: Any = "all",
+    query: str = "",
+    sort_by: str = "density",
+    descending: bool = True,
+    hide_dense: bool = False,
+    hide_dead: bool = True,
+) -> pd.DataFrame:
+    """Features of the store as a table: filtered, searched by label or top token, sorted."""
+    df = ctx.summary()
+    if layer not in (None, "", "all"):
+        layer_n = parse_int(layer, "layer")
+        if layer_n not in ctx.layers:
+            raise UserError(f"layer {layer_n} has no SAE here")
+        df = df[df["layer"] == layer_n]
+    if hide_dense:
+        df = df[~df["dense"]]
+    if hide_dead:
+        df = df[~df["dead"]]
+    labels = ctx.labels.current_all()
+    label_col = [
+        ctx.label_text(labels, int(a), int(b))
+        for a, b in zip(df["layer"], df["feature"], strict=True)
+    ]
+    df = df.assign(label=label_col)
+    q = (query or "").strip().lower()
+    if len(q) > 200:
+        raise UserError("the search text is too long (200 characters at most)")
+    if q:
+        hit = df["label"].str.lower().str.contains(q, regex=False) | df[
+            "top_tokens"
+        ].str.lower().str.contains(q, regex=False)
+        df = df[hit]
+    if sort_by not in df.columns:
+        raise UserError(f"cannot sort by {sort_by!r}")
+    df = df.sort_values([sort_by, "layer", "feature"], ascending=[not descending, True, True])
+    cols = ["layer", "feature", "label", "density", "max_act", "n_fires", "top_tokens"]
+    out = pd.DataFrame(df[cols].head(BROWSE_ROWS)).reset_index(drop=True)
+    out["density"] = (100 * out["density"]).round(4)
+    out["max_act"] = out["max_act"].astype(float).round(3)
+    return out.rename(columns={"density": "density %", "max_act": "max act"})
+
+
+def search_by_inference(ctx: Context, text: str, max_density_pct: Any) -> pd.DataFrame:
+    """The features most active on ``text`` (the microscope's whole-text ranking, all layers)."""
+    return microscope.view(ctx, text, max_density_pct=max_density_pct).text_top
+
+
+@dataclass
+class BrowseTab:
+    layer: gr.Dropdown
+    query: gr.Textbox
+    sort: gr.Dropdown
+    desc: gr.Checkbox
+    dense: gr.Checkbox
+    dead: gr.Checkbox
+    btn: gr.Button
+    table: gr.Dataframe
+    si_text: gr.Textbox
+    si_density: gr.Number
+    si_btn: gr.Button
+    si_table: gr.Dataframe
+
+
+def layout(ctx: Context) -> BrowseTab:
+    """The tab's components and its own events (search, search by inference)."""
+    layer_names = [str(n) for n in ctx.layers]
+    with gr.Row():
+        b_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
+        b_query = gr.Textbox(label="Search labels and top tokens", elem_id="b-query")
+        b_sort = gr.Dropdown(
+            ["density", "max_act", "n_fires", "feature"],
+            value="density",
+            label="Sort by",
+        )
+        b_desc = gr.Checkbox(True, label="Descending")
+        b_dense = gr.Checkbox(False, label="Hide dense")
+        b_dead = gr.Checkbox(True, label="Hide dead")
+    b_btn = gr.Button("Search", variant="primary", elem_id="browse-btn")
+    b_table = gr.Dataframe(
+        label="Features (click to open)", interactive=False, elem_id="browse-table"
+    )
+    gr.Markdown("### Search by inference: which features are most active on a text?")
+    with gr.Row():
+        si_text = gr.Textbox(label="Text", scale=4)
+        si_density = gr.Number(1.0, label="Hide features denser than (%)", minimum=0)
+        si_btn = gr.Button("Find features", scale=1)
+    si_table = gr.Dataframe(
+        headers=["layer", "feature", "label", "max act", "tokens", "density %"],
+        label="Most active features (click to open)",
+        interactive=False,
+    )
+
+    def browse(
+        layer: Any = "all",
+        query: str = "",
+        sort_by: str = "density",
+        descending: bool = True,
+        hide_dense: bool = False,
+        hide_dead: bool = True,
+    ) -> pd.DataFrame:
+        """Features of the store as a table: filtered, searched by label or top token, sorted."""
+        return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead)
+
+    b_btn.click(
+        ui(browse),
+        [b_layer, b_query, b_sort, b_desc, b_dense, b_dead],
+        b_table,
+        api_name="browse",
+    )
+
+    def search_inference(t: str, d: Any) -> pd.DataFrame:
+        return search_by_inference(ctx, t, d)
+
+    si_btn.click(ui(search_inference), [si_text, si_density], si_table, api_name="search_inference")
+    return BrowseTab(
+        layer=b_layer,
+        query=b_query,
+        sort=b_sort,
+        desc=b_desc,
+        dense=b_dense,
+        dead=b_dead,
+        btn=b_btn,
+        table=b_table,
+        si_text=si_text,
+        si_density=si_density,
+        si_btn=si_btn,
+        si_table=si_table,
+    )

@@ -1,0 +1,238 @@
+"""What every tab shares: the app's context, the UI's value parsing, and how the context is opened.
+
+:class:`Context` holds the shared, read-only things (the bundle, the store, the label database,
+the curated content) and the answers several tabs need (a feature's label, the store's summary
+table, a checked ``(layer, feature)``). Inputs arrive as the UI gives them (numbers as floats or
+strings, possibly empty) and are checked with :func:`parse_int` / :func:`parse_float`; anything
+wrong raises :class:`UserError` with a message for the user, which the app shows as a warning
+instead of a traceback. Per-user state (the last encoding, the steering list) is passed in and
+returned, never kept here.
+
+Every read of the store's manifest is here, behind :attr:`Context.dense_threshold` and
+:attr:`Context.store_tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from explorer.bundle import build_bundle, bundle_identity, preset
+from explorer.labels import LabelError, Labels
+from explorer.paths import ASSETS_STORE, CURATED
+from explorer.store import Store
+from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from explorer.bundle import Bundle
+
+
+def load_curated(path: Path = CURATED) -> dict[str, Any]:
+    """The curated example texts and features (``{"texts": [...], "features": [...]}``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"texts": [], "features": []}
+    return {"texts": list(data.get("texts", [])), "features": list(data.get("features", []))}
+
+
+class UserError(ValueError):
+    """A request the app cannot serve; the message is meant for the user."""
+
+
+def parse_int(value: Any, what: str, lo: int | None = None, hi: int | None = None) -> int:
+    """A whole number from a UI value (int, float like ``3.0``, or text), range-checked."""
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{what} is missing: enter a whole number")
+    try:
+        number = float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a whole number, not {str(value)[:40]!r}") from None
+    if isinstance(number, float):
+        if not math.isfinite(number) or number != int(number):
+            raise UserError(f"{what} must be a whole number, not {str(value)[:40]!r}")
+        number = int(number)
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        span = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+        raise UserError(f"{what} must be {span}, not {number}")
+    return number
+
+
+def parse_float(value: Any, what: str, lo: float, hi: float) -> float:
+    """A finite number from a UI value, within ``[lo, hi]``."""
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{what} is missing: enter a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, not {str(value)[:40]!r}") from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise UserError(f"{what} must be a number from {lo:g} to {hi:g}, not {value}")
+    return number
+
+
+@dataclass
+class Context:
+    """What every tab shares.
+
+    Args:
+        bundle: the model and its SAEs.
+        store: the precomputed feature store of that bundle (``None``: dashboards unavailable).
+        labels: the label database.
+        curated: labels shipped with the bundle (``assets/curated.json``), shown where the
+            database has none yet.
+        content: the curated example texts and features (the Start tab's table, the
+            microscope's example texts).
+    """
+
+    bundle: Bundle
+    store: Store | None
+    labels: Labels
+    curated: dict[tuple[int, int], str] = field(default_factory=dict)
+    content: dict[str, Any] = field(default_factory=load_curated)
+    _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
+    _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.bundle.layers)
+
+    # --- the store's manifest: read here only ----------------------------------------------------
+
+    @property
+    def dense_threshold(self) -> float:
+        """The density above which the store flags a feature dense."""
+        if self.store is None:
+            return DEFAULT_DENSE_THRESHOLD
+        return self.store.manifest.dense_threshold
+
+    @property
+    def store_tokens(self) -> int | None:
+        """How many corpus tokens the store was computed over (``None``: no store)."""
+        if self.store is None:
+            return None
+        return int(self.store.manifest.tokens or 0)
+
+    # --- features ---------------------------------------------------------------------------------
+
+    def width(self, layer: int) -> int:
+        if self.store is not None and layer in self.store.layers:
+            return self.store.n_features(layer)
+        return self.bundle.width(layer)
+
+    def check_feature(self, layer: Any, feature: Any) -> tuple[int, int]:
+        """``(layer, feature)`` as ints, or :class:`UserError` naming what exists."""
+        layer_n = parse_int(layer, "layer")
+        if layer_n not in self.layers:
+            have = ", ".join(map(str, self.layers))
+            raise UserError(f"layer {layer_n} has no SAE here; the layers are {have}")
+        width = self.width(layer_n)
+        feature_n = parse_int(feature, "feature", 0, width - 1)
+        return layer_n, feature_n
+
+    def summary(self) -> pd.DataFrame:
+        """Every feature of the store, all layers: the browse table's source (built once)."""
+        import pandas as pd
+
+        if self._summary is not None:
+            return self._summary
+        if self.store is None:
+            raise UserError("this bundle has no feature store: browse needs one")
+        frames = []
+        for layer in self.store.layers:
+            df = self.store.features(
+                layer,
+                ["feature", "density", "n_fires", "max_act", "mean_act", "dead", "dense"],
+            )
+            tokens = self.store.features(layer, ["top_logits_tokens"])["top_logits_tokens"]
+            df.insert(0, "layer", layer)
+            df["top_tokens"] = [" ".join(repr(t)[1:-1] for t in list(ts)[:5]) for ts in tokens]
+            frames.append(df)
+        self._summary = pd.concat(frames, ignore_index=True)
+        return self._summary
+
+    def summary_layer(self, layer: int) -> pd.DataFrame:
+        s = self.summary()
+        return s[s["layer"] == layer].reset_index(drop=True)
+
+    def densities(self) -> dict[int, Any]:
+        """``{layer: density per feature}`` (numpy), from the store, built once."""
+        if self.store is None:
+            return {}
+        if self._dens is None:
+            s = self.summary()
+            self._dens = {
+                layer: s.loc[s["layer"] == layer, "density"].to_numpy()
+                for layer in self.store.layers
+            }
+        return self._dens
+
+    # --- labels -----------------------------------------------------------------------------------
+
+    def label_text(self, labels: dict[tuple[int, int], Any], layer: int, feature: int) -> str:
+        """The feature's label in ``labels`` (from :meth:`Labels.current_all`), else its curated
+        one, else ``""``."""
+        found = labels.get((layer, feature))
+        return found.label if found is not None else self.curated.get((layer, feature), "")
+
+    def label_of(self, layer: int, feature: int) -> str:
+        """The feature's current label, else its curated one, else ``""``."""
+        found = self.labels.current(layer, feature)
+        return found.label if found is not None else self.curated.get((layer, feature), "")
+
+    def save_label(
+        self, layer: Any, feature: Any, label: str, notes: str, confidence: str, labeller: str
+    ) -> str:
+        """Store a label (the dashboard's quick label and the Label tab); the message to show."""
+        layer_n, feature_n = self.check_feature(layer, feature)
+        try:
+            saved = self.labels.add(layer_n, feature_n, label, notes, confidence, labeller)
+        except LabelError as e:
+            raise UserError(str(e)) from None
+        return f"Saved label #{saved.id} for layer {layer_n} feature {feature_n}: {saved.label!r}"
+
+
+def default_labels_path() -> Path:
+    """``/data/labels.sqlite`` on a Space with persistent storage, else the user's data dir."""
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/labels.sqlite")
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "gemma-scope-explorer" / "labels.sqlite"
+
+
+def open_explorer(
+    preset_name: str,
+    store_dir: str | None,
+    labels_path: str | None,
+    cache_dir: str | None = None,
+) -> Context:
+    """Build the bundle, open and check the store, open the labels: the app's context.
+
+    A store that does not match the bundle, or is damaged, stops the start with a message
+    naming the problem (a :class:`ValueError`).
+    """
+    spec = preset(preset_name)
+    if store_dir is None and spec.name == "default":
+        store_dir = str(ASSETS_STORE)
+    # Cheap checks first: a bad store or label file fails before the model loads.
+    store = Store.open(store_dir) if store_dir is not None else None
+    widths = {n: store.n_features(n) for n in store.layers} if store is not None else None
+    labels = Labels(labels_path or default_labels_path(), scope=spec.name, widths=widths)
+    ident = bundle_identity(spec)
+    if store is not None:
+        store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
+    bundle = build_bundle(spec, cache_dir=cache_dir)
+    if store is not None:
+        layers = {n: {"d_sae": bundle.width(n)} for n in store.layers}
+        store.check_bundle(ident["model"], None, layers)
+    content = load_curated()
+    curated = {}
+    if spec.name == "default":
+        curated = {(f["layer"], f["feature"]): f["label"] for f in content["features"]}
+    return Context(bundle=bundle, store=store, labels=labels, curated=curated, content=content)

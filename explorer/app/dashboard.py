@@ -1,0 +1,290 @@
+"""The Feature tab: one feature's dashboard (header, histogram, logit effects, neighbours, top
+examples, interval samples), tested on a text, labelled quickly, or sent to steering."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import pandas as pd
+
+from explorer.app import render
+from explorer.app.context import Context, UserError, parse_int
+from explorer.app.ui import ui
+from explorer.encode import EncodeError, feature_activations
+from explorer.store import StoreError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from explorer.store import FeatureRecord
+
+TAB_ID = "dashboard"
+
+HIST_NOTE = (
+    "How often the feature fires at each strength, over the corpus (tokens where it is 0 are left "
+    "out). The dashed line is its strongest activation on your test text."
+)
+LOGITS_NOTE = (
+    "The tokens whose next-token logits this feature's decoder direction raises (left) or lowers "
+    "(right) most, through the model's unembedding: a hint of what it makes the model say."
+)
+INTERVAL_NOTE = (
+    "Examples drawn at random from equal slices of the activation range: they show what the "
+    "feature does when it fires weakly, not only at its peak. The percentage is the slice's share "
+    "of all the feature's activations."
+)
+
+
+@dataclass
+class DashboardView:
+    """A feature's dashboard."""
+
+    layer: int
+    feature: int
+    header: str
+    histogram: go.Figure
+    promoted: go.Figure
+    suppressed: go.Figure
+    neighbours: pd.DataFrame
+    top_examples: str
+    intervals: str
+    test: str = ""
+    label: str = ""
+
+
+def record(ctx: Context, layer: Any, feature: Any) -> FeatureRecord:
+    """The feature's record in the store, or :class:`UserError`."""
+    layer_n, feature_n = ctx.check_feature(layer, feature)
+    if ctx.store is None:
+        raise UserError(
+            "this bundle has no feature store, so there is no dashboard; build one with "
+            "`python -m precompute run`"
+        )
+    try:
+        return ctx.store.feature(layer_n, feature_n)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+
+
+def header(ctx: Context, layer: Any, feature: Any) -> str:
+    """The dashboard's header alone (after a label is saved, only it changes)."""
+    rec = record(ctx, layer, feature)
+    return render.badges_html(
+        rec, ctx.label_of(rec.layer, rec.feature) or None, ctx.dense_threshold
+    )
+
+
+def view(ctx: Context, layer: Any, feature: Any, test_text: str = "") -> DashboardView:
+    """Everything about one feature; ``test_text`` (optional) is marked on its histogram."""
+    rec = record(ctx, layer, feature)
+    label = ctx.label_of(rec.layer, rec.feature)
+    marks: list[float] = []
+    test = ""
+    if test_text and test_text.strip():
+        tokens, acts, truncated = _feature_acts(ctx, rec.layer, rec.feature, test_text)
+        peak = max(acts, default=0.0)
+        marks = [peak] if peak > 0 else []
+        test = (
+            f'<div class="gse-text">{render.token_spans(tokens, acts, rec.max_act or peak)}'
+            f"</div><p>max on your text: {peak:.3f}"
+            + (" (text cut at the token limit)" if truncated else "")
+            + ("" if peak > 0 else " — the feature does not fire on it")
+            + "</p>"
+        )
+    labels = ctx.labels.current_all(rec.layer)
+    neighbours = pd.DataFrame(
+        {
+            "feature": rec.neighbours,
+            "cosine": [round(float(c), 3) for c in rec.neighbour_cos],
+            "label": [ctx.label_text(labels, rec.layer, f) for f in rec.neighbours],
+        }
+    )
+    return DashboardView(
+        layer=rec.layer,
+        feature=rec.feature,
+        header=render.badges_html(rec, label or None, ctx.dense_threshold),
+        histogram=render.histogram_figure(rec, marks),
+        promoted=render.logits_figure(rec.top_logits_tokens, rec.top_logits_values, True),
+        suppressed=render.logits_figure(rec.bottom_logits_tokens, rec.bottom_logits_values, False),
+        neighbours=neighbours,
+        top_examples=render.examples_html(rec.top_examples, rec.max_act, "never fired"),
+        intervals=render.intervals_html(rec),
+        test=test,
+        label=label,
+    )
+
+
+def _feature_acts(
+    ctx: Context, layer: int, feature: int, text: str
+) -> tuple[list[str], list[float], bool]:
+    try:
+        return feature_activations(ctx.bundle, text, layer, feature)
+    except (EncodeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def random_feature(
+    ctx: Context, layer: Any = "all", rng: random.Random | None = None
+) -> tuple[int, int]:
+    """A random live feature (fired at least once), of one layer or any."""
+    df = ctx.summary()
+    df = df[~df["dead"]]
+    if layer not in (None, "", "all"):
+        df = df[df["layer"] == parse_int(layer, "layer")]
+    if df.empty:
+        raise UserError("no live features to choose from")
+    i = (rng or random.Random()).randrange(len(df))
+    return int(df["layer"].iat[i]), int(df["feature"].iat[i])
+
+
+@dataclass
+class DashboardTab:
+    layer: gr.Dropdown
+    feature: gr.Number
+    open_btn: gr.Button
+    rand_btn: gr.Button
+    to_steer_btn: gr.Button
+    header: gr.HTML
+    quick_label: gr.Textbox
+    quick_name: gr.Textbox
+    quick_save: gr.Button
+    label_status: gr.Markdown
+    hist: gr.Plot
+    promoted: gr.Plot
+    suppressed: gr.Plot
+    neighbours: gr.Dataframe
+    test_text: gr.Textbox
+    test_btn: gr.Button
+    test_html: gr.HTML
+    top_html: gr.HTML
+    intervals_html: gr.HTML
+    tabs: gr.Tabs
+
+    @property
+    def outputs(self) -> list[Any]:
+        """What opening a feature updates, in the order of :func:`open_values`'s values."""
+        return [
+            self.layer,
+            self.feature,
+            self.header,
+            self.quick_label,
+            self.hist,
+            self.promoted,
+            self.suppressed,
+            self.neighbours,
+            self.top_html,
+            self.intervals_html,
+            self.test_html,
+            self.tabs,
+        ]
+
+
+def open_values(ctx: Context, layer: Any, feature: Any, test: str = "") -> tuple[Any, ...]:
+    """A feature's dashboard as the values of :attr:`DashboardTab.outputs` (its tab selected)."""
+    v = view(ctx, layer, feature, test)
+    return (
+        str(v.layer),
+        v.feature,
+        v.header,
+        v.label,
+        v.histogram,
+        v.promoted,
+        v.suppressed,
+        v.neighbours,
+        v.top_examples,
+        v.intervals,
+        v.test,
+        gr.Tabs(selected=TAB_ID),
+    )
+
+
+def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
+    """The tab's components and its own events; opening a feature selects this tab in ``tabs``."""
+    layer_names = [str(n) for n in ctx.layers]
+    with gr.Row():
+        d_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
+        d_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
+        open_btn = gr.Button("Open", variant="primary", elem_id="open-feature")
+        rand_btn = gr.Button("Random feature")
+        to_steer_btn = gr.Button("Steer with this feature", elem_id="to-steer")
+    header_html = gr.HTML(elem_id="dash-header")
+    with gr.Row():
+        quick_label = gr.Textbox(label="Label", scale=4, elem_id="quick-label")
+        quick_name = gr.Textbox(label="Your name (optional)", scale=2)
+        quick_save = gr.Button("Save label", scale=1, elem_id="quick-save")
+    label_status = gr.Markdown(elem_id="label-status")
+    gr.Markdown(HIST_NOTE)
+    hist = gr.Plot(label="Activation histogram")
+    gr.Markdown(LOGITS_NOTE)
+    with gr.Row():
+        promoted = gr.Plot(label="Promoted tokens")
+        suppressed = gr.Plot(label="Suppressed tokens")
+    neighbours = gr.Dataframe(
+        label="Nearest features by decoder cosine (click to open)", interactive=False
+    )
+    with gr.Row():
+        test_text = gr.Textbox(label="Test this feature on your text", scale=4)
+        test_btn = gr.Button("Test", scale=1, elem_id="test-feature")
+    test_html = gr.HTML()
+    gr.Markdown(
+        "### Top activations\nThe corpus contexts where it fires most; the "
+        "outlined token is the one it was chosen for."
+    )
+    top_html = gr.HTML(elem_id="top-examples")
+    gr.Markdown(f"### Interval samples\n{INTERVAL_NOTE}")
+    intervals_html = gr.HTML()
+    tab = DashboardTab(
+        layer=d_layer,
+        feature=d_feature,
+        open_btn=open_btn,
+        rand_btn=rand_btn,
+        to_steer_btn=to_steer_btn,
+        header=header_html,
+        quick_label=quick_label,
+        quick_name=quick_name,
+        quick_save=quick_save,
+        label_status=label_status,
+        hist=hist,
+        promoted=promoted,
+        suppressed=suppressed,
+        neighbours=neighbours,
+        test_text=test_text,
+        test_btn=test_btn,
+        test_html=test_html,
+        top_html=top_html,
+        intervals_html=intervals_html,
+        tabs=tabs,
+    )
+    outputs = tab.outputs
+
+    def open_feature(layer: Any, feature: Any, test: str = "") -> tuple[Any, ...]:
+        return open_values(ctx, layer, feature, test)
+
+    def open_neighbour(layer: Any, evt: gr.SelectData) -> tuple[Any, ...]:
+        return open_values(ctx, layer, evt.row_value[0])
+
+    neighbours.select(ui(open_neighbour), [d_layer], outputs)
+    open_btn.click(ui(open_feature), [d_layer, d_feature], outputs, api_name="open_feature")
+    test_btn.click(
+        ui(open_feature), [d_layer, d_feature, test_text], outputs, api_name="test_feature"
+    )
+
+    def random_open(layer: Any) -> tuple[Any, ...]:
+        return open_values(ctx, *random_feature(ctx, "all"))
+
+    rand_btn.click(ui(random_open), [d_layer], outputs)
+
+    def quick_label_save(layer: Any, feature: Any, label: str, name: str) -> tuple[str, str]:
+        message = ctx.save_label(layer, feature, label, "", "medium", name)
+        return message, header(ctx, layer, feature)
+
+    quick_save.click(
+        ui(quick_label_save),
+        [d_layer, d_feature, quick_label, quick_name],
+        [label_status, header_html],
+        api_name="save_label",
+    )
+    return tab

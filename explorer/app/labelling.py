@@ -1,0 +1,213 @@
+"""The Label tab: a queue of unlabelled features by density band, the label form and a feature's
+label history, and import / export of the label database."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from explorer.app import dashboard
+from explorer.app.context import Context, UserError, parse_int
+from explorer.app.ui import ui
+from explorer.labels import LabelError
+
+TAB_ID = "label"
+
+DENSITY_BANDS: dict[str, tuple[float, float]] = {
+    "rare (≤ 0.01%)": (0.0, 1e-4),
+    "sparse (0.01–0.1%)": (1e-4, 1e-3),
+    "common (0.1–1%)": (1e-3, 1e-2),
+    "dense (> 1%)": (1e-2, 1.0),
+}
+
+
+def next_unlabelled(
+    ctx: Context, layer: Any = "all", band: str = "any", rng: random.Random | None = None
+) -> tuple[int, int]:
+    """A random live, unlabelled feature in a density band (the labelling queue)."""
+    df = ctx.summary()
+    df = df[~df["dead"]]
+    if layer not in (None, "", "all"):
+        df = df[df["layer"] == parse_int(layer, "layer")]
+    lo, hi = DENSITY_BANDS.get(band, (None, None)) if band != "any" else (0.0, 1.0)
+    if lo is None or hi is None:
+        raise UserError(f"unknown density band {band!r}")
+    df = df[(df["density"] > lo) & (df["density"] <= hi)]
+    done = set(ctx.labels.current_all())
+    todo = [
+        (int(a), int(b))
+        for a, b in zip(df["layer"], df["feature"], strict=True)
+        if (int(a), int(b)) not in done
+    ]
+    if not todo:
+        raise UserError("every feature in this selection is labelled")
+    return (rng or random.Random()).choice(todo)
+
+
+def label_history(ctx: Context, layer: Any, feature: Any) -> pd.DataFrame:
+    """Every label the feature was given, newest first."""
+    layer_n, feature_n = ctx.check_feature(layer, feature)
+    rows = [
+        {
+            "when": h.created_at,
+            "label": h.label,
+            "notes": h.notes,
+            "confidence": h.confidence,
+            "by": h.labeller,
+        }
+        for h in ctx.labels.history(layer_n, feature_n)
+    ]
+    return pd.DataFrame(rows, columns=["when", "label", "notes", "confidence", "by"])
+
+
+def export_labels(ctx: Context, fmt: str) -> str:
+    """The label database as a ``labels.csv`` or ``labels.json`` in a new temporary folder."""
+    body = ctx.labels.export_csv() if fmt == "csv" else ctx.labels.export_json()
+    out = Path(tempfile.mkdtemp(prefix="gse-labels-")) / f"labels.{fmt}"
+    out.write_text(body, encoding="utf-8")
+    return str(out)
+
+
+def import_labels(ctx: Context, path: Any) -> str:
+    """Labels from a CSV or JSON file; the report to show."""
+    if not path:
+        raise UserError("choose a CSV or JSON file to import first")
+    try:
+        report = ctx.labels.import_file(Path(str(path)))
+    except LabelError as e:
+        raise UserError(str(e)) from None
+    lines = [f"Imported {report.added} labels; {report.duplicates} duplicates skipped."]
+    lines += [f"- {err}" for err in report.errors]
+    return "\n".join(lines)
+
+
+@dataclass
+class LabellingTab:
+    q_layer: gr.Dropdown
+    q_band: gr.Dropdown
+    q_next: gr.Button
+    layer: gr.Dropdown
+    feature: gr.Number
+    header: gr.HTML
+    examples: gr.HTML
+    label: gr.Textbox
+    notes: gr.Textbox
+    conf: gr.Radio
+    name: gr.Textbox
+    save: gr.Button
+    status: gr.Markdown
+    history: gr.Dataframe
+    exp_csv: gr.Button
+    exp_json: gr.Button
+    exp_file: gr.File
+    imp_file: gr.File
+    imp_btn: gr.Button
+    imp_status: gr.Markdown
+
+
+def layout(ctx: Context) -> LabellingTab:
+    """The tab's components and its own events (queue, save, import, export)."""
+    layer_names = [str(n) for n in ctx.layers]
+    with gr.Row():
+        q_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
+        q_band = gr.Dropdown(["any", *DENSITY_BANDS], value="any", label="Density")
+        q_next = gr.Button("Next unlabelled feature", elem_id="next-unlabelled")
+    with gr.Row():
+        l_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
+        l_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
+    l_header = gr.HTML(elem_id="l-header")
+    l_examples = gr.HTML()
+    l_label = gr.Textbox(label="Label", elem_id="l-label")
+    l_notes = gr.Textbox(label="Notes", lines=2)
+    with gr.Row():
+        l_conf = gr.Radio(["low", "medium", "high"], value="medium", label="Confidence")
+        l_name = gr.Textbox(label="Labeller")
+    l_save = gr.Button("Save and next", variant="primary", elem_id="l-save")
+    l_status = gr.Markdown(elem_id="l-status")
+    l_history = gr.Dataframe(label="History of this feature's labels", interactive=False)
+    with gr.Row():
+        exp_csv = gr.Button("Export CSV")
+        exp_json = gr.Button("Export JSON")
+        exp_file = gr.File(label="Export", interactive=False)
+    with gr.Row():
+        imp_file = gr.File(label="Import labels (CSV or JSON)", file_types=[".csv", ".json"])
+        imp_btn = gr.Button("Import")
+    imp_status = gr.Markdown()
+
+    label_outputs = [l_layer, l_feature, l_header, l_examples, l_history]
+
+    def show_for_label(layer: Any, feature: Any) -> tuple[Any, ...]:
+        v = dashboard.view(ctx, layer, feature)
+        return (
+            str(v.layer),
+            v.feature,
+            v.header,
+            v.top_examples,
+            label_history(ctx, v.layer, v.feature),
+        )
+
+    def show_next(layer: Any, band: str) -> tuple[Any, ...]:
+        return show_for_label(*next_unlabelled(ctx, layer, band, random.Random()))
+
+    q_next.click(ui(show_next), [q_layer, q_band], label_outputs, api_name="next_unlabelled")
+    l_feature.submit(ui(show_for_label), [l_layer, l_feature], label_outputs)
+
+    def save_and_next(
+        layer: Any,
+        feature: Any,
+        label: str,
+        notes: str,
+        conf: str,
+        name: str,
+        q_l: Any,
+        band: str,
+    ) -> tuple[Any, ...]:
+        message = ctx.save_label(layer, feature, label, notes, conf, name)
+        try:
+            shown = show_next(q_l, band)
+        except UserError as e:
+            shown = show_for_label(layer, feature)
+            message += f" · {e}"
+        return (*shown, message, "", "")
+
+    l_save.click(
+        ui(save_and_next),
+        [l_layer, l_feature, l_label, l_notes, l_conf, l_name, q_layer, q_band],
+        [*label_outputs, l_status, l_label, l_notes],
+        api_name="save_and_next",
+    )
+    exp_csv.click(ui(lambda: export_labels(ctx, "csv")), None, exp_file)
+    exp_json.click(ui(lambda: export_labels(ctx, "json")), None, exp_file)
+
+    def import_from(path: Any) -> str:
+        return import_labels(ctx, path)
+
+    imp_btn.click(ui(import_from), [imp_file], imp_status, api_name="import_labels")
+    return LabellingTab(
+        q_layer=q_layer,
+        q_band=q_band,
+        q_next=q_next,
+        layer=l_layer,
+        feature=l_feature,
+        header=l_header,
+        examples=l_examples,
+        label=l_label,
+        notes=l_notes,
+        conf=l_conf,
+        name=l_name,
+        save=l_save,
+        status=l_status,
+        history=l_history,
+        exp_csv=exp_csv,
+        exp_json=exp_json,
+        exp_file=exp_file,
+        imp_file=imp_file,
+        imp_btn=imp_btn,
+        imp_status=imp_status,
+    )

@@ -1,0 +1,52 @@
+"""The Start tab: what an SAE feature is, a guided path, and the curated features to open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from explorer.app.context import Context
+
+TAB_ID = "start"
+
+INTRO = """\
+## What is an SAE feature?
+A language model turns each token into a long vector of numbers (the *residual stream*). A
+**sparse autoencoder (SAE)** rewrites that vector as a sum of a few directions out of thousands —
+its **features**. Each feature fires on some tokens and not others, and many of them mean
+something a person can name: "the word *near*", "Python keywords", "speech after a quote".
+This explorer shows which features fire on your text, what each feature fires on across a corpus,
+and what happens when you push the model along a feature's direction (*steering*).
+
+**A guided path:** 1. pick an example text below and press **Encode** on the *Microscope* tab;
+2. click a token and open its strongest feature; 3. read the feature's top examples and interval
+samples on its page; 4. press **Steer with this feature** and compare the two completions.
+"""
+
+
+def curated_rows(content: dict[str, Any]) -> list[list[Any]]:
+    """The curated features as table rows: layer, feature, label, why it is interesting."""
+    return [
+        [f["layer"], f["feature"], f.get("label", ""), f.get("why", "")]
+        for f in content["features"]
+    ]
+
+
+@dataclass
+class StartTab:
+    curated_table: gr.Dataframe
+
+
+def layout(ctx: Context) -> StartTab:
+    """The tab's components (a click on a curated row is wired by the layout: it opens a tab)."""
+    gr.Markdown(INTRO)
+    curated_table = gr.Dataframe(
+        curated_rows(ctx.content),
+        headers=["layer", "feature", "label", "why it is interesting"],
+        label="Curated features (click a row to open it)",
+        interactive=False,
+        elem_id="curated",
+    )
+    return StartTab(curated_table=curated_table)
