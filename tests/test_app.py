@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import live_feature
+from helpers import live_feature
 
 from explorer.app import Context, UserError, browse, dashboard, labelling, microscope, steering
 from explorer.encode import encode
@@ -141,7 +141,7 @@ def _one_steer(ctx: Context) -> list[dict[str, Any]]:
         (lambda ex: microscope.token_features(ex, None, 0), "encode a text first"),
     ],
 )
-def test_bad_input_is_a_user_error(ctx: Context, call, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_user_error(ctx: Context, call, message) -> None:
     with pytest.raises(UserError, match=message):
         call(ctx)
 
@@ -220,7 +220,7 @@ def test_odd_but_valid_text_is_served(ctx: Context, text: str) -> None:
     assert "<script>" not in render_all(ctx, view)
 
 
-def render_all(ctx: Context, view) -> str:  # type: ignore[no-untyped-def]
+def render_all(ctx: Context, view) -> str:
     """Every HTML string a microscope result leads to (its top feature's dashboard included)."""
     if view.text_top.empty:
         return ""

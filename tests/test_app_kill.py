@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 from explorer.labels import Labels
 
 TESTS = Path(__file__).resolve().parent
 
-# A real server process: the tiny app (conftest's bundle and a random store) on 127.0.0.1.
+# A real server process: the tiny app (the helpers' bundle and a random store) on 127.0.0.1.
 SERVER = """
 import sys, time
 sys.path[:0] = [{tests!r}, {root!r}]
 from pathlib import Path
-import conftest
+import helpers
 from explorer.app import Context, build_app
 from explorer.labels import Labels
 from explorer.store import Store
@@ -32,10 +32,10 @@ from precompute.accumulate import ReduceConfig
 from precompute.job import Job, RunConfig
 
 tmp = Path({tmp!r})
-tok = conftest.make_tokenizer()
-hf = conftest.make_gemma3(len(tok))
-bundle = conftest.tiny_bundle(hf, tok, conftest.make_random_saes(tmp, hf))
-corpus = conftest.write_word_corpus(tmp / "c.jsonl", n_docs=10)
+tok = helpers.make_tokenizer()
+hf = helpers.make_gemma3(len(tok))
+bundle = helpers.tiny_bundle(hf, tok, helpers.make_random_saes(tmp, hf))
+corpus = helpers.write_word_corpus(tmp / "c.jsonl", n_docs=10)
 cfg = RunConfig(corpus=str(corpus), tokens=300, context_size=16, batch_windows=8,
                 reduce=ReduceConfig(top_k=3, n_bins=5, n_intervals=2, per_interval=1))
 store = Job(cfg, bundle, tmp / "store", bundle_meta={{"model": "tiny"}}).run()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
-from conftest import live_feature
+from helpers import live_feature
 
 from explorer.app import Context, dashboard, microscope, steering
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_relu_sae
+from helpers import write_relu_sae
 
 from explorer.bundle import (
     Bundle,
@@ -21,7 +21,7 @@ from explorer.bundle import (
 from explorer.hooked import ModelTypeError, hooked_config, hooked_from_hf, transpose_weights_once
 
 
-def _hf_config_of(official: str):  # type: ignore[no-untyped-def]
+def _hf_config_of(official: str):
     """The HF config of an official Gemma, rebuilt from transformer-lens's hard-coded table."""
     from transformers import Gemma2Config, Gemma3TextConfig
 
@@ -75,7 +75,7 @@ def test_derived_config_equals_transformer_lens_official(official: str) -> None:
 
 
 @pytest.mark.parametrize("which", ["gemma2_hf", "gemma3_hf"])
-def test_residuals_equal_transformers_hidden_states(which: str, request, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_residuals_equal_transformers_hidden_states(which: str, request, tokenizer) -> None:
     hf = request.getfixturevalue(which)
     model = hooked_from_hf(hf, tokenizer)
     text = "the cat sat on the mat . the quick red fox jumped over the lazy dog"
@@ -95,7 +95,7 @@ def test_residuals_equal_transformers_hidden_states(which: str, request, tokeniz
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
 
 
-def test_linear_weights_are_laid_out_so_no_forward_pass_copies_them(gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_linear_weights_are_laid_out_so_no_forward_pass_copies_them(gemma3_hf, tokenizer) -> None:
     """transformer-lens multiplies by ``W.T.contiguous()``: that must not copy (see bundle.py)."""
 
     model = hooked_from_hf(gemma3_hf, tokenizer)
@@ -150,7 +150,7 @@ def test_spec_validation() -> None:
         SAESource(release="r")
 
 
-def test_saes_load_lazily_with_a_bounded_cache(tmp_path: Path, gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_saes_load_lazily_with_a_bounded_cache(tmp_path: Path, gemma3_hf, tokenizer) -> None:
     d = gemma3_hf.config.hidden_size
     dirs = {
         n: write_relu_sae(
@@ -180,7 +180,7 @@ def test_missing_local_sae_is_a_clear_error(tmp_path: Path) -> None:
         load_sae(SAESource(path=str(tmp_path / "nowhere")))
 
 
-def test_default_preset_without_saes_names_the_build_command(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_default_preset_without_saes_names_the_build_command(monkeypatch, tmp_path: Path) -> None:
     import explorer.bundle as b
 
     spec = BundleSpec(

@@ -13,7 +13,7 @@ from explorer.__main__ import main
 
 
 @pytest.fixture
-def tiny_dirs(tmp_path: Path, gemma3_hf, tokenizer, random_saes):  # type: ignore[no-untyped-def]
+def tiny_dirs(tmp_path: Path, gemma3_hf, tokenizer, random_saes):
     model_dir = tmp_path / "model"
     gemma3_hf.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -22,7 +22,7 @@ def tiny_dirs(tmp_path: Path, gemma3_hf, tokenizer, random_saes):  # type: ignor
     return model_dir, str(tmp_path / "sae_layer{layer}")
 
 
-def test_custom_bundle_json(tiny_dirs, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_custom_bundle_json(tiny_dirs, capsys) -> None:
     model_dir, sae = tiny_dirs
     rc = main(
         [
@@ -47,7 +47,7 @@ def test_custom_bundle_json(tiny_dirs, capsys) -> None:  # type: ignore[no-untyp
     assert all(len(tok) <= 3 for tok in out["layers"]["1"])
 
 
-def test_custom_bundle_table(tiny_dirs, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_custom_bundle_table(tiny_dirs, capsys) -> None:
     model_dir, sae = tiny_dirs
     rc = main(["encode", "--model", str(model_dir), "--sae", sae, "--layers", "2", "the dog"])
     lines = capsys.readouterr().out.splitlines()
@@ -72,7 +72,7 @@ def test_custom_bundle_table(tiny_dirs, capsys) -> None:  # type: ignore[no-unty
         ),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys) -> None:
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2
@@ -101,7 +101,7 @@ def test_the_command_line_does_not_load_gradio() -> None:
     assert proc.stdout.strip() == "False"
 
 
-def test_non_numeric_flag_is_an_argparse_error(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_non_numeric_flag_is_an_argparse_error(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["encode", "--top", "many", "hi"])
     assert exc.value.code == 2
@@ -111,7 +111,7 @@ def test_non_numeric_flag_is_an_argparse_error(capsys) -> None:  # type: ignore[
 # --- the app's start-up refuses a bad store or label database, before loading the model ---------
 
 
-def _copy_store(ctx, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _copy_store(ctx, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(ctx.store.path, tmp_path / "store"))
@@ -138,7 +138,7 @@ def _other_schema(store: Path) -> None:
         (lambda s: (s / "manifest.json").write_text("{not json"), "manifest"),
     ],
 )
-def test_app_refuses_a_bad_store_at_start(ctx, tmp_path: Path, damage, message, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_app_refuses_a_bad_store_at_start(ctx, tmp_path: Path, damage, message, capsys) -> None:
     store = _copy_store(ctx, tmp_path)
     damage(store)
     rc = main(["--store", str(store), "--labels", str(tmp_path / "l.sqlite")])
@@ -148,7 +148,7 @@ def test_app_refuses_a_bad_store_at_start(ctx, tmp_path: Path, damage, message, 
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_app_refuses_a_label_file_that_is_not_a_database(ctx, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_app_refuses_a_label_file_that_is_not_a_database(ctx, tmp_path: Path, capsys) -> None:
     from explorer.app import open_explorer
 
     bad = tmp_path / "labels.sqlite"

@@ -33,11 +33,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(cache: Path):  # type: ignore[no-untyped-def]
+def bundle(cache: Path):
     return build_bundle(preset("default"), device="cpu", dtype="float32", cache_dir=cache)
 
 
-def test_conversion_is_cached_and_reused(cache: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_conversion_is_cached_and_reused(cache: Path, monkeypatch) -> None:
     hf_dir = cache / gguf_model.HF_DIR_NAME
     marker = json.loads((hf_dir / gguf_model.MARKER).read_text())
     assert marker["gguf_sha256"] == gguf_model.gguf_sha256()
@@ -83,7 +83,7 @@ def test_shipped_saes_match_their_manifest() -> None:
         assert 0.0 < entry["explained_variance"] <= 1.0
 
 
-def test_default_preset_encodes_a_sentence(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_default_preset_encodes_a_sentence(bundle) -> None:
     result = encode(bundle, "The cat sat on the mat.", top_k=5)
     assert result.tokens == ["The", " cat", " sat", " on", " the", " mat", "."]
     assert list(result.layers) == [5, 9, 12, 15]
@@ -95,7 +95,7 @@ def test_default_preset_encodes_a_sentence(bundle) -> None:  # type: ignore[no-u
         assert all(not math.isnan(a) for i in range(7) for _, a in layer.top(i))
 
 
-def test_typed_special_tokens_stay_text(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_typed_special_tokens_stay_text(bundle) -> None:
     tok = bundle.tokenizer
     result = encode(bundle, "a <eos> b <bos>", top_k=1)
     assert tok.eos_token_id not in result.token_ids and tok.bos_token_id not in result.token_ids

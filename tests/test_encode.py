@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_gemma3, tiny_bundle, write_relu_sae
+from helpers import make_gemma3, tiny_bundle, write_relu_sae
 
 from explorer.bundle import BundleError
 from explorer.encode import EncodeError, encode
@@ -17,7 +17,7 @@ DIM = 31  # the residual dimension that carries it
 
 
 @pytest.fixture
-def planted(tmp_path: Path, tokenizer):  # type: ignore[no-untyped-def]
+def planted(tmp_path: Path, tokenizer):
     """A Gemma 3 whose residual stream is just the scaled embedding, and an SAE on layer 2
     whose feature 5 reads dimension 31, which only the token "cat" writes (2.0 before scaling).
 
@@ -43,7 +43,7 @@ def planted(tmp_path: Path, tokenizer):  # type: ignore[no-untyped-def]
     return tiny_bundle(hf, tokenizer, {2: sae})
 
 
-def test_planted_feature_fires_on_its_token_only_with_the_hand_computed_value(planted) -> None:  # type: ignore[no-untyped-def]
+def test_planted_feature_fires_on_its_token_only_with_the_hand_computed_value(planted) -> None:
     result = encode(planted, "the cat sat on the mat and the cat ran", top_k=3)
     expected = 2.0 * 32**0.5 - 1.0
     layer = result.layers[2]
@@ -58,7 +58,7 @@ def test_planted_feature_fires_on_its_token_only_with_the_hand_computed_value(pl
     assert result.tokens.count("cat") == 2
 
 
-def test_activations_equal_an_independent_recomputation(random_saes, gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_activations_equal_an_independent_recomputation(random_saes, gemma3_hf, tokenizer) -> None:
     from safetensors.numpy import load_file
 
     bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes)
@@ -81,7 +81,7 @@ def test_activations_equal_an_independent_recomputation(random_saes, gemma3_hf, 
             np.testing.assert_allclose([a for _, a in got], [a for a, _ in want], rtol=1e-4)
 
 
-def test_bos_is_never_reported_unless_asked(random_saes, gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_bos_is_never_reported_unless_asked(random_saes, gemma3_hf, tokenizer) -> None:
     bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes)
     plain = encode(bundle, "hello world")
     assert plain.tokens == ["hello", "world"]
@@ -90,14 +90,14 @@ def test_bos_is_never_reported_unless_asked(random_saes, gemma3_hf, tokenizer) -
     assert full.token_ids[0] == tokenizer.bos_token_id and len(full.tokens) == 3
 
 
-def test_long_text_is_truncated_and_says_so(random_saes, gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_long_text_is_truncated_and_says_so(random_saes, gemma3_hf, tokenizer) -> None:
     bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes, max_tokens=6)
     result = encode(bundle, "one two three four five one two three four five")
     assert result.truncated and len(result.tokens) == 5  # 6 minus BOS
     assert not encode(bundle, "one two").truncated
 
 
-def test_json_shape(random_saes, gemma3_hf, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_json_shape(random_saes, gemma3_hf, tokenizer) -> None:
     bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes)
     out = encode(bundle, "the cat sat", layers=[2], top_k=2).to_json()
     assert set(out) == {"preset", "tokens", "truncated", "layers"}
@@ -118,7 +118,7 @@ def test_json_shape(random_saes, gemma3_hf, tokenizer) -> None:  # type: ignore[
         ({"text": "cat", "layers": [7]}, BundleError, "layer 7 is not in bundle"),
     ],
 )
-def test_bad_input(random_saes, gemma3_hf, tokenizer, kwargs, error, match) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input(random_saes, gemma3_hf, tokenizer, kwargs, error, match) -> None:
     bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes)
     with pytest.raises(error, match=match):
         encode(bundle, **kwargs)

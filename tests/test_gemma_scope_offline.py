@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_gemma2, make_gemma3
+from helpers import make_gemma2, make_gemma3
 from hub_layout import RangeRequestHub, point_hub_at, write_hub_file, write_hub_json
 from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -144,14 +144,14 @@ def gemma_scope_2(hub: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def gemma2_model(tokenizer):  # type: ignore[no-untyped-def]
+def gemma2_model(tokenizer):
     from explorer.hooked import hooked_from_hf
 
     return hooked_from_hf(make_gemma2(len(tokenizer), n_layers=4, d_model=D_IN), tokenizer)
 
 
 @pytest.fixture(scope="module")
-def gemma3_model(tokenizer):  # type: ignore[no-untyped-def]
+def gemma3_model(tokenizer):
     from explorer.hooked import hooked_from_hf
 
     return hooked_from_hf(make_gemma3(len(tokenizer), n_layers=6, d_model=D_IN), tokenizer)
@@ -207,7 +207,7 @@ def test_gemma_scope_loads_offline_from_the_hub_cache(gemma_scope: dict[str, np.
     np.testing.assert_allclose(recon.numpy(), want_recon, rtol=1e-4, atol=1e-4)
 
 
-def test_gemma_scope_runs_on_a_tiny_gemma_2(gemma_scope, gemma2_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_gemma_scope_runs_on_a_tiny_gemma_2(gemma_scope, gemma2_model, tokenizer) -> None:
     sae = load_sae(g2_source())
     ids = torch.tensor(
         [[tokenizer.bos_token_id, *tokenizer(TEXT, add_special_tokens=False)["input_ids"]]]
@@ -242,7 +242,7 @@ def _assert_encoding_matches(
         assert int(encoding.layers[layer].n_active[i]) == int((acts[i] > 0).sum())
 
 
-def test_gemma_scope_encodes_through_a_bundle(gemma_scope, gemma2_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_gemma_scope_encodes_through_a_bundle(gemma_scope, gemma2_model, tokenizer) -> None:
     spec = BundleSpec(name="gemma-2-2b-offline", model="in-memory", saes=((3, g2_source()),))
     bundle = Bundle(spec=spec, model=gemma2_model, tokenizer=tokenizer)
     encoding = encode(bundle, TEXT, top_k=4)
@@ -295,7 +295,7 @@ def test_gemma_scope_2_config_json_is_optional(hub: Path, gemma_scope_2: dict[st
     assert sae.cfg.metadata.hf_hook_name == "model.layers.5.output"
 
 
-def test_gemma_scope_2_runs_on_a_tiny_gemma_3(gemma_scope_2, gemma3_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_gemma_scope_2_runs_on_a_tiny_gemma_3(gemma_scope_2, gemma3_model, tokenizer) -> None:
     params = gemma_scope_2["params"]
     sae = load_sae(g3_source())
     ids = torch.tensor(
@@ -315,7 +315,7 @@ def test_gemma_scope_2_runs_on_a_tiny_gemma_3(gemma_scope_2, gemma3_model, token
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
 
 
-def test_gemma_scope_2_encodes_through_a_bundle(gemma_scope_2, gemma3_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_gemma_scope_2_encodes_through_a_bundle(gemma_scope_2, gemma3_model, tokenizer) -> None:
     spec = BundleSpec(name="gemma-3-270m-offline", model="in-memory", saes=((5, g3_source()),))
     bundle = Bundle(spec=spec, model=gemma3_model, tokenizer=tokenizer)
     encoding = encode(bundle, TEXT, top_k=4)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_bundle, write_word_corpus
+from helpers import tiny_bundle, write_word_corpus
 
 from explorer.store import Store
 from precompute.accumulate import ReduceConfig
@@ -17,7 +17,7 @@ from precompute.job import Job, RunConfig, collect_windows
 
 
 @pytest.fixture
-def job_parts(tmp_path: Path, gemma3_hf, tokenizer, random_saes):  # type: ignore[no-untyped-def]
+def job_parts(tmp_path: Path, gemma3_hf, tokenizer, random_saes):
     bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes)
     cfg = RunConfig(
         corpus=str(write_word_corpus(tmp_path / "c.jsonl")),
@@ -30,7 +30,7 @@ def job_parts(tmp_path: Path, gemma3_hf, tokenizer, random_saes):  # type: ignor
     return bundle, cfg, tmp_path
 
 
-def _run(bundle, cfg, out: Path) -> Path:  # type: ignore[no-untyped-def]
+def _run(bundle, cfg, out: Path) -> Path:
     return Job(cfg, bundle, out, bundle_meta={"model": "tiny"}).run()
 
 
@@ -41,7 +41,7 @@ def _tables(store: Path) -> dict[str, object]:
     }
 
 
-def test_store_statistics_equal_a_brute_force_pass(job_parts) -> None:  # type: ignore[no-untyped-def]
+def test_store_statistics_equal_a_brute_force_pass(job_parts) -> None:
     bundle, cfg, tmp = job_parts
     store = _run(bundle, cfg, tmp / "store")
     table = collect_windows(cfg, bundle.tokenizer)
@@ -88,7 +88,7 @@ def test_store_statistics_equal_a_brute_force_pass(job_parts) -> None:  # type: 
                 assert ex.token_ids == table.token_ids[s : s + len(ex.token_ids)].tolist()
 
 
-def test_shard_layout_does_not_change_the_store(job_parts) -> None:  # type: ignore[no-untyped-def]
+def test_shard_layout_does_not_change_the_store(job_parts) -> None:
     from dataclasses import replace
 
     bundle, cfg, tmp = job_parts
@@ -99,7 +99,7 @@ def test_shard_layout_does_not_change_the_store(job_parts) -> None:  # type: ign
     assert _tables(one) == _tables(many)
 
 
-def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:
     import precompute.job as job_mod
 
     bundle, cfg, tmp = job_parts
@@ -107,7 +107,7 @@ def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:
     calls = {"n": 0}
     real = job_mod._save_shard
 
-    def dies_on_third(path, records, meta):  # type: ignore[no-untyped-def]
+    def dies_on_third(path, records, meta):
         calls["n"] += 1
         if calls["n"] == 3:
             path.with_name(path.name + ".tmp").write_bytes(b"torn")  # a half-written shard
@@ -122,7 +122,7 @@ def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:
     encoded: list[range] = []
     real_encode = job_mod.encode_batch
 
-    def spy(bundle, table, windows, layers):  # type: ignore[no-untyped-def]
+    def spy(bundle, table, windows, layers):
         encoded.append(windows)
         return real_encode(bundle, table, windows, layers)
 
@@ -156,7 +156,7 @@ job.Job(cfg, bundle, __import__("pathlib").Path(out), bundle_meta={"model": "tin
 @pytest.mark.parametrize("kill_after", [1, 3])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(
     tmp_path: Path, gemma3_hf, tokenizer, random_saes, kill_after: int
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A real process is SIGKILLed mid-run; the resumed run's store equals a clean run's."""
     import os
     import signal

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from conftest import live_feature
+from helpers import live_feature
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from load import run_load
 
 
-def test_concurrent_sessions_get_their_own_answers(served: str, ctx) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_sessions_get_their_own_answers(served: str, ctx) -> None:
     feature = live_feature(ctx)
     report = run_load(
         served,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import torch
-from conftest import make_gemma3, tiny_bundle, write_relu_sae
+from helpers import make_gemma3, tiny_bundle, write_relu_sae
 
 from explorer.encode import encode
 from explorer.steer import (
@@ -22,13 +23,13 @@ CAT_FEATURE = 7
 PROMPT = "the old house and the"
 
 
-def _last(it):  # type: ignore[no-untyped-def]
+def _last(it):
     *_, c = it
     return c
 
 
 @pytest.fixture(scope="module")
-def steer_bundle(tmp_path_factory, tokenizer):  # type: ignore[no-untyped-def]
+def steer_bundle(tmp_path_factory, tokenizer):
     """A tiny Gemma 3 and an SAE on layer 2 whose feature 7 writes the embedding of "cat".
 
     The embedding is tied to the unembedding, so adding that direction pushes the next-token
@@ -46,7 +47,7 @@ def steer_bundle(tmp_path_factory, tokenizer):  # type: ignore[no-untyped-def]
     return hf, tiny_bundle(hf, tokenizer, {2: path})
 
 
-def test_plain_greedy_generation_equals_transformers(steer_bundle, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_plain_greedy_generation_equals_transformers(steer_bundle, tokenizer) -> None:
     hf, bundle = steer_bundle
     out = _last(generate(bundle, PROMPT, GenerationConfig(max_new_tokens=12, temperature=0.0)))
     ids = [tokenizer.bos_token_id, *tokenizer(PROMPT, add_special_tokens=False)["input_ids"]]
@@ -56,7 +57,7 @@ def test_plain_greedy_generation_equals_transformers(steer_bundle, tokenizer) ->
     assert out.done and out.stop_reason == "length"
 
 
-def test_adding_the_planted_feature_steers_toward_its_token(steer_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_adding_the_planted_feature_steers_toward_its_token(steer_bundle) -> None:
     _, bundle = steer_bundle
     cfg = GenerationConfig(max_new_tokens=10, temperature=0.0)
     pair = _last(generate_pair(bundle, PROMPT, cfg, [Steer(2, CAT_FEATURE, 60.0)]))
@@ -69,7 +70,7 @@ def test_adding_the_planted_feature_steers_toward_its_token(steer_bundle) -> Non
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
-def test_default_row_is_the_plain_completion_for_the_seed(steer_bundle, temperature) -> None:  # type: ignore[no-untyped-def]
+def test_default_row_is_the_plain_completion_for_the_seed(steer_bundle, temperature) -> None:
     _, bundle = steer_bundle
     cfg = GenerationConfig(max_new_tokens=16, temperature=temperature, seed=11)
     plain = _last(generate(bundle, PROMPT, cfg))
@@ -83,7 +84,7 @@ def test_default_row_is_the_plain_completion_for_the_seed(steer_bundle, temperat
         assert other.token_ids != plain.token_ids
 
 
-def test_streaming_yields_every_token_and_bounds_length(steer_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_streaming_yields_every_token_and_bounds_length(steer_bundle) -> None:
     _, bundle = steer_bundle
     steps = list(generate(bundle, PROMPT, GenerationConfig(max_new_tokens=5, temperature=0.0)))
     assert [s.n_tokens[0] for s in steps] == [1, 2, 3, 4, 5]
@@ -92,7 +93,7 @@ def test_streaming_yields_every_token_and_bounds_length(steer_bundle) -> None:  
 
 
 @pytest.mark.parametrize(("method", "strength"), [("clamp", 3.5), ("ablate", 0.0), ("add", 2.0)])
-def test_each_method_changes_the_residual_by_its_formula(steer_bundle, method, strength) -> None:  # type: ignore[no-untyped-def]
+def test_each_method_changes_the_residual_by_its_formula(steer_bundle, method, strength) -> None:
     """clamp: resid + (s - a_f) d_f; ablate: resid - a_f d_f; add: resid + s d_f; BOS untouched.
 
     ``d_f`` is the planted decoder row (b_dec is 0, so decode(e_f) - decode(0) = W_dec[f]).
@@ -118,7 +119,7 @@ def test_each_method_changes_the_residual_by_its_formula(steer_bundle, method, s
     assert not torch.allclose(out[0, 1:], resid[0, 1:])
 
 
-def test_concurrent_calls_never_see_each_others_hooks(steer_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_calls_never_see_each_others_hooks(steer_bundle) -> None:
     """While one thread steers hard, another's plain completion and encoding are unchanged."""
     _, bundle = steer_bundle
     cfg = GenerationConfig(max_new_tokens=24, temperature=0.8, seed=3)
@@ -164,7 +165,7 @@ def test_concurrent_calls_never_see_each_others_hooks(steer_bundle) -> None:  # 
         ({"freq_penalty": float("inf")}, "frequency penalty"),
     ],
 )
-def test_bad_generation_settings(kwargs, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_generation_settings(kwargs, message) -> None:
     with pytest.raises(SteerError, match=message):
         GenerationConfig(**kwargs)
 
@@ -178,7 +179,7 @@ def test_bad_generation_settings(kwargs, message) -> None:  # type: ignore[no-un
         (lambda: Steer(2, 0, 1.0, "multiply"), "unknown method"),
     ],
 )
-def test_bad_steers(steer, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_steers(steer, message) -> None:
     with pytest.raises(SteerError, match=message):
         steer()
 
@@ -192,13 +193,13 @@ def test_bad_steers(steer, message) -> None:  # type: ignore[no-untyped-def]
         (Steer(2, 0, 1.0), "   ", "empty"),
     ],
 )
-def test_bad_requests_fail_before_generating(steer_bundle, steer, prompt, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_fail_before_generating(steer_bundle, steer, prompt, message) -> None:
     _, bundle = steer_bundle
     with pytest.raises(SteerError, match=message):
         next(generate_pair(bundle, prompt, GenerationConfig(), [steer]))
 
 
-def test_long_prompts_keep_their_end(steer_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_long_prompts_keep_their_end(steer_bundle) -> None:
     _, bundle = steer_bundle
     out = _last(generate(bundle, "the cat " * 400, GenerationConfig(2, 0.0)))
     assert out.prompt_truncated and out.n_tokens == [2]
@@ -206,8 +207,8 @@ def test_long_prompts_keep_their_end(steer_bundle) -> None:  # type: ignore[no-u
 
 def test_gemma2_generation_with_its_logit_soft_cap_equals_transformers(
     tmp_path, gemma2_hf, tokenizer
-) -> None:  # type: ignore[no-untyped-def]
-    from conftest import make_random_saes
+) -> None:
+    from helpers import make_random_saes
 
     assert gemma2_hf.config.final_logit_softcapping  # the cap is exercised
     bundle = tiny_bundle(gemma2_hf, tokenizer, make_random_saes(tmp_path, gemma2_hf))
@@ -229,14 +230,14 @@ def test_gemma2_generation_with_its_logit_soft_cap_equals_transformers(
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_a_suspended_generation_leaves_no_inference_mode_behind(steer_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_a_suspended_generation_leaves_no_inference_mode_behind(steer_bundle) -> None:
     """Gradio resumes a streaming handler in any worker thread: a generator suspended inside
     ``torch.inference_mode()`` would leave that thread in inference mode (and the next request
     on it would make tensors that later fail in-place updates). Steps must run in any thread."""
     _, bundle = steer_bundle
     cfg = GenerationConfig(max_new_tokens=6, temperature=0.8, seed=2)
     it = generate_pair(bundle, PROMPT, cfg, [Steer(2, CAT_FEATURE, 60.0)])
-    steps = []
+    steps: list[Any] = []
     while not steps or not steps[-1].done:  # each step in a fresh thread, as Gradio may do
         t = threading.Thread(target=lambda: steps.append(next(it)))
         t.start()

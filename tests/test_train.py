@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS
+from helpers import WORDS
 
 from explorer.hooked import hooked_from_hf
 from precompute.train import TrainConfig, evaluate, finished_metrics, load_saved, train_saes
@@ -26,7 +26,7 @@ def _corpus(path: Path, n_docs: int = 120) -> Path:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
+def setup(tmp_path: Path, gemma3_hf, tokenizer):
     cfg = TrainConfig(
         preset="default",  # names the hooks (blocks.N.hook_resid_post); the model is the tiny one
         layers=(1, 2),
@@ -46,7 +46,7 @@ def setup(tmp_path: Path, gemma3_hf, tokenizer):  # type: ignore[no-untyped-def]
     return cfg, hooked_from_hf(gemma3_hf, tokenizer), tokenizer
 
 
-def test_training_beats_the_untrained_sae_and_reloads_identically(  # type: ignore[no-untyped-def]
+def test_training_beats_the_untrained_sae_and_reloads_identically(
     setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
@@ -58,7 +58,7 @@ def test_training_beats_the_untrained_sae_and_reloads_identically(  # type: igno
     trained: dict[str, dict[str, torch.Tensor]] = {}
     real_save = trainer_module.save_compact
 
-    def recording_save(sae, path: Path) -> None:  # type: ignore[no-untyped-def]
+    def recording_save(sae, path: Path) -> None:
         state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
         sae.process_state_dict_for_saving_inference(state)
         trained[path.name] = {k: v.detach().cpu().float() for k, v in state.items()}
@@ -97,7 +97,7 @@ def test_training_beats_the_untrained_sae_and_reloads_identically(  # type: igno
     assert manifest["train_config"]["k"] == 4 and len(manifest["corpus_sha256"]) == 64
 
 
-def test_resume_trains_only_the_missing_layers(setup) -> None:  # type: ignore[no-untyped-def]
+def test_resume_trains_only_the_missing_layers(setup) -> None:
     import shutil
 
     cfg, model, tok = setup
