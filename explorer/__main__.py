@@ -93,6 +93,14 @@ def _app_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     g.add_argument(
+        "--public",
+        action="store_true",
+        default=None,
+        help="published mode: label writes need a Hugging Face login or the owner's key "
+        "(GSE_OWNER_KEY), import and retract are the owner's (env GSE_PUBLIC=1; on by itself "
+        "on a Hugging Face Space)",
+    )
+    g.add_argument(
         "--app-cache-dir",
         dest="app_cache_dir",
         default=_env("GSE_CACHE_DIR", None),
@@ -104,7 +112,13 @@ def cmd_app(args: argparse.Namespace) -> int:
     # Here, not at the top: it loads Gradio, which the encode command does without.
     from explorer.app.layout import build_app
 
-    ctx = open_explorer(args.app_preset, args.store, args.labels, args.app_cache_dir)
+    ctx = open_explorer(
+        args.app_preset,
+        args.store,
+        args.labels,
+        args.app_cache_dir,
+        public=True if (args.public or args.share) else None,  # a gradio.live link is public
+    )
     demo = build_app(ctx)
     print(f"Gemma Scope Explorer: http://{args.host}:{args.port}", flush=True)
     demo.queue(default_concurrency_limit=4).launch(

@@ -74,7 +74,7 @@ def test_labels_show_up_everywhere_and_stay_escaped(ctx: Context) -> None:
     ctx.save_label(1, feature, HOSTILE_LABEL, "notes", "high", "tester")
     view = dashboard.view(ctx, 1, feature)
     assert HOSTILE_LABEL not in view.header and "&lt;script&gt;" in view.header
-    table = browse.features(ctx, "1", "onerror")
+    table = browse.features(ctx, "1", "onerror", hide_dense=False)
     assert table["feature"].tolist() == [feature]
     assert labelling.label_history(ctx, 1, feature)["label"].tolist()[0] == HOSTILE_LABEL
     for _ in range(20):
@@ -86,7 +86,7 @@ def test_browse_sorts_filters_and_searches_top_tokens(ctx: Context) -> None:
     assert table["n_fires"].tolist() == sorted(table["n_fires"], reverse=True)
     assert (table["n_fires"] > 0).all()
     token = table["top_tokens"].iat[0].split()[0]
-    hits = browse.features(ctx, "all", token)
+    hits = browse.features(ctx, "all", token, hide_dense=False)
     assert len(hits) and all(token.lower() in t.lower() for t in hits["top_tokens"])
     layer, feature = dashboard.random_feature(ctx, "2", random.Random(3))
     assert layer == 2 and not ctx.store.feature(2, feature).dead  # type: ignore[union-attr]
@@ -160,11 +160,14 @@ def test_each_tab_main_action_over_http(served: str, ctx: Context) -> None:
     feature = live_feature(ctx)
     dash = client.predict("2", feature, api_name="/open_feature")
     assert f"feature {feature}" in dash[2]
-    saved, header = client.predict(
-        "2", feature, "a label over http", "client", api_name="/save_label"
-    )
+    # The UI's save: for the feature this session's dashboard shows (opened just above).
+    saved, header = client.predict("a label over http", "client", "", api_name="/save_label")
     assert "Saved label" in saved and "a label over http" in header
     assert ctx.labels.current(2, feature).label == "a label over http"  # type: ignore[union-attr]
+    # The label API: by number.
+    other = next(f for f in range(48) if f != feature)
+    said = client.predict(2, other, "by number", "client", "", api_name="/label_feature")
+    assert said.startswith("Saved label") and ctx.labels.current(2, other).label == "by number"  # type: ignore[union-attr]
     table = client.predict("2", "label over http", "density", True, False, True, api_name="/browse")
     assert [row[1] for row in table["data"]] == [feature]
     found = client.predict("the cat sat on the mat", 100, api_name="/search_inference")
@@ -237,7 +240,9 @@ def test_curated_labels_show_until_someone_labels_the_feature(ctx: Context) -> N
     feature = next(f for f in live if ctx.labels.current(1, f) is None)
     ex = replace(ctx, curated={(1, feature): "curated label"})
     assert "curated label" in dashboard.view(ex, 1, feature).header
-    assert browse.features(ex, "1", "curated label")["feature"].tolist() == [feature]
+    assert browse.features(ex, "1", "curated label", hide_dense=False)["feature"].tolist() == [
+        feature
+    ]
     ex.save_label(1, feature, "a person's label", "", "medium", "")
     assert "a person&#x27;s label" in dashboard.view(ex, 1, feature).header
     assert "curated label" not in dashboard.view(ex, 1, feature).header

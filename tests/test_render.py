@@ -32,6 +32,8 @@ def test_example_marks_its_peak() -> None:
 
 
 def test_logits_figure_lists_tokens_in_rank_order() -> None:
+    # Plotly draws a markup subset (<b>, <a href>) in labels: a token's < > & become entities,
+    # which plotly shows as the characters.
     fig = render.logits_figure(["<x>", " the", "\n"], [3.0, 2.0, 1.0], positive=True)
-    assert list(fig.data[0].y) == ["3. \\n", "2.  the", "1. <x>"]
+    assert list(fig.data[0].y) == ["3. \\n", "2.  the", "1. &lt;x&gt;"]
     assert list(fig.data[0].x) == [1.0, 2.0, 3.0]

@@ -23,10 +23,15 @@ def features(
     query: str = "",
     sort_by: str = "density",
     descending: bool = True,
-    hide_dense: bool = False,
+    hide_dense: bool = True,
     hide_dead: bool = True,
 ) -> pd.DataFrame:
-    """Features of the store as a table: filtered, searched by label or top token, sorted."""
+    """Features of the store as a table: filtered, searched by label or top token, sorted.
+
+    The defaults show the interesting ones first: dense features (firing on more than the
+    store's threshold of tokens, rarely interpretable) and dead ones are hidden, and the rest
+    are sorted by density, the most frequent first.
+    """
     df = ctx.summary()
     if layer not in (None, "", "all"):
         layer_n = parse_int(layer, "layer")
@@ -42,7 +47,7 @@ def features(
         ctx.label_text(labels, int(a), int(b))
         for a, b in zip(df["layer"], df["feature"], strict=True)
     ]
-    df = df.assign(label=label_col)
+    df = df.assign(label=pd.Series(label_col, index=df.index, dtype=object))
     q = (query or "").strip().lower()
     if len(q) > 200:
         raise UserError("the search text is too long (200 characters at most)")
@@ -94,7 +99,7 @@ def layout(ctx: Context) -> BrowseTab:
             label="Sort by",
         )
         b_desc = gr.Checkbox(True, label="Descending")
-        b_dense = gr.Checkbox(False, label="Hide dense")
+        b_dense = gr.Checkbox(True, label="Hide dense")
         b_dead = gr.Checkbox(True, label="Hide dead")
     b_btn = gr.Button("Search", variant="primary", elem_id="browse-btn")
     b_table = gr.Dataframe(
@@ -116,18 +121,15 @@ def layout(ctx: Context) -> BrowseTab:
         query: str = "",
         sort_by: str = "density",
         descending: bool = True,
-        hide_dense: bool = False,
+        hide_dense: bool = True,
         hide_dead: bool = True,
     ) -> pd.DataFrame:
         """Features of the store as a table: filtered, searched by label or top token, sorted."""
         return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead)
 
-    b_btn.click(
-        ui(browse),
-        [b_layer, b_query, b_sort, b_desc, b_dense, b_dead],
-        b_table,
-        api_name="browse",
-    )
+    inputs = [b_layer, b_query, b_sort, b_desc, b_dense, b_dead]
+    b_btn.click(ui(browse), inputs, b_table, api_name="browse")
+    b_query.submit(ui(browse), inputs, b_table)  # Enter searches too
 
     def search_inference(t: str, d: Any) -> pd.DataFrame:
         return search_by_inference(ctx, t, d)

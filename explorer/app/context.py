@@ -15,12 +15,13 @@ Every read of the store's manifest is here, behind :attr:`Context.dense_threshol
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from explorer.app.inputs import UserError, parse_float, parse_int
+from explorer.app.policy import WritePolicy
 from explorer.bundle import build_bundle, bundle_identity, preset
 from explorer.labels import LabelError, Labels
 from explorer.paths import ASSETS_STORE, CURATED
@@ -33,48 +34,18 @@ if TYPE_CHECKING:
     from explorer.bundle import Bundle
 
 
-def load_curated(path: Path = CURATED) -> dict[str, Any]:
-    """The curated example texts and features (``{"texts": [...], "features": [...]}``)."""
+def load_curated(preset_name: str = "default", path: Path = CURATED) -> dict[str, Any]:
+    """The curated example texts and features of a preset (``{"texts": [...], "features":
+    [...]}``): what ``curated.json`` holds when its ``preset`` is this one, else nothing (the
+    default's features mean nothing in another SAE set)."""
+    empty: dict[str, Any] = {"texts": [], "features": []}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {"texts": [], "features": []}
+        return empty
+    if not isinstance(data, dict) or data.get("preset", "default") != preset_name:
+        return empty
     return {"texts": list(data.get("texts", [])), "features": list(data.get("features", []))}
-
-
-class UserError(ValueError):
-    """A request the app cannot serve; the message is meant for the user."""
-
-
-def parse_int(value: Any, what: str, lo: int | None = None, hi: int | None = None) -> int:
-    """A whole number from a UI value (int, float like ``3.0``, or text), range-checked."""
-    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{what} is missing: enter a whole number")
-    try:
-        number = float(value) if not isinstance(value, int) else value
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a whole number, not {str(value)[:40]!r}") from None
-    if isinstance(number, float):
-        if not math.isfinite(number) or number != int(number):
-            raise UserError(f"{what} must be a whole number, not {str(value)[:40]!r}")
-        number = int(number)
-    if (lo is not None and number < lo) or (hi is not None and number > hi):
-        span = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise UserError(f"{what} must be {span}, not {number}")
-    return number
-
-
-def parse_float(value: Any, what: str, lo: float, hi: float) -> float:
-    """A finite number from a UI value, within ``[lo, hi]``."""
-    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{what} is missing: enter a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number, not {str(value)[:40]!r}") from None
-    if not math.isfinite(number) or not lo <= number <= hi:
-        raise UserError(f"{what} must be a number from {lo:g} to {hi:g}, not {value}")
-    return number
 
 
 @dataclass
@@ -89,13 +60,15 @@ class Context:
             database has none yet.
         content: the curated example texts and features (the Start tab's table, the
             microscope's example texts).
+        policy: who may write labels, import and retract (open unless published).
     """
 
     bundle: Bundle
     store: Store | None
     labels: Labels
     curated: dict[tuple[int, int], str] = field(default_factory=dict)
-    content: dict[str, Any] = field(default_factory=load_curated)
+    content: dict[str, Any] = field(default_factory=lambda: {"texts": [], "features": []})
+    policy: WritePolicy = field(default_factory=WritePolicy)
     _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
     _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -187,12 +160,25 @@ class Context:
         return found.label if found is not None else self.curated.get((layer, feature), "")
 
     def save_label(
-        self, layer: Any, feature: Any, label: str, notes: str, confidence: str, labeller: str
+        self,
+        layer: Any,
+        feature: Any,
+        label: str,
+        notes: str,
+        confidence: str,
+        labeller: str,
+        profile: Any = None,
+        key: Any = "",
     ) -> str:
-        """Store a label (the dashboard's quick label and the Label tab); the message to show."""
+        """Store a label (the dashboard's quick label and the Label tab); the message to show.
+
+        ``profile`` (a logged-in account) and ``key`` (the owner's key) matter on a public app
+        only, where :attr:`policy` decides who may write and under which name.
+        """
         layer_n, feature_n = self.check_feature(layer, feature)
+        name = self.policy.labeller(labeller, profile, key)
         try:
-            saved = self.labels.add(layer_n, feature_n, label, notes, confidence, labeller)
+            saved = self.labels.add(layer_n, feature_n, label, notes, confidence, name)
         except LabelError as e:
             raise UserError(str(e)) from None
         return f"Saved label #{saved.id} for layer {layer_n} feature {feature_n}: {saved.label!r}"
@@ -211,6 +197,7 @@ def open_explorer(
     store_dir: str | None,
     labels_path: str | None,
     cache_dir: str | None = None,
+    public: bool | None = None,
 ) -> Context:
     """Build the bundle, open and check the store, open the labels: the app's context.
 
@@ -231,8 +218,16 @@ def open_explorer(
     if store is not None:
         layers = {n: {"d_sae": bundle.width(n)} for n in store.layers}
         store.check_bundle(ident["model"], None, layers)
-    content = load_curated()
-    curated = {}
-    if spec.name == "default":
-        curated = {(f["layer"], f["feature"]): f["label"] for f in content["features"]}
-    return Context(bundle=bundle, store=store, labels=labels, curated=curated, content=content)
+    content = load_curated(spec.name)
+    curated = {(f["layer"], f["feature"]): f["label"] for f in content["features"]}
+    return Context(
+        bundle=bundle,
+        store=store,
+        labels=labels,
+        curated=curated,
+        content=content,
+        policy=WritePolicy.from_env(public),
+    )
+
+
+__all__ = ["Context", "UserError", "load_curated", "open_explorer", "parse_float", "parse_int"]

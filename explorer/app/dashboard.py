@@ -12,7 +12,7 @@ import pandas as pd
 
 from explorer.app import render
 from explorer.app.context import Context, UserError, parse_int
-from explorer.app.ui import ui
+from explorer.app.ui import status, status_box, ui
 from explorer.encode import EncodeError, feature_activations
 from explorer.store import StoreError
 
@@ -53,6 +53,8 @@ class DashboardView:
     intervals: str
     test: str = ""
     label: str = ""
+    human_label: str = ""
+    record: FeatureRecord | None = None
 
 
 def record(ctx: Context, layer: Any, feature: Any) -> FeatureRecord:
@@ -72,15 +74,25 @@ def record(ctx: Context, layer: Any, feature: Any) -> FeatureRecord:
 def header(ctx: Context, layer: Any, feature: Any) -> str:
     """The dashboard's header alone (after a label is saved, only it changes)."""
     rec = record(ctx, layer, feature)
-    return render.badges_html(
-        rec, ctx.label_of(rec.layer, rec.feature) or None, ctx.dense_threshold
-    )
+    return _badges(ctx, rec)
 
 
-def view(ctx: Context, layer: Any, feature: Any, test_text: str = "") -> DashboardView:
+def _badges(ctx: Context, rec: FeatureRecord) -> str:
+    """The header: a person's label as is, a curated one marked as curated."""
+    human = ctx.labels.current(rec.layer, rec.feature)
+    if human is not None:
+        return render.badges_html(rec, human.label, ctx.dense_threshold)
+    curated = ctx.curated.get((rec.layer, rec.feature))
+    return render.badges_html(rec, curated, ctx.dense_threshold, curated=curated is not None)
+
+
+def view(
+    ctx: Context, layer: Any, feature: Any, test_text: str = "", log_counts: bool = False
+) -> DashboardView:
     """Everything about one feature; ``test_text`` (optional) is marked on its histogram."""
     rec = record(ctx, layer, feature)
     label = ctx.label_of(rec.layer, rec.feature)
+    human = ctx.labels.current(rec.layer, rec.feature)
     marks: list[float] = []
     test = ""
     if test_text and test_text.strip():
@@ -105,8 +117,8 @@ def view(ctx: Context, layer: Any, feature: Any, test_text: str = "") -> Dashboa
     return DashboardView(
         layer=rec.layer,
         feature=rec.feature,
-        header=render.badges_html(rec, label or None, ctx.dense_threshold),
-        histogram=render.histogram_figure(rec, marks),
+        header=_badges(ctx, rec),
+        histogram=render.histogram_figure(rec, marks, log_counts=log_counts),
         promoted=render.logits_figure(rec.top_logits_tokens, rec.top_logits_values, True),
         suppressed=render.logits_figure(rec.bottom_logits_tokens, rec.bottom_logits_values, False),
         neighbours=neighbours,
@@ -114,6 +126,8 @@ def view(ctx: Context, layer: Any, feature: Any, test_text: str = "") -> Dashboa
         intervals=render.intervals_html(rec),
         test=test,
         label=label,
+        human_label=human.label if human is not None else "",
+        record=rec,
     )
 
 
@@ -150,8 +164,10 @@ class DashboardTab:
     header: gr.HTML
     quick_label: gr.Textbox
     quick_name: gr.Textbox
+    quick_key: gr.Textbox
     quick_save: gr.Button
-    label_status: gr.Markdown
+    label_status: gr.HTML
+    log_counts: gr.Checkbox
     hist: gr.Plot
     promoted: gr.Plot
     suppressed: gr.Plot
@@ -161,6 +177,7 @@ class DashboardTab:
     test_html: gr.HTML
     top_html: gr.HTML
     intervals_html: gr.HTML
+    shown: gr.State
     tabs: gr.Tabs
 
     @property
@@ -178,18 +195,28 @@ class DashboardTab:
             self.top_html,
             self.intervals_html,
             self.test_html,
+            self.shown,
+            self.label_status,
             self.tabs,
         ]
 
 
-def open_values(ctx: Context, layer: Any, feature: Any, test: str = "") -> tuple[Any, ...]:
-    """A feature's dashboard as the values of :attr:`DashboardTab.outputs` (its tab selected)."""
-    v = view(ctx, layer, feature, test)
+def open_values(
+    ctx: Context, layer: Any, feature: Any, test: str = "", log_counts: bool = False
+) -> tuple[Any, ...]:
+    """A feature's dashboard as the values of :attr:`DashboardTab.outputs` (its tab selected).
+
+    ``shown``, ``(layer, feature)``, is the session's record of what the dashboard shows: a label
+    is saved for it (never for the inputs, which the user may have changed since). The label box
+    holds a person's label only: a curated one is shown, marked, in the header, and is not copied
+    as the user's own on Save.
+    """
+    v = view(ctx, layer, feature, test, log_counts)
     return (
         str(v.layer),
         v.feature,
         v.header,
-        v.label,
+        v.human_label,
         v.histogram,
         v.promoted,
         v.suppressed,
@@ -197,6 +224,8 @@ def open_values(ctx: Context, layer: Any, feature: Any, test: str = "") -> tuple
         v.top_examples,
         v.intervals,
         v.test,
+        (v.layer, v.feature),
+        "",
         gr.Tabs(selected=TAB_ID),
     )
 
@@ -212,11 +241,18 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         to_steer_btn = gr.Button("Steer with this feature", elem_id="to-steer")
     header_html = gr.HTML(elem_id="dash-header")
     with gr.Row():
-        quick_label = gr.Textbox(label="Label", scale=4, elem_id="quick-label")
+        quick_label = gr.Textbox(
+            label="Label", scale=4, elem_id="quick-label", placeholder="what this feature means"
+        )
         quick_name = gr.Textbox(label="Your name (optional)", scale=2)
+        quick_key = gr.Textbox(
+            label="Owner's key", type="password", scale=2, visible=bool(ctx.policy.key)
+        )
         quick_save = gr.Button("Save label", scale=1, elem_id="quick-save")
-    label_status = gr.Markdown(elem_id="label-status")
+    label_status = status_box("label-status")
+    shown = gr.State(None)
     gr.Markdown(HIST_NOTE)
+    log_counts = gr.Checkbox(False, label="log scale (counts)", elem_id="hist-log")
     hist = gr.Plot(label="Activation histogram")
     gr.Markdown(LOGITS_NOTE)
     with gr.Row():
@@ -245,8 +281,10 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         header=header_html,
         quick_label=quick_label,
         quick_name=quick_name,
+        quick_key=quick_key,
         quick_save=quick_save,
         label_status=label_status,
+        log_counts=log_counts,
         hist=hist,
         promoted=promoted,
         suppressed=suppressed,
@@ -256,34 +294,56 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         test_html=test_html,
         top_html=top_html,
         intervals_html=intervals_html,
+        shown=shown,
         tabs=tabs,
     )
     outputs = tab.outputs
 
-    def open_feature(layer: Any, feature: Any, test: str = "") -> tuple[Any, ...]:
-        return open_values(ctx, layer, feature, test)
+    def open_feature(
+        layer: Any, feature: Any, test: str = "", log: bool = False
+    ) -> tuple[Any, ...]:
+        return open_values(ctx, layer, feature, test, bool(log))
 
-    def open_neighbour(layer: Any, evt: gr.SelectData) -> tuple[Any, ...]:
-        return open_values(ctx, layer, evt.row_value[0])
+    def open_neighbour(shown: Any, log: bool, evt: gr.SelectData) -> tuple[Any, ...]:
+        if not shown:
+            raise UserError("open a feature first")
+        return open_values(ctx, shown[0], evt.row_value[0], "", bool(log))
 
-    neighbours.select(ui(open_neighbour), [d_layer], outputs)
-    open_btn.click(ui(open_feature), [d_layer, d_feature], outputs, api_name="open_feature")
+    neighbours.select(ui(open_neighbour), [shown, log_counts], outputs)
+    open_btn.click(
+        ui(open_feature), [d_layer, d_feature, gr.State(""), log_counts], outputs,
+        api_name="open_feature",
+    )  # fmt: skip
     test_btn.click(
-        ui(open_feature), [d_layer, d_feature, test_text], outputs, api_name="test_feature"
-    )
+        ui(open_feature), [d_layer, d_feature, test_text, log_counts], outputs,
+        api_name="test_feature",
+    )  # fmt: skip
 
-    def random_open(layer: Any) -> tuple[Any, ...]:
-        return open_values(ctx, *random_feature(ctx, "all"))
+    def random_open(layer: Any, log: bool) -> tuple[Any, ...]:
+        return open_values(ctx, *random_feature(ctx, "all"), "", bool(log))
 
-    rand_btn.click(ui(random_open), [d_layer], outputs)
+    rand_btn.click(ui(random_open), [d_layer, log_counts], outputs)
 
-    def quick_label_save(layer: Any, feature: Any, label: str, name: str) -> tuple[str, str]:
-        message = ctx.save_label(layer, feature, label, "", "medium", name)
-        return message, header(ctx, layer, feature)
+    def redraw_histogram(shown: Any, test: str, log: bool) -> Any:
+        if not shown:
+            return gr.skip()
+        return view(ctx, shown[0], shown[1], test, bool(log)).histogram
+
+    log_counts.change(ui(redraw_histogram), [shown, test_text, log_counts], hist)
+
+    def save_label(
+        shown: Any, label: str, name: str, key: str, profile: gr.OAuthProfile | None
+    ) -> tuple[str, str]:
+        """Save a label for the feature whose dashboard is shown (not the inputs' feature)."""
+        if not shown:
+            raise UserError("open a feature first: the label is saved for the feature shown")
+        layer, feature = shown
+        message = ctx.save_label(layer, feature, label, "", "medium", name, profile, key)
+        return status(message), header(ctx, layer, feature)
 
     quick_save.click(
-        ui(quick_label_save),
-        [d_layer, d_feature, quick_label, quick_name],
+        ui(save_label),
+        [shown, quick_label, quick_name, quick_key],
         [label_status, header_html],
         api_name="save_label",
     )

@@ -14,10 +14,11 @@ import pandas as pd
 
 from explorer.app import dashboard
 from explorer.app.context import Context, UserError, parse_int
-from explorer.app.ui import ui
+from explorer.app.ui import status, status_box, ui
 from explorer.labels import LabelError
 
 TAB_ID = "label"
+HISTORY_COLUMNS = ["id", "when", "label", "notes", "confidence", "by"]
 
 DENSITY_BANDS: dict[str, tuple[float, float]] = {
     "rare (≤ 0.01%)": (0.0, 1e-4),
@@ -55,6 +56,7 @@ def label_history(ctx: Context, layer: Any, feature: Any) -> pd.DataFrame:
     layer_n, feature_n = ctx.check_feature(layer, feature)
     rows = [
         {
+            "id": h.id,
             "when": h.created_at,
             "label": h.label,
             "notes": h.notes,
@@ -63,7 +65,7 @@ def label_history(ctx: Context, layer: Any, feature: Any) -> pd.DataFrame:
         }
         for h in ctx.labels.history(layer_n, feature_n)
     ]
-    return pd.DataFrame(rows, columns=["when", "label", "notes", "confidence", "by"])
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def export_labels(ctx: Context, fmt: str) -> str:
@@ -74,8 +76,9 @@ def export_labels(ctx: Context, fmt: str) -> str:
     return str(out)
 
 
-def import_labels(ctx: Context, path: Any) -> str:
-    """Labels from a CSV or JSON file; the report to show."""
+def import_labels(ctx: Context, path: Any, profile: Any = None, key: Any = "") -> str:
+    """Labels from a CSV or JSON file (the owner's, on a public app); the report to show."""
+    ctx.policy.check_owner(profile, key)
     if not path:
         raise UserError("choose a CSV or JSON file to import first")
     try:
@@ -85,6 +88,25 @@ def import_labels(ctx: Context, path: Any) -> str:
     lines = [f"Imported {report.added} labels; {report.duplicates} duplicates skipped."]
     lines += [f"- {err}" for err in report.errors]
     return "\n".join(lines)
+
+
+def show_values(ctx: Context, layer: Any, feature: Any) -> tuple[Any, ...]:
+    """A feature in the label form: the values of :attr:`LabellingTab.outputs` (the first is what
+    is shown, the state a label is saved for)."""
+    v = dashboard.view(ctx, layer, feature)
+    return (
+        (v.layer, v.feature),
+        str(v.layer),
+        v.feature,
+        v.header,
+        v.top_examples,
+        label_history(ctx, v.layer, v.feature),
+    )
+
+
+def first_values(ctx: Context, rng: random.Random | None = None) -> tuple[Any, ...]:
+    """What the tab opens on: a feature of the queue (any layer, any density)."""
+    return show_values(ctx, *next_unlabelled(ctx, "all", "any", rng or random.Random()))
 
 
 @dataclass
@@ -101,14 +123,22 @@ class LabellingTab:
     conf: gr.Radio
     name: gr.Textbox
     save: gr.Button
-    status: gr.Markdown
+    status: gr.HTML
     history: gr.Dataframe
+    saved: gr.Dataframe
+    key: gr.Textbox
+    shown: gr.State
     exp_csv: gr.Button
     exp_json: gr.Button
     exp_file: gr.File
     imp_file: gr.File
     imp_btn: gr.Button
-    imp_status: gr.Markdown
+    imp_status: gr.HTML
+
+    @property
+    def outputs(self) -> list[Any]:
+        """What showing a feature updates, in the order of :func:`show_values`."""
+        return [self.shown, self.layer, self.feature, self.header, self.examples, self.history]
 
 
 def layout(ctx: Context) -> LabellingTab:
@@ -121,6 +151,8 @@ def layout(ctx: Context) -> LabellingTab:
     with gr.Row():
         l_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
         l_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
+        l_open = gr.Button("Open", elem_id="l-open")
+    l_shown = gr.State(None)
     l_header = gr.HTML(elem_id="l-header")
     l_examples = gr.HTML()
     l_label = gr.Textbox(label="Label", elem_id="l-label")
@@ -128,9 +160,22 @@ def layout(ctx: Context) -> LabellingTab:
     with gr.Row():
         l_conf = gr.Radio(["low", "medium", "high"], value="medium", label="Confidence")
         l_name = gr.Textbox(label="Labeller")
+        l_key = gr.Textbox(label="Owner's key", type="password", visible=bool(ctx.policy.key))
+    gr.Markdown(ctx.policy.describe())
     l_save = gr.Button("Save and next", variant="primary", elem_id="l-save")
-    l_status = gr.Markdown(elem_id="l-status")
-    l_history = gr.Dataframe(label="History of this feature's labels", interactive=False)
+    l_status = status_box("l-status")
+    l_saved = gr.Dataframe(
+        pd.DataFrame(columns=HISTORY_COLUMNS),
+        label="Just saved: the history of the feature you labelled",
+        interactive=False,
+        elem_id="l-saved",
+    )
+    l_history = gr.Dataframe(
+        pd.DataFrame(columns=HISTORY_COLUMNS),
+        label="History of this feature's labels",
+        interactive=False,
+        elem_id="l-history",
+    )
     with gr.Row():
         exp_csv = gr.Button("Export CSV")
         exp_json = gr.Button("Export JSON")
@@ -138,57 +183,58 @@ def layout(ctx: Context) -> LabellingTab:
     with gr.Row():
         imp_file = gr.File(label="Import labels (CSV or JSON)", file_types=[".csv", ".json"])
         imp_btn = gr.Button("Import")
-    imp_status = gr.Markdown()
+    imp_status = status_box("imp-status")
 
-    label_outputs = [l_layer, l_feature, l_header, l_examples, l_history]
+    label_outputs = [l_shown, l_layer, l_feature, l_header, l_examples, l_history]
 
     def show_for_label(layer: Any, feature: Any) -> tuple[Any, ...]:
-        v = dashboard.view(ctx, layer, feature)
-        return (
-            str(v.layer),
-            v.feature,
-            v.header,
-            v.top_examples,
-            label_history(ctx, v.layer, v.feature),
-        )
+        return show_values(ctx, layer, feature)
 
     def show_next(layer: Any, band: str) -> tuple[Any, ...]:
         return show_for_label(*next_unlabelled(ctx, layer, band, random.Random()))
 
     q_next.click(ui(show_next), [q_layer, q_band], label_outputs, api_name="next_unlabelled")
     l_feature.submit(ui(show_for_label), [l_layer, l_feature], label_outputs)
+    l_open.click(ui(show_for_label), [l_layer, l_feature], label_outputs)
 
     def save_and_next(
-        layer: Any,
-        feature: Any,
+        shown: Any,
         label: str,
         notes: str,
         conf: str,
         name: str,
+        key: str,
         q_l: Any,
         band: str,
+        profile: gr.OAuthProfile | None,
     ) -> tuple[Any, ...]:
-        message = ctx.save_label(layer, feature, label, notes, conf, name)
+        """Save the label for the feature shown (whatever the inputs say now), then show the
+        next one of the queue; the saved entry stays visible in "Just saved"."""
+        if not shown:
+            raise UserError("open a feature first: the label is saved for the feature shown")
+        layer, feature = shown
+        message = ctx.save_label(layer, feature, label, notes, conf, name, profile, key)
+        saved = label_history(ctx, layer, feature)
         try:
-            shown = show_next(q_l, band)
+            following = show_next(q_l, band)
         except UserError as e:
-            shown = show_for_label(layer, feature)
+            following = show_for_label(layer, feature)
             message += f" · {e}"
-        return (*shown, message, "", "")
+        return (*following, status(message), saved, "", "")
 
     l_save.click(
         ui(save_and_next),
-        [l_layer, l_feature, l_label, l_notes, l_conf, l_name, q_layer, q_band],
-        [*label_outputs, l_status, l_label, l_notes],
+        [l_shown, l_label, l_notes, l_conf, l_name, l_key, q_layer, q_band],
+        [*label_outputs, l_status, l_saved, l_label, l_notes],
         api_name="save_and_next",
     )
     exp_csv.click(ui(lambda: export_labels(ctx, "csv")), None, exp_file)
     exp_json.click(ui(lambda: export_labels(ctx, "json")), None, exp_file)
 
-    def import_from(path: Any) -> str:
-        return import_labels(ctx, path)
+    def import_from(path: Any, key: str, profile: gr.OAuthProfile | None) -> str:
+        return status(import_labels(ctx, path, profile, key))
 
-    imp_btn.click(ui(import_from), [imp_file], imp_status, api_name="import_labels")
+    imp_btn.click(ui(import_from), [imp_file, l_key], imp_status, api_name="import_labels")
     return LabellingTab(
         q_layer=q_layer,
         q_band=q_band,
@@ -204,6 +250,9 @@ def layout(ctx: Context) -> LabellingTab:
         save=l_save,
         status=l_status,
         history=l_history,
+        saved=l_saved,
+        key=l_key,
+        shown=l_shown,
         exp_csv=exp_csv,
         exp_json=exp_json,
         exp_file=exp_file,

@@ -1,6 +1,7 @@
 """The app's composition: the tabs in order, under one header, and the wiring between tabs (a
-table row opening the Feature tab, a feature sent to the Steering tab, a feature link in the
-URL). Each tab lays out and wires itself (its module's ``layout``); nothing else happens here."""
+table row opening the Feature tab, a feature sent to the Steering tab), the address bar (a link
+reproduces the view: :mod:`explorer.app.links`) and the label API. Each tab lays out and wires
+itself (its module's ``layout``); nothing else happens here."""
 
 from __future__ import annotations
 
@@ -8,11 +9,30 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.app import browse, dashboard, labelling, microscope, start, steering
+from explorer.app import browse, dashboard, labelling, links, microscope, start, steering
 from explorer.app.context import Context, UserError
-from explorer.app.ui import ui
+from explorer.app.ui import ui, warn
 
 TITLE = "Gemma Scope Explorer"
+TAB_IDS = {
+    start.TAB_ID,
+    microscope.TAB_ID,
+    dashboard.TAB_ID,
+    steering.TAB_ID,
+    browse.TAB_ID,
+    labelling.TAB_ID,
+}
+# Writes the query string the server computed into the address bar (no reload, no history entry).
+_SET_URL = "(q) => { if (q) { window.history.replaceState(null, '', q); } return []; }"
+_COPY_URL = "() => { navigator.clipboard && navigator.clipboard.writeText(window.location.href); }"
+# After a link is loaded, run the microscope / the generation it describes, as a click would.
+_RUN_FROM_URL = """() => {
+  const q = new URLSearchParams(window.location.search);
+  const click = (id) => { const b = document.querySelector(id); if (b) { b.click(); } };
+  if (q.get('text')) { click('#encode'); }
+  if (q.get('prompt')) { click('#generate'); }
+  return [];
+}"""
 
 
 def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
@@ -24,10 +44,15 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         else "no feature store (dashboards and browse are off)"
     )
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(
-            f"# {title}\nbundle **{ctx.bundle.spec.name}** · layers {', '.join(layer_names)} · "
-            f"{store_line}"
-        )
+        with gr.Row():
+            gr.Markdown(
+                f"# {title}\nbundle **{ctx.bundle.spec.name}** · layers "
+                f"{', '.join(layer_names)} · {store_line}"
+            )
+            copy_btn = gr.Button("Copy link", scale=0, elem_id="copy-link")
+            if ctx.policy.login:
+                gr.LoginButton(scale=0)
+        link = gr.Textbox(visible=False, elem_id="gse-link")
         with gr.Tabs(selected=start.TAB_ID) as tabs:
             with gr.Tab("Start here", id=start.TAB_ID):
                 start_tab = start.layout(ctx)
@@ -40,7 +65,7 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             with gr.Tab("Browse & search", id=browse.TAB_ID):
                 found = browse.layout(ctx)
             with gr.Tab("Label", id=labelling.TAB_ID):
-                labelling.layout(ctx)
+                label_tab = labelling.layout(ctx)
 
         # A row of any feature table opens that feature's dashboard.
         def open_from_row(evt: gr.SelectData) -> tuple[Any, ...]:
@@ -56,27 +81,119 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         ):
             table.select(ui(open_from_row), None, dash.outputs)
 
+        # An example text opens in the microscope, encoded (as if Encode were pressed).
+        def open_text(evt: gr.SelectData) -> tuple[Any, ...]:
+            return str(evt.row_value[0]), gr.Tabs(selected=microscope.TAB_ID)
+
+        start_tab.texts_table.select(ui(open_text), None, [micro.text, tabs]).then(
+            None, None, None, js="() => { document.querySelector('#encode').click(); return []; }"
+        )
+
         # The dashboard's feature, added to the steering table, and the Steering tab opened.
-        def to_steer(table: Any, layer: Any, feature: Any) -> tuple[Any, ...]:
+        def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
+            if not shown:
+                raise UserError("open a feature first")
             steers = steering.steers_from_table(table)
-            new = steering.add_steer(ctx, steers, layer, feature, None, "add")
+            new = steering.add_steer(ctx, steers, shown[0], shown[1], None, "add")
             return steering.steer_rows(new), gr.Tabs(selected=steering.TAB_ID)
 
         dash.to_steer_btn.click(
-            ui(to_steer), [steer.steer_table, dash.layer, dash.feature], [steer.steer_table, tabs]
+            ui(to_steer), [steer.steer_table, dash.shown], [steer.steer_table, tabs]
         )
 
-        # A link ``?layer=N&feature=M`` opens that feature's dashboard.
-        def from_url(request: gr.Request) -> tuple[Any, ...]:
-            params = dict(request.query_params) if request else {}
-            if "feature" not in params:
-                return tuple(gr.skip() for _ in dash.outputs)
-            layer = params.get("layer", layer_names[-1])
-            try:
-                return dashboard.open_values(ctx, layer, params["feature"])
-            except UserError as e:
-                gr.Warning(f"cannot open the feature in the link: {e}")
-                return tuple(gr.skip() for _ in dash.outputs)
+        # The address bar follows the view: a feature opened, a text encoded, a generation.
+        def feature_link(shown: Any) -> Any:
+            return links.feature_query(*shown) if shown else gr.skip()
 
-        demo.load(from_url, None, dash.outputs)
+        dash.header.change(feature_link, [dash.shown], link)
+        micro.encode_btn.click(lambda t: links.text_query(t or ""), [micro.text], link)
+
+        def steer_link(prompt: str, table: Any, *settings: Any) -> Any:
+            try:
+                steers = steering.steers_from_table(table)
+            except UserError:
+                return gr.skip()
+            names = ("temperature", "max_new_tokens", "seed", "frequency_penalty")
+            values = {k: float(v) for k, v in zip(names, settings, strict=True) if v is not None}
+            rows = [(s["layer"], s["feature"], float(s["strength"]), s["method"]) for s in steers]
+            return links.steer_query(prompt or "", rows, **values)
+
+        steer.gen_btn.click(
+            steer_link,
+            [steer.prompt, steer.steer_table, steer.temperature, steer.max_new, steer.seed,
+             steer.freq],
+            link,
+        )  # fmt: skip
+        link.change(None, [link], None, js=_SET_URL)
+        copy_btn.click(None, None, None, js=_COPY_URL)
+
+        # A link reproduces a view; the Label tab opens on a feature of the queue.
+        steer_inputs = [
+            steer.prompt,
+            steer.steer_table,
+            steer.temperature,
+            steer.max_new,
+            steer.seed,
+            steer.freq,
+        ]
+        load_outputs = [*dash.outputs, micro.text, *steer_inputs, *label_tab.outputs]
+
+        def from_url(request: gr.Request) -> tuple[Any, ...]:
+            pairs = list(request.query_params.multi_items()) if request else []
+            found = links.parse(pairs)
+            dash_values: list[Any] = [gr.skip() for _ in dash.outputs]
+            if found.feature is not None:
+                try:
+                    dash_values = list(dashboard.open_values(ctx, *found.feature))
+                except UserError as e:
+                    found.problems.append(f"cannot open the feature: {e}")
+            if found.tab in TAB_IDS:
+                dash_values[-1] = gr.Tabs(selected=found.tab)
+            elif found.tab is not None:
+                found.problems.append(f"unknown tab {found.tab[:40]!r}")
+            micro_values = [found.text if found.text is not None else gr.skip()]
+            steer_values = _steer_values(ctx, found)
+            try:
+                label_values = list(labelling.first_values(ctx))
+            except UserError:
+                label_values = [gr.skip() for _ in label_tab.outputs]
+            if found.problems:
+                warn("this link has problems: " + "; ".join(found.problems))
+            return (*dash_values, *micro_values, *steer_values, *label_values)
+
+        demo.load(from_url, None, load_outputs).then(None, None, None, js=_RUN_FROM_URL)
+        demo.load(ui(lambda: browse.features(ctx)), None, found.table)
+
+        # The label API: label a feature by number (what the UI does for the feature shown).
+        def label_feature(
+            layer: int,
+            feature: int,
+            label: str,
+            labeller: str = "",
+            key: str = "",
+            profile: gr.OAuthProfile | None = None,
+        ) -> str:
+            """Save a label for (layer, feature); on a public app, with a login or the key."""
+            return ctx.save_label(layer, feature, label, "", "medium", labeller, profile, key)
+
+        gr.api(ui(label_feature), api_name="label_feature")
     return demo
+
+
+def _steer_values(ctx: Context, found: links.Link) -> list[Any]:
+    """The Steering tab's inputs from a link (skips where the link says nothing)."""
+    values: list[Any] = [found.prompt if found.prompt is not None else gr.skip()]
+    if found.steers:
+        rows: list[dict[str, Any]] = []
+        for layer, feature, strength, method in found.steers:
+            try:
+                rows = steering.add_steer(ctx, rows, layer, feature, strength, method)
+            except UserError as e:
+                found.problems.append(f"steer {layer}:{feature}: {e}")
+        values.append(steering.steer_rows(rows))
+    else:
+        values.append(gr.skip())
+    for key in ("temperature", "max_new_tokens", "seed", "frequency_penalty"):
+        value = found.settings.get(key)
+        values.append(value if value is not None else gr.skip())
+    return values

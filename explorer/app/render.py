@@ -27,6 +27,13 @@ def esc(text: str) -> str:
     return html.escape(text, quote=True).replace("\n", "↵").replace("\t", "⇥")
 
 
+def plot_text(text: str) -> str:
+    """Text for a plotly label: plotly draws a markup subset (``<b>``, ``<br>``, ``<a href>``…)
+    in tick labels and hover text, so ``<``, ``>`` and ``&`` are written as entities, which it
+    shows as the characters themselves."""
+    return html.escape(text, quote=False)
+
+
 def token_spans(
     tokens: Sequence[str],
     acts: Sequence[float],
@@ -77,8 +84,11 @@ def intervals_html(rec: FeatureRecord) -> str:
     return "".join(parts)
 
 
-def badges_html(rec: FeatureRecord, label: str | None, dense_threshold: float) -> str:
-    """The dashboard header: id, label, density, max, mean and dead / dense badges."""
+def badges_html(
+    rec: FeatureRecord, label: str | None, dense_threshold: float, curated: bool = False
+) -> str:
+    """The dashboard header: id, label (``curated`` marks one shipped with the app rather than a
+    person's here), density, max, mean and dead / dense badges."""
     badges = []
     if rec.dead:
         badges.append('<span class="gse-badge gse-dead">dead: never fired</span>')
@@ -88,6 +98,8 @@ def badges_html(rec: FeatureRecord, label: str | None, dense_threshold: float) -
             f"{100 * dense_threshold:g}% of tokens</span>"
         )
     shown = esc(label) if label else '<span class="gse-muted">unlabelled</span>'
+    if label and curated:
+        shown += ' <span class="gse-badge gse-curated">curated label</span>'
     return (
         f'<div class="gse-header"><div class="gse-title">Layer {rec.layer} · feature '
         f"{rec.feature}</div><div class='gse-label'>{shown}</div>"
@@ -96,8 +108,11 @@ def badges_html(rec: FeatureRecord, label: str | None, dense_threshold: float) -
     )
 
 
-def histogram_figure(rec: FeatureRecord, marks: Sequence[float] = ()) -> go.Figure:
-    """The activation histogram (non-zero activations, 0 to max); ``marks`` as vertical lines."""
+def histogram_figure(
+    rec: FeatureRecord, marks: Sequence[float] = (), log_counts: bool = False
+) -> go.Figure:
+    """The activation histogram (non-zero activations, 0 to max); ``marks`` as vertical lines;
+    ``log_counts`` draws the counts on a log axis (rare strong activations become visible)."""
     import plotly.graph_objects as go
 
     edges = rec.hist_edges
@@ -119,7 +134,8 @@ def histogram_figure(rec: FeatureRecord, marks: Sequence[float] = ()) -> go.Figu
         )
     fig.update_layout(
         xaxis_title="activation",
-        yaxis_title="tokens",
+        yaxis_title="tokens (log scale)" if log_counts else "tokens",
+        yaxis_type="log" if log_counts else "linear",
         height=260,
         margin={"l": 50, "r": 10, "t": 10, "b": 40},
         bargap=0.05,
@@ -131,7 +147,7 @@ def logits_figure(tokens: Sequence[str], values: Sequence[float], positive: bool
     """Horizontal bars of the tokens a feature promotes (``positive``) or suppresses."""
     import plotly.graph_objects as go
 
-    shown = [repr(t)[1:-1] for t in tokens]  # quotes off, whitespace visible
+    shown = [plot_text(repr(t)[1:-1]) for t in tokens]  # quotes off, whitespace visible
     fig = go.Figure(
         go.Bar(
             x=list(values)[::-1],
@@ -152,7 +168,7 @@ def heatmap_figure(
     """Tokens (x) × layers (y); ``values`` is ``[n_layers, n_tokens]``."""
     import plotly.graph_objects as go
 
-    x = [f"{i}:{repr(t)[1:-1]}" for i, t in enumerate(tokens)]
+    x = [f"{i}:{plot_text(repr(t)[1:-1])}" for i, t in enumerate(tokens)]
     fig = go.Figure(
         go.Heatmap(
             z=values,
@@ -180,5 +196,7 @@ CSS = """
 .gse-badge { border-radius: 4px; padding: 1px 6px; margin-left: 6px; font-size: 0.85em; }
 .gse-dead { background: #eceff1; color: #37474f; }
 .gse-dense { background: #fff3e0; color: #e65100; }
+.gse-curated { background: #e3f2fd; color: #0d47a1; }
+.gse-status { white-space: pre-wrap; }
 .gse-text { font-family: ui-monospace, monospace; line-height: 1.9; }
 """

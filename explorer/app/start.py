@@ -20,9 +20,10 @@ something a person can name: "the word *near*", "Python keywords", "speech after
 This explorer shows which features fire on your text, what each feature fires on across a corpus,
 and what happens when you push the model along a feature's direction (*steering*).
 
-**A guided path:** 1. pick an example text below and press **Encode** on the *Microscope* tab;
+**A guided path:** 1. click an example text below: it opens in the *Microscope*, encoded;
 2. click a token and open its strongest feature; 3. read the feature's top examples and interval
 samples on its page; 4. press **Steer with this feature** and compare the two completions.
+Or click a curated feature to open its page.
 """
 
 
@@ -36,17 +37,29 @@ def curated_rows(content: dict[str, Any]) -> list[list[Any]]:
 
 @dataclass
 class StartTab:
+    texts_table: gr.Dataframe
     curated_table: gr.Dataframe
 
 
 def layout(ctx: Context) -> StartTab:
-    """The tab's components (a click on a curated row is wired by the layout: it opens a tab)."""
+    """The tab's components (a click on a row is wired by the layout: it opens another tab).
+    A preset without curated content shows neither table."""
     gr.Markdown(INTRO)
+    texts = ctx.content["texts"]
+    texts_table = gr.Dataframe(
+        [[t] for t in texts],
+        headers=["example text (click to open it in the microscope)"],
+        label="Example texts",
+        interactive=False,
+        visible=bool(texts),
+        elem_id="start-texts",
+    )
     curated_table = gr.Dataframe(
         curated_rows(ctx.content),
         headers=["layer", "feature", "label", "why it is interesting"],
         label="Curated features (click a row to open it)",
         interactive=False,
+        visible=bool(ctx.content["features"]),
         elem_id="curated",
     )
-    return StartTab(curated_table=curated_table)
+    return StartTab(texts_table=texts_table, curated_table=curated_table)
