@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser_ui import browser, ui  # noqa: F401  (fixtures for the browser tests)
 from helpers import (
     free_port,
     make_gemma2,

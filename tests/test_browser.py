@@ -12,122 +12,17 @@ Without ``/usr/bin/chromium`` (or when it cannot start) the tests skip, unless
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
-
 import pytest
+from browser_ui import UI, title
 from helpers import live_feature
 
 from explorer.app import Context, dashboard, microscope, steering
 
-if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Locator, Page, ViewportSize
-
-CHROMIUM = "/usr/bin/chromium"
-VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
-WAIT_MS = 30_000  # Gradio answers asynchronously; a loaded 2-core CI machine is slow
 TEXT = "the cat sat on the mat and the dog ran"
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1;alert(1)</script>'
 
 # The browser first: without one the tests skip before the app is built.
 pytestmark = pytest.mark.usefixtures("browser")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Skip for lack of a browser, or fail where CI said one must be there."""
-    if os.environ.get("GSE_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"GSE_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    try:
-        from playwright.sync_api import Error, expect, sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as pw:
-        try:
-            # No sandbox: tests run as root in CI containers, where Chromium refuses to start
-            # with one; the page is our own app on 127.0.0.1.
-            found = pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-            )
-        except Error as e:
-            _unavailable(f"Playwright cannot launch {CHROMIUM}: {e.message.splitlines()[0]}")
-        yield found
-        found.close()
-
-
-@dataclass
-class UI:
-    """One browser page on the app, the dialogs it raised and where its screenshots go."""
-
-    page: Page
-    url: str
-    shots: Path
-    dialogs: list[str] = field(default_factory=list)
-
-    def open(self, query: str = "") -> None:
-        self.page.goto(self.url + query)
-        self.page.locator('button[role="tab"]').first.wait_for()
-
-    def tab(self, tab_id: str) -> None:
-        self.page.locator(f'button[role="tab"][data-tab-id="{tab_id}"]').click()
-        self.expect_tab(tab_id)
-
-    def expect_tab(self, tab_id: str) -> None:
-        from playwright.sync_api import expect
-
-        tab = self.page.locator(f'button[role="tab"][data-tab-id="{tab_id}"]')
-        expect(tab).to_have_attribute("aria-selected", "true")
-
-    def panel(self) -> Locator:
-        """The tab panel on screen (Gradio keeps visited tabs in the page, hidden)."""
-        return self.page.locator('[role="tabpanel"]:visible')
-
-    def box(self, elem_id: str) -> Locator:
-        """The text field of the Textbox ``elem_id`` (an input or a textarea)."""
-        return self.page.locator(f"#{elem_id}").get_by_role("textbox")
-
-    def cell(self, elem_id: str, row: int, col: int) -> Locator:
-        return self.page.locator(f'#{elem_id} [data-testid="cell-{row}-{col}"]')
-
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=self.shots / f"{name}.png", full_page=True)
-
-
-@pytest.fixture
-def ui(browser: Browser, served: str, tmp_path: Path) -> Iterator[UI]:
-    shots = Path(os.environ.get("GSE_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    found = UI(page=page, url=served, shots=shots)
-
-    def on_dialog(dialog: Any) -> None:
-        found.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    yield found
-    context.close()
-
-
-def _title(ui: UI) -> tuple[int, int]:
-    """``(layer, feature)`` from the header on screen (``Layer N · feature M``)."""
-    text = ui.panel().locator(".gse-title").inner_text()
-    found = re.fullmatch(r"Layer (\d+) · feature (\d+)", text.strip())
-    assert found, text
-    return int(found[1]), int(found[2])
 
 
 def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx: Context) -> None:
@@ -193,6 +88,7 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
 
     # Browse finds the feature by its new label; its row opens the dashboard again.
     ui.tab("browse")
+    ui.panel().get_by_label("Hide dense").uncheck()  # every feature of the tiny store is dense
     ui.box("b-query").fill("typed by a user")
     page.locator("#browse-btn").click()
     expect(page.locator("#browse-table [role=grid]")).to_have_attribute("aria-rowcount", "2")
@@ -207,7 +103,7 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
     ui.tab("label")
     page.locator("#next-unlabelled").click()
     expect(ui.panel().locator(".gse-title")).to_contain_text("Layer")
-    q_layer, q_feature = _title(ui)
+    q_layer, q_feature = title(ui)
     assert ctx.labels.current(q_layer, q_feature) is None
     ui.box("l-label").fill("browser test: from the queue")
     page.locator("#l-save").click()
@@ -275,6 +171,7 @@ def test_hostile_text_and_labels_are_shown_as_text(ui: UI, ctx: Context) -> None
 
     # Browse: the label is a table cell, as text.
     ui.tab("browse")
+    ui.panel().get_by_label("Hide dense").uncheck()
     ui.box("b-query").fill("window.__pwned")
     page.locator("#browse-btn").click()
     expect(ui.cell("browse-table", 0, 2)).to_contain_text("<script>")

@@ -234,8 +234,8 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
     """The tab's components and its own events; opening a feature selects this tab in ``tabs``."""
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
-        d_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
-        d_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
+        d_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer", elem_id="d-layer")
+        d_feature = gr.Number(0, label="Feature", precision=0, minimum=0, elem_id="d-feature")
         open_btn = gr.Button("Open", variant="primary", elem_id="open-feature")
         rand_btn = gr.Button("Random feature")
         to_steer_btn = gr.Button("Steer with this feature", elem_id="to-steer")

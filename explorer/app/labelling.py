@@ -149,8 +149,8 @@ def layout(ctx: Context) -> LabellingTab:
         q_band = gr.Dropdown(["any", *DENSITY_BANDS], value="any", label="Density")
         q_next = gr.Button("Next unlabelled feature", elem_id="next-unlabelled")
     with gr.Row():
-        l_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
-        l_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
+        l_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer", elem_id="l-layer")
+        l_feature = gr.Number(0, label="Feature", precision=0, minimum=0, elem_id="l-feature")
         l_open = gr.Button("Open", elem_id="l-open")
     l_shown = gr.State(None)
     l_header = gr.HTML(elem_id="l-header")

@@ -25,14 +25,24 @@ TAB_IDS = {
 # Writes the query string the server computed into the address bar (no reload, no history entry).
 _SET_URL = "(q) => { if (q) { window.history.replaceState(null, '', q); } return []; }"
 _COPY_URL = "() => { navigator.clipboard && navigator.clipboard.writeText(window.location.href); }"
+# Clicks a button once its tab is on the page (Gradio mounts a tab's components when it is first
+# shown, so right after a tab switch the button may not exist yet: retry for up to 10 s).
+_CLICK = """const gseClick = (id, tries = 100) => {
+  const b = document.querySelector(id);
+  if (b) { b.click(); } else if (tries > 0) { setTimeout(() => gseClick(id, tries - 1), 100); }
+};"""
 # After a link is loaded, run the microscope / the generation it describes, as a click would.
-_RUN_FROM_URL = """() => {
+_RUN_FROM_URL = (
+    "() => {"
+    + _CLICK
+    + """
   const q = new URLSearchParams(window.location.search);
-  const click = (id) => { const b = document.querySelector(id); if (b) { b.click(); } };
-  if (q.get('text')) { click('#encode'); }
-  if (q.get('prompt')) { click('#generate'); }
+  if (q.get('text')) { gseClick('#encode'); }
+  if (q.get('prompt')) { gseClick('#generate'); }
   return [];
 }"""
+)
+_ENCODE = "() => {" + _CLICK + " gseClick('#encode'); return []; }"
 
 
 def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
@@ -86,7 +96,7 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             return str(evt.row_value[0]), gr.Tabs(selected=microscope.TAB_ID)
 
         start_tab.texts_table.select(ui(open_text), None, [micro.text, tabs]).then(
-            None, None, None, js="() => { document.querySelector('#encode').click(); return []; }"
+            None, None, None, js=_ENCODE
         )
 
         # The dashboard's feature, added to the steering table, and the Steering tab opened.
