@@ -59,7 +59,7 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
                 f"# {title}\nbundle **{ctx.bundle.spec.name}** · layers "
                 f"{', '.join(layer_names)} · {store_line}"
             )
-            copy_btn = gr.Button("Copy link", scale=0, elem_id="copy-link")
+            copy_btn = gr.Button("Copy link", scale=0, size="sm", elem_id="copy-link")
             if ctx.policy.login:
                 gr.LoginButton(scale=0)
         link = gr.Textbox(visible=False, elem_id="gse-link")
