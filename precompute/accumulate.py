@@ -47,7 +47,8 @@ from precompute.records import (
 logger = logging.getLogger(__name__)
 
 _FINE_CELLS = 1 << 24
-"""Budget for the top-k filter's fine histogram (features x buckets)."""
+"""Budget for the top-k filter's fine histogram (features x buckets), and no more cells than
+records: a small feature block's histogram stays small (the filter is exact at any size)."""
 _FINE_OCTAVE_BITS = 4
 """Fine buckets cover 2**4 octaves below a feature's max (lower activations: the last one)."""
 _SAMPLE_OVERSHOOT = 8.0
@@ -197,7 +198,8 @@ def reduce_layer(
 
     # Pass 1: histograms, intervals, fine top-k buckets, sample keys. A chunk holds a range of
     # features [f0, f1], so its bincounts only span that range.
-    fine_bits = int(np.clip(np.log2(max(_FINE_CELLS // f_n, 1)), 5, 12))
+    cells = min(max(m, 1), _FINE_CELLS)
+    fine_bits = int(np.clip(np.log2(max(cells // f_n, 1)), 5, 12))
     n_fine = 1 << fine_bits if k else 0
     fine_shift = 23 + _FINE_OCTAVE_BITS - fine_bits  # float32: 2**23 ulps an octave
     max_bits = max_act.view(np.int32)
@@ -225,7 +227,7 @@ def reduce_layer(
     # Top-k threshold: the closest-to-max fine bucket where a feature reaches k records.
     top_thr = np.zeros(f_n, np.int64)
     if k:
-        reached = np.cumsum(fine, axis=1) >= k
+        reached = np.cumsum(fine, axis=1, out=fine) >= k  # in place: fine is not read again
         top_thr = np.where(reached.any(axis=1), reached.argmax(axis=1), n_fine - 1)
     # Interval-sample threshold on the key's top 53 bits, for about _SAMPLE_OVERSHOOT * per
     # candidates; an interval that gets fewer than it needs is re-scanned with a higher one.
