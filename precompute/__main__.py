@@ -139,6 +139,12 @@ def _add_run(sub: _SubParsers) -> None:
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--batch-windows", type=int, default=32, help="windows per forward pass")
     p.add_argument("--shard-tokens", type=int, default=65_536, help="tokens per checkpoint")
+    p.add_argument(
+        "--reduce-memory-mb",
+        type=float,
+        default=1024.0,
+        help="records the reduce holds at once (a longer run takes more feature blocks)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dense-threshold", type=float, default=0.01)
     p.add_argument("--top-k", type=int, default=20, help="top examples per feature")
@@ -161,6 +167,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         context_size=args.context_size,
         batch_windows=args.batch_windows,
         shard_tokens=args.shard_tokens,
+        reduce_memory_mb=args.reduce_memory_mb,
         seed=args.seed,
         reduce=ReduceConfig(
             seed=args.seed,

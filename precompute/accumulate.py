@@ -47,7 +47,8 @@ from precompute.records import (
 logger = logging.getLogger(__name__)
 
 _FINE_CELLS = 1 << 24
-"""Budget for the top-k filter's fine histogram (features x buckets)."""
+"""Budget for the top-k filter's fine histogram (features x buckets), and no more cells than
+records: a small feature block's histogram stays small (the filter is exact at any size)."""
 _FINE_OCTAVE_BITS = 4
 """Fine buckets cover 2**4 octaves below a feature's max (lower activations: the last one)."""
 _SAMPLE_OVERSHOOT = 8.0
@@ -158,11 +159,20 @@ def _first_per_group(group: NDArray[np.int64], limit: int) -> tuple[NDArray[Any]
     return keep, rank[keep]
 
 
-def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceConfig) -> LayerStats:
-    """Exact per-feature statistics, top-k and interval samples of one layer's records."""
+def reduce_layer(
+    records: Records, n_features: int, n_tokens: int, cfg: ReduceConfig, first_feature: int = 0
+) -> LayerStats:
+    """Exact per-feature statistics, top-k and interval samples of one layer's records.
+
+    Features are independent, so a block of features ``[first_feature, first_feature +
+    n_features)`` reduces alone: ``records`` then hold local ids (``feat - first_feature``) and
+    only the sample keys, which hash the global id, need ``first_feature``.
+    """
     f_n, k, n_int, per = n_features, cfg.top_k, cfg.n_intervals, cfg.per_interval
-    if not 1 <= f_n <= MAX_FEATURES:
-        raise AccumulateError(f"n_features must be in [1, {MAX_FEATURES}], got {f_n}")
+    if not 1 <= f_n <= MAX_FEATURES - first_feature or first_feature < 0:
+        raise AccumulateError(
+            f"features [{first_feature}, {first_feature + f_n}) outside [0, {MAX_FEATURES})"
+        )
     if n_tokens < 0:
         raise AccumulateError(f"n_tokens must be >= 0, got {n_tokens}")
     if len(records) and int(records.feat.max()) >= f_n:
@@ -188,7 +198,8 @@ def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceCo
 
     # Pass 1: histograms, intervals, fine top-k buckets, sample keys. A chunk holds a range of
     # features [f0, f1], so its bincounts only span that range.
-    fine_bits = int(np.clip(np.log2(max(_FINE_CELLS // f_n, 1)), 5, 12))
+    cells = min(max(m, 1), _FINE_CELLS)
+    fine_bits = int(np.clip(np.log2(max(cells // f_n, 1)), 5, 12))
     n_fine = 1 << fine_bits if k else 0
     fine_shift = 23 + _FINE_OCTAVE_BITS - fine_bits  # float32: 2**23 ulps an octave
     max_bits = max_act.view(np.int32)
@@ -210,12 +221,13 @@ def reduce_layer(records: Records, n_features: int, n_tokens: int, cfg: ReduceCo
         if k:
             _add_counts(fine[f0:f1], fl, _fine_bucket(x, max_bits[f], n_fine, fine_shift))
         if per:
-            sample[a : a + len(c)] = sample_key(c, cfg.seed)
+            g = c + (first_feature << POS_BITS) if first_feature else c  # the global key
+            sample[a : a + len(c)] = sample_key(g, cfg.seed)
 
     # Top-k threshold: the closest-to-max fine bucket where a feature reaches k records.
     top_thr = np.zeros(f_n, np.int64)
     if k:
-        reached = np.cumsum(fine, axis=1) >= k
+        reached = np.cumsum(fine, axis=1, out=fine) >= k  # in place: fine is not read again
         top_thr = np.where(reached.any(axis=1), reached.argmax(axis=1), n_fine - 1)
     # Interval-sample threshold on the key's top 53 bits, for about _SAMPLE_OVERSHOOT * per
     # candidates; an interval that gets fewer than it needs is re-scanned with a higher one.
@@ -395,7 +407,8 @@ def examples(stats: LayerStats, records: Records, table: TokenTable, cfg: Reduce
     ctx_len = (hi - lo + 1).astype(np.int16)
     flat = dense[inside]
     ends = np.cumsum(ctx_len, dtype=np.int64).tolist()
-    acts = [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]  # views, one buffer
+    starts = [0, *ends[:-1]] if ends else []  # no examples at all: a block of dead features
+    acts = [flat[a:b] for a, b in zip(starts, ends, strict=True)]  # views, one buffer
     return Examples(
         feature=row.astype(np.int32),
         group=col_group[col].astype(np.int8),

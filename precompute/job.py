@@ -8,13 +8,18 @@ The run has two stages that talk through files (as the rest of the project does)
    positions are kept as sparse records. Every ``shard_tokens`` tokens a shard is written
    atomically (temporary file, then rename) to the work directory, so a killed run resumes at
    the first missing shard and redoes at most one shard of work.
-2. **Reduce.** All shards of a layer are concatenated and reduced exactly, vectorized over
-   features (``reduce_layer``, ``examples``); logit effects (``W_dec @ W_U``) and decoder
-   neighbours are computed from the weights; the store is written atomically.
+2. **Reduce.** Each layer is reduced exactly, vectorized over features, one feature block at a
+   time (``precompute.blocks``): a block's records are read from every shard (each shard keeps
+   its records sorted by feature, with an index, ``precompute.shards``), and blocks are cut so
+   that each holds about ``reduce_memory_mb`` of records. Logit effects (``W_dec @ W_U``) and
+   decoder neighbours are computed from the weights; the store is written atomically.
+
+Memory: the encode holds one shard's records, the reduce one block's; what grows with the run
+is the token table (9 bytes a position, ``TokenTable``) and the store's token column.
 
 Because the reduction sorts records by global position, the store does not depend on the shard
-layout: shards computed by separate processes or machines and copied into one work directory
-reduce to exactly the single-run result.
+layout nor on the blocks: shards computed by separate processes or machines and copied into one
+work directory reduce to exactly the single-run result.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import numpy as np
 from explorer import __version__
 from explorer.bundle import Bundle, build_bundle, bundle_identity, preset
 from explorer.encode import residuals
-from explorer.files import atomic_writer
 from explorer.paths import ASSETS_SAES
 from explorer.store.codec import (
     FeatureColumns,
@@ -43,10 +47,12 @@ from explorer.store.codec import (
 )
 from explorer.store.saes import SAES_MANIFEST, SaeManifest
 from explorer.store.schema import StoreLayer, StoreManifest, sae_ref
-from precompute.accumulate import Examples, LayerStats, ReduceConfig, examples, reduce_layer
+from precompute.accumulate import Examples, LayerStats, ReduceConfig
+from precompute.blocks import BYTES_PER_RECORD, reduce_blocks
 from precompute.corpus import corpus_sha256, pad_windows, run_documents, token_windows
 from precompute.features import logit_effects, neighbours
 from precompute.records import Records, TokenTable
+from precompute.shards import SHARD_FORMAT, ShardReader, save_shard, shard_meta
 from precompute.write import write_store
 
 if TYPE_CHECKING:
@@ -68,6 +74,8 @@ class RunConfig:
         context_size: tokens per window, BOS included.
         batch_windows: windows per forward pass.
         shard_tokens: tokens per checkpointed shard.
+        reduce_memory_mb: records the reduce holds at once (a feature block's, about
+            ``BYTES_PER_RECORD`` each); more blocks, not more memory, for a longer run.
         seed: seeds the document order and the interval sampling.
         reduce: the statistics' parameters (top-k, bins, intervals, context, dense threshold).
     """
@@ -79,6 +87,7 @@ class RunConfig:
     context_size: int = 128
     batch_windows: int = 32
     shard_tokens: int = 65_536
+    reduce_memory_mb: float = 1024.0
     seed: int = 0
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
 
@@ -89,6 +98,8 @@ class RunConfig:
             raise ValueError("context_size must be at least 2 (BOS and a token)")
         if self.batch_windows <= 0 or self.shard_tokens <= 0:
             raise ValueError("batch_windows and shard_tokens must be positive")
+        if not self.reduce_memory_mb > 0:
+            raise ValueError("reduce_memory_mb must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -96,9 +107,11 @@ class RunConfig:
         return out
 
     def fingerprint(self, bundle_id: str) -> str:
-        """Shards are reusable only by a run with the same inputs and model (not ``reduce``)."""
+        """Shards are reusable only by a run with the same inputs and model (not the reduce's
+        parameters)."""
         d = self.to_dict()
         d.pop("reduce")
+        d.pop("reduce_memory_mb")
         blob = json.dumps([d, bundle_id], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -106,14 +119,14 @@ class RunConfig:
 def collect_windows(cfg: RunConfig, tokenizer: Any) -> TokenTable:
     """The run's windows in order, as a :class:`TokenTable`, until ``cfg.tokens`` are reached."""
     special = set(tokenizer.all_special_ids)
-    ids: list[list[int]] = []
+    ids: list[np.ndarray] = []  # int32 per window: Python ints would cost ~36 bytes a token
     docs: list[str] = []
     offsets: list[int] = []
     n = 0
     for w in token_windows(
         run_documents(cfg.corpus, cfg.split, cfg.seed), tokenizer, cfg.context_size
     ):
-        ids.append(w.token_ids)
+        ids.append(np.asarray(w.token_ids, dtype=np.int32))
         docs.append(w.doc_id)
         offsets.append(w.start)
         n += sum(1 for t in w.token_ids if t not in special)
@@ -124,10 +137,12 @@ def collect_windows(cfg: RunConfig, tokenizer: Any) -> TokenTable:
     if n < cfg.tokens:
         logger.warning("corpus ran out at %d tokens (asked for %d)", n, cfg.tokens)
     lengths = np.array([len(w) for w in ids], dtype=np.int64)
-    flat = np.concatenate([np.asarray(w, dtype=np.int32) for w in ids])
+    flat = np.concatenate(ids)
+    n_windows = len(ids)
+    del ids
     return TokenTable(
         token_ids=flat,
-        window=np.repeat(np.arange(len(ids), dtype=np.int32), lengths),
+        window=np.repeat(np.arange(n_windows, dtype=np.int32), lengths),
         special=np.isin(flat, np.array(sorted(special), dtype=np.int32)),
         window_start=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
         window_doc=docs,
@@ -177,31 +192,6 @@ def encode_batch(
             act=feats[b, t, f].cpu().numpy().astype(np.float32),
         )
     return out
-
-
-def _save_shard(path: Path, records: dict[int, Records], meta: dict[str, Any]) -> None:
-    arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
-    for layer, r in records.items():
-        arrays[f"pos_{layer}"], arrays[f"feat_{layer}"], arrays[f"act_{layer}"] = (
-            r.pos,
-            r.feat,
-            r.act,
-        )
-    with atomic_writer(path) as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]
-
-
-def _load_shard(path: Path, layer: int) -> Records:
-    with np.load(path) as z:
-        return Records(pos=z[f"pos_{layer}"], feat=z[f"feat_{layer}"], act=z[f"act_{layer}"])
-
-
-def _shard_meta(path: Path) -> dict[str, Any] | None:
-    try:
-        with np.load(path) as z:
-            return dict(json.loads(bytes(z["meta"]).decode()))
-    except (OSError, ValueError, KeyError):
-        return None  # torn or foreign: recomputed
 
 
 def build_tables(
@@ -291,6 +281,7 @@ class Job:
 
         fingerprint = self.cfg.fingerprint(json.dumps(self.bundle_meta, sort_keys=True))
         ranges = shard_ranges(table, self.cfg.shard_tokens)
+        widths = {n: int(self.bundle.sae(n).cfg.d_sae) for n in self.layers}
         ends = table.window_end
         tokens_in = [
             int((~table.special[table.window_start[a] : ends[b - 1]]).sum()) for a, b in ranges
@@ -301,7 +292,7 @@ class Job:
             for s, (a, b) in enumerate(ranges):
                 path = work / f"shard-{s:05d}.npz"
                 meta = {"fingerprint": fingerprint, "shard": s, "windows": [a, b]}
-                if _shard_meta(path) == meta:
+                if shard_meta(path) == {**meta, "format": SHARD_FORMAT}:
                     bar.update(tokens_in[s])
                     continue
                 parts: dict[int, list[Records]] = {n: [] for n in self.layers}
@@ -314,7 +305,7 @@ class Job:
                     )
                     for n, r in batch.items():
                         parts[n].append(r)
-                _save_shard(path, {n: Records.concat(p) for n, p in parts.items()}, meta)
+                save_shard(path, {n: Records.concat(p) for n, p in parts.items()}, widths, meta)
                 done_tokens += tokens_in[s]
                 bar.update(tokens_in[s])
         seconds = time.perf_counter() - t0
@@ -327,17 +318,23 @@ class Job:
     def reduce(self, table: TokenTable, work: Path) -> Path:
         """Reduce the shards of every layer and write the store atomically."""
         t0 = time.perf_counter()
-        shards = sorted(work.glob("shard-*.npz"))
+        reader = ShardReader(sorted(work.glob("shard-*.npz")))
+        max_records = int(self.cfg.reduce_memory_mb * 2**20 / BYTES_PER_RECORD)
         features: dict[int, Any] = {}
         example_tables: dict[int, Any] = {}
         logit_ids: list[np.ndarray] = []
         layer_meta: list[StoreLayer] = []
         for layer in self.layers:
-            records = Records.concat([_load_shard(p, layer) for p in shards])
             sae = self.bundle.sae(layer)
-            stats = reduce_layer(records, sae.cfg.d_sae, table.n_tokens, self.cfg.reduce)
-            ex = examples(stats, records, table, self.cfg.reduce)
-            del records
+            stats, ex, n_blocks = reduce_blocks(
+                reader, layer, int(sae.cfg.d_sae), table, self.cfg.reduce, max_records
+            )
+            logger.info(
+                "layer %d: %d records reduced in %d feature blocks",
+                layer,
+                int(stats.n_fires.sum()),
+                n_blocks,
+            )
             logits = logit_effects(self.bundle, layer)
             logit_ids.extend([logits[0].reshape(-1), logits[2].reshape(-1)])
             features[layer], example_tables[layer] = build_tables(

@@ -13,7 +13,7 @@ from helpers import tiny_bundle, write_word_corpus
 
 from explorer.store import Store
 from precompute.accumulate import ReduceConfig
-from precompute.job import Job, RunConfig, collect_windows
+from precompute.job import Job, RunConfig, collect_windows, shard_ranges
 
 
 @pytest.fixture
@@ -99,26 +99,79 @@ def test_shard_layout_does_not_change_the_store(job_parts) -> None:
     assert _tables(one) == _tables(many)
 
 
+def test_many_feature_blocks_give_the_one_block_store(job_parts, monkeypatch) -> None:
+    """One block per layer is the old reduce (every record at once); tiny blocks change nothing."""
+    from dataclasses import replace
+
+    import precompute.job as job_mod
+
+    bundle, cfg, tmp = job_parts
+    blocks: list[int] = []
+    real = job_mod.reduce_blocks
+
+    def spy(*args):
+        out = real(*args)
+        blocks.append(out[2])
+        return out
+
+    monkeypatch.setattr(job_mod, "reduce_blocks", spy)
+    one = _run(bundle, replace(cfg, reduce_memory_mb=10_000.0), tmp / "one")
+    assert blocks == [1, 1]
+    many = _run(bundle, replace(cfg, reduce_memory_mb=0.002), tmp / "many")  # ~40 records
+    assert min(blocks[2:]) > 10
+    assert _tables(one) == _tables(many)
+
+
+def test_old_format_shards_are_recomputed(job_parts, monkeypatch) -> None:
+    """A work directory from before the feature index: its shards are encoded again."""
+    import json
+
+    import precompute.job as job_mod
+
+    bundle, cfg, tmp = job_parts
+    reference = _run(bundle, cfg, tmp / "ref")
+    work = tmp / "ref.work"
+    for path in sorted(work.glob("shard-*.npz"))[:2]:  # rewritten as the first format
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            meta.pop("format")
+            old = {k: z[k] for k in z.files if not k.startswith(("fptr_", "meta"))}
+        np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **old)
+    encoded: list[range] = []
+    real_encode = job_mod.encode_batch
+
+    def spy(bundle, table, windows, layers):
+        encoded.append(windows)
+        return real_encode(bundle, table, windows, layers)
+
+    monkeypatch.setattr(job_mod, "encode_batch", spy)
+    again = Job(cfg, bundle, tmp / "again", work_dir=work, bundle_meta={"model": "tiny"}).run()
+    assert encoded and min(r.start for r in encoded) == 0  # the old shards were redone...
+    ranges = shard_ranges(collect_windows(cfg, bundle.tokenizer), cfg.shard_tokens)
+    assert len(ranges) > 2 and max(r.stop for r in encoded) == ranges[1][1]  # ...and only they
+    assert _tables(again) == _tables(reference)
+
+
 def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:
     import precompute.job as job_mod
 
     bundle, cfg, tmp = job_parts
     reference = _run(bundle, cfg, tmp / "ref")
     calls = {"n": 0}
-    real = job_mod._save_shard
+    real = job_mod.save_shard
 
-    def dies_on_third(path, records, meta):
+    def dies_on_third(path, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             path.with_name(path.name + ".tmp").write_bytes(b"torn")  # a half-written shard
             raise KeyboardInterrupt
-        real(path, records, meta)
+        real(path, *args)
 
-    monkeypatch.setattr(job_mod, "_save_shard", dies_on_third)
+    monkeypatch.setattr(job_mod, "save_shard", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         _run(bundle, cfg, tmp / "resumed")
     assert not (tmp / "resumed").exists()  # no store until the run completes
-    monkeypatch.setattr(job_mod, "_save_shard", real)
+    monkeypatch.setattr(job_mod, "save_shard", real)
     encoded: list[range] = []
     real_encode = job_mod.encode_batch
 
@@ -138,12 +191,12 @@ torch.set_num_threads(1)
 import precompute.job as job
 from explorer.bundle import build_bundle, custom_spec
 from precompute.accumulate import ReduceConfig
-real = job._save_shard
-def slow_save(path, records, meta):  # gives the test time to kill between and inside shards
+real = job.save_shard
+def slow_save(*args):  # gives the test time to kill between and inside shards
     time.sleep(0.15)
-    real(path, records, meta)
+    real(*args)
     time.sleep(0.15)
-job._save_shard = slow_save
+job.save_shard = slow_save
 model, sae, corpus, out = sys.argv[1:5]
 bundle = build_bundle(custom_spec(model, sae, [1, 2]), device="cpu", dtype="float32")
 cfg = job.RunConfig(corpus=corpus, tokens=1200, context_size=16, batch_windows=8,
