@@ -58,9 +58,9 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
 
         # The dashboard's feature, added to the steering table, and the Steering tab opened.
         def to_steer(table: Any, layer: Any, feature: Any) -> tuple[Any, ...]:
-            steers = steering.steers_from_table(table)
-            new = steering.add_steer(ctx, steers, layer, feature, None, "add")
-            return steering.steer_rows(new), gr.Tabs(selected=steering.TAB_ID)
+            return steering.with_feature(ctx, table, layer, feature), gr.Tabs(
+                selected=steering.TAB_ID
+            )
 
         dash.to_steer_btn.click(
             ui(to_steer), [steer.steer_table, dash.layer, dash.feature], [steer.steer_table, tabs]
