@@ -125,7 +125,7 @@ def main() -> None:
             pass
 
     def steered_alone() -> None:
-        for _ in generate(bundle, prompt, cfg, [Steer(layer, feature, steers[0]["strength"])]):
+        for _ in generate(bundle, prompt, cfg, [Steer(layer, feature, steers[0].strength)]):
             pass
 
     p = statistics.median(_timed(plain, 3))

@@ -66,6 +66,23 @@ def _table(layer: int, feature: int, strength: float) -> dict[str, Any]:
     }
 
 
+def _generate(client: Any, table: dict[str, Any], max_new_tokens: int) -> tuple[str, str, str]:
+    """The default and steered completions and the status line for ``PROMPT`` (seed 1234); a
+    request the app refused (its status line says why) raises."""
+    default, steered, status = client.predict(
+        prompt=PROMPT,
+        steering=table,
+        temperature=0.7,
+        max_new_tokens=max_new_tokens,
+        seed=1234,
+        frequency_penalty=0.0,
+        api_name="/generate",
+    )
+    if "gse-error" in status:
+        raise RuntimeError(status)
+    return default, steered, status
+
+
 def run_load(
     url: str,
     clients: int,
@@ -81,9 +98,7 @@ def run_load(
     layer, feat = feature
     ref_client = Client(url, verbose=False)
     # References, alone: the default completion for the prompt and seed used under load.
-    ref = ref_client.predict(
-        PROMPT, _table(layer, feat, 0.0), 0.7, max_new_tokens, 1234, 0.0, api_name="/generate"
-    )[0]
+    ref = _generate(ref_client, _table(layer, feat, 0.0), max_new_tokens)[0]
     ref_tokens = {
         t: [
             x["token"]
@@ -125,15 +140,7 @@ def run_load(
                         with lock:
                             report.mismatches.append(f"client {i}: dashboard of another feature")
                 else:
-                    out = client.predict(
-                        PROMPT,
-                        _table(layer, feat, strength),
-                        0.7,
-                        max_new_tokens,
-                        1234,
-                        0.0,
-                        api_name="/generate",
-                    )
+                    out = _generate(client, _table(layer, feat, strength), max_new_tokens)
                     if out[0] != ref:
                         with lock:
                             report.mismatches.append(f"client {i}: default {out[0]!r} != {ref!r}")

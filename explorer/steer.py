@@ -22,6 +22,7 @@ SAE's reconstruction) at every position but BOS:
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,17 @@ class Steer:
     method: str = "add"
 
     def __post_init__(self) -> None:
+        # Types first: a float feature id (1.5) or a string strength must not reach the hooks.
+        # Numpy's integers and floats are accepted (a pandas table's cells) and stored as plain
+        # Python numbers, so two equal steers compare and hash equal.
+        for name in ("layer", "feature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise SteerError(f"{name} must be a whole number, not {value!r}")
+            object.__setattr__(self, name, int(value))
+        if isinstance(self.strength, bool) or not isinstance(self.strength, numbers.Real):
+            raise SteerError(f"strength must be a number, not {self.strength!r}")
+        object.__setattr__(self, "strength", float(self.strength))
         if self.method not in METHODS:
             raise SteerError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if not math.isfinite(self.strength) or abs(self.strength) > MAX_STRENGTH:
@@ -146,14 +158,40 @@ def check_steers(bundle: Bundle, steers: Sequence[Steer]) -> None:
             raise SteerError(str(err)) from None
 
 
+def check_prompt(prompt: Any) -> None:
+    """Raise :class:`SteerError` unless ``prompt`` is non-blank text the tokenizer can take.
+
+    A lone surrogate (``"\\ud800"``: half of a UTF-16 pair, which JSON can carry and a browser can
+    send) is not text: the tokenizer fails on it with a ``TypeError``, so it is refused here with
+    its position.
+    """
+    if prompt is not None and not isinstance(prompt, str):
+        raise SteerError(f"the prompt must be text, not {type(prompt).__name__}")
+    if not prompt or not prompt.strip():
+        raise SteerError("the prompt is empty: type a prompt to continue")
+    bad = lone_surrogate(prompt)
+    if bad is not None:
+        raise SteerError(
+            f"the prompt has a broken character (a lone surrogate) at position {bad}: remove it"
+        )
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in ``text`` (not valid Unicode text), else ``None``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return int(err.start)
+    return None
+
+
 def prompt_ids(bundle: Bundle, prompt: str, max_new_tokens: int = 0) -> tuple[list[int], bool]:
     """BOS + the prompt's last tokens; ``(ids, truncated)``.
 
     At most :data:`MAX_PROMPT_TOKENS` are kept, fewer if the model's context could not also hold
     BOS and ``max_new_tokens``.
     """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise SteerError("the prompt is empty: type a prompt to continue")
+    check_prompt(prompt)
     ids = text_ids(bundle, prompt)
     if not ids:
         raise SteerError("the prompt has no tokens: type a prompt to continue")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import live_feature
 
 from explorer.app import Context, UserError, browse, dashboard, labelling, microscope, steering
 from explorer.encode import encode
+from explorer.steer import Steer
 
 HOSTILE_LABEL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
 
@@ -95,7 +95,7 @@ def test_browse_sorts_filters_and_searches_top_tokens(ctx: Context) -> None:
 def test_steering_streams_default_and_steered(ctx: Context) -> None:
     feature = live_feature(ctx)
     steers = steering.add_steer(ctx, [], 2, feature, "", "add")
-    assert steers[0]["strength"] == pytest.approx(steering.default_strength(ctx, 2, feature))
+    assert steers[0].strength == pytest.approx(steering.default_strength(ctx, 2, feature))
     steers = steering.add_steer(ctx, steers, 2, feature, "300", "add")
     out = list(steering.steer(ctx, "the cat sat", steers, 0, 6, 1, 0))
     assert len(out) == 6 and "token limit" in out[-1][2]
@@ -109,7 +109,7 @@ def test_steering_streams_default_and_steered(ctx: Context) -> None:
     assert steered != default
 
 
-def _one_steer(ctx: Context) -> list[dict[str, Any]]:
+def _one_steer(ctx: Context) -> list[Steer]:
     """Layer 2 feature 1 at its default strength: a valid steering list."""
     return steering.add_steer(ctx, [], 2, 1, "", "add")
 
@@ -182,7 +182,7 @@ def test_steering_over_http_streams_and_reports_bad_input(served: str, ctx: Cont
     steers = steering.add_steer(ctx, [], 2, feature, "200", "add")
     table = {
         "headers": ["layer", "feature", "strength", "method", "label"],
-        "data": [[s["layer"], s["feature"], s["strength"], s["method"], ""] for s in steers],
+        "data": [[s.layer, s.feature, s.strength, s.method, ""] for s in steers],
     }
     job = client.submit("the cat sat", table, 0, 5, 0, 0, api_name="/generate")
     final = job.result(timeout=60)

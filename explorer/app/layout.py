@@ -103,9 +103,8 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
             if not shown:
                 raise UserError("open a feature first")
-            steers = steering.steers_from_table(table)
-            new = steering.add_steer(ctx, steers, shown[0], shown[1], None, "add")
-            return steering.steer_rows(new), gr.Tabs(selected=steering.TAB_ID)
+            new = steering.with_feature(ctx, table, shown[0], shown[1])
+            return new, gr.Tabs(selected=steering.TAB_ID)
 
         dash.to_steer_btn.click(
             ui(to_steer), [steer.steer_table, dash.shown], [steer.steer_table, tabs]
@@ -120,12 +119,12 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
 
         def steer_link(prompt: str, table: Any, *settings: Any) -> Any:
             try:
-                steers = steering.steers_from_table(table)
-            except UserError:
-                return gr.skip()
-            names = ("temperature", "max_new_tokens", "seed", "frequency_penalty")
-            values = {k: float(v) for k, v in zip(names, settings, strict=True) if v is not None}
-            rows = [(s["layer"], s["feature"], float(s["strength"]), s["method"]) for s in steers]
+                steers = steering.parse_steers(ctx, table)
+                names = ("temperature", "max_new_tokens", "seed", "frequency_penalty")
+                values = {k: float(v) for k, v in zip(names, settings, strict=True)}
+            except (UserError, TypeError, ValueError):
+                return gr.skip()  # the generation reports what is wrong; the link stays
+            rows = [(s.layer, s.feature, s.strength, s.method) for s in steers]
             return links.steer_query(prompt or "", rows, **values)
 
         steer.gen_btn.click(
@@ -194,13 +193,13 @@ def _steer_values(ctx: Context, found: links.Link) -> list[Any]:
     """The Steering tab's inputs from a link (skips where the link says nothing)."""
     values: list[Any] = [found.prompt if found.prompt is not None else gr.skip()]
     if found.steers:
-        rows: list[dict[str, Any]] = []
+        rows: list[Any] = []
         for layer, feature, strength, method in found.steers:
             try:
                 rows = steering.add_steer(ctx, rows, layer, feature, strength, method)
             except UserError as e:
                 found.problems.append(f"steer {layer}:{feature}: {e}")
-        values.append(steering.steer_rows(rows))
+        values.append(steering.to_table(ctx, rows))
     else:
         values.append(gr.skip())
     for key in ("temperature", "max_new_tokens", "seed", "frequency_penalty"):

@@ -1,8 +1,21 @@
 """The Steering tab: default and steered completions side by side, streamed, with up to eight
-features added, clamped or ablated; the steering table <-> the list of steers."""
+features added, clamped or ablated.
+
+One way in: every entry point here (the Generate and Add buttons, the dashboard's "steer with
+this feature", an API client) reads the steering table with
+:func:`explorer.app.steer_table.parse_steers`, and the settings with :func:`settings`. Gradio's
+own checks are off for these events (``preprocess=False``, :func:`unchecked`), so a malformed
+value reaches those functions, and their message, instead of failing inside Gradio.
+
+An error keeps the screen: :func:`generate_view` answers a bad request with the completions
+already shown and a status line saying what is wrong; the Add button shows a warning and leaves
+the table as it was. A Stop button cancels a running generation.
+"""
 
 from __future__ import annotations
 
+import html
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,98 +23,100 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from explorer.app.context import Context, UserError, parse_float, parse_int
-from explorer.app.ui import ui, ui_stream
+from explorer.app.context import Context, UserError
+from explorer.app.render import esc
+from explorer.app.steer_table import (
+    MAX_STEERS,
+    STEER_COLUMNS,
+    add_steer,
+    default_strength,
+    number,
+    parse_steers,
+    to_table,
+    whole_number,
+)
 from explorer.steer import (
     MAX_FREQ_PENALTY,
     MAX_NEW_TOKENS,
     MAX_SEED,
-    MAX_STRENGTH,
     MAX_TEMPERATURE,
     METHODS,
     GenerationConfig,
-    Steer,
     SteerError,
     generate_pair,
 )
 
+__all__ = [  # the table's functions too: callers of this tab need not know where they live
+    "MAX_STEERS",
+    "STEER_COLUMNS",
+    "TAB_ID",
+    "SteeringTab",
+    "add_steer",
+    "default_strength",
+    "generate_view",
+    "layout",
+    "parse_steers",
+    "settings",
+    "steer",
+    "to_table",
+    "with_feature",
+]
+
+logger = logging.getLogger(__name__)
+
 TAB_ID = "steer"
-MAX_STEERS = 8
-STEER_COLUMNS = ("layer", "feature", "strength", "method", "label")
+_WHY = {"eos": "end of text", "length": "token limit", "time": "time limit"}
 
 
-def default_strength(ctx: Context, layer: Any, feature: Any) -> float:
-    """A feature's max activation in the store: adding it once is a visible but sane push."""
-    layer_n, feature_n = ctx.check_feature(layer, feature)
-    if ctx.store is None:
-        return 10.0
-    value = float(ctx.summary_layer(layer_n)["max_act"].iat[feature_n])
-    return round(value, 2) if value > 0 else 10.0
+def with_feature(
+    ctx: Context, steering: Any, layer: Any, feature: Any, strength: Any = None, method: Any = "add"
+) -> pd.DataFrame:
+    """:func:`add_steer`, as the page's table."""
+    return to_table(ctx, add_steer(ctx, steering, layer, feature, strength, method))
 
 
-def add_steer(
-    ctx: Context,
-    steers: list[dict[str, Any]] | None,
-    layer: Any,
-    feature: Any,
-    strength: Any,
-    method: str,
-) -> list[dict[str, Any]]:
-    """The steering list with one more feature (a new list; at most 8)."""
-    layer_n, feature_n = ctx.check_feature(layer, feature)
-    if method not in METHODS:
-        raise UserError(f"method must be one of {', '.join(METHODS)}")
-    if strength is None or (isinstance(strength, str) and not strength.strip()):
-        value = default_strength(ctx, layer_n, feature_n)
-    else:
-        value = parse_float(strength, "strength", -MAX_STRENGTH, MAX_STRENGTH)
-    current = list(steers or [])
-    if len(current) >= MAX_STEERS:
-        raise UserError("at most 8 steering features at once: remove one first")
-    label = ctx.label_of(layer_n, feature_n)
-    current.append(
-        {
-            "layer": layer_n,
-            "feature": feature_n,
-            "strength": value,
-            "method": method,
-            "label": label,
-        }
+# --- generation ---------------------------------------------------------------------------------
+
+
+def settings(
+    temperature: Any, max_new_tokens: Any, seed: Any, frequency_penalty: Any
+) -> GenerationConfig:
+    """The sampling settings, checked, as the generator takes them."""
+    cfg = GenerationConfig(
+        max_new_tokens=whole_number(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS),
+        temperature=number(temperature, "temperature", 0.0, MAX_TEMPERATURE),
+        seed=whole_number(seed, "seed", 0, MAX_SEED),
+        freq_penalty=number(
+            frequency_penalty, "frequency penalty", -MAX_FREQ_PENALTY, MAX_FREQ_PENALTY
+        ),
     )
-    return current
+    return cfg
 
 
 def steer(
     ctx: Context,
-    prompt: str,
-    steers: list[dict[str, Any]] | None,
+    prompt: Any,
+    steering: Any,
     temperature: Any = 0.7,
     max_new_tokens: Any = 40,
     seed: Any = 0,
-    freq_penalty: Any = 0.0,
+    frequency_penalty: Any = 0.0,
 ) -> Iterator[tuple[str, str, str]]:
-    """Stream ``(default, steered, status)`` as the two completions grow."""
+    """Stream ``(default, steered, status)`` as the two completions grow.
+
+    ``steering`` is anything :func:`parse_steers` takes. Every check runs before the first token:
+    a bad request raises :class:`UserError` on the first ``next``.
+    """
     try:
-        cfg = GenerationConfig(
-            max_new_tokens=parse_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS),
-            temperature=parse_float(temperature, "temperature", 0.0, MAX_TEMPERATURE),
-            seed=parse_int(seed, "seed", 0, MAX_SEED),
-            freq_penalty=parse_float(
-                freq_penalty, "frequency penalty", -MAX_FREQ_PENALTY, MAX_FREQ_PENALTY
-            ),
-        )
-        chosen = [
-            Steer(int(s["layer"]), int(s["feature"]), float(s["strength"]), str(s["method"]))
-            for s in steers or []
-        ]
+        cfg = settings(temperature, max_new_tokens, seed, frequency_penalty)
+        chosen = parse_steers(ctx, steering)
         if not chosen:
             raise UserError("add at least one feature to steer with")
         stream = generate_pair(ctx.bundle, prompt, cfg, chosen)
         for c in stream:
             status = f"{max(c.n_tokens)} tokens in {c.seconds:.1f} s"
             if c.done:
-                why = {"eos": "end of text", "length": "token limit", "time": "time limit"}
-                status += f" — stopped at the {why.get(c.stop_reason, c.stop_reason)}"
+                status += f" — stopped at the {_WHY.get(c.stop_reason, c.stop_reason)}"
             if c.prompt_truncated:
                 status += " (only the end of the prompt was used)"
             yield c.texts[0], c.texts[1], status
@@ -109,42 +124,74 @@ def steer(
         raise UserError(str(e)) from None
 
 
-def steer_rows(steers: list[dict[str, Any]]) -> pd.DataFrame:
-    """The list of steers as the steering table."""
-    return pd.DataFrame(
-        [[s[c] for c in STEER_COLUMNS] for s in steers], columns=list(STEER_COLUMNS)
-    )
+Shown = tuple[str, str]
+"""The completions on the page, ``(default, steered)``: kept per session (a ``gr.State``)."""
 
 
-def steers_from_table(table: Any) -> list[dict[str, Any]]:
-    """The steering table (as the UI or an API client sends it) as a list of dicts.
+def generate_view(
+    ctx: Context,
+    prompt: Any,
+    steering: Any,
+    temperature: Any,
+    max_new_tokens: Any,
+    seed: Any,
+    frequency_penalty: Any,
+    shown: Shown | None = None,
+) -> Iterator[tuple[str, str, str, Shown]]:
+    """What the page shows while generating: ``(default, steered, status HTML, shown)``.
 
-    Rows with an empty layer and feature are skipped (a row the user is still filling in); a
-    cell that is not a number raises :class:`UserError` naming the row.
+    A bad request, or a failure mid-way, never raises: it yields the completions already on the
+    page (``shown``, or what this run streamed so far) and a status line saying what went
+    wrong, so the table, the prompt and the completions stay on screen. The status is escaped.
     """
-    if table is None:
-        return []
-    if isinstance(table, dict):  # API clients: {"headers": [...], "data": [[...]]}
-        headers, data = list(table.get("headers") or STEER_COLUMNS), table.get("data") or []
-    else:
-        headers, data = [str(c) for c in table.columns], table.values.tolist()
-    out = []
-    for i, row in enumerate(data, 1):
-        cells = dict(zip(headers, row, strict=False))
-        if all(str(cells.get(c, "")).strip() in ("", "nan", "None") for c in ("layer", "feature")):
-            continue
-        out.append(
-            {
-                "layer": parse_int(cells.get("layer"), f"row {i}: layer"),
-                "feature": parse_int(cells.get("feature"), f"row {i}: feature", 0),
-                "strength": parse_float(
-                    cells.get("strength"), f"row {i}: strength", -MAX_STRENGTH, MAX_STRENGTH
-                ),
-                "method": str(cells.get("method") or "add").strip(),
-                "label": str(cells.get("label") or ""),
-            }
-        )
-    return out
+    last: Shown = shown if shown is not None else ("", "")
+    try:
+        for default, steered, status in steer(
+            ctx, prompt, steering, temperature, max_new_tokens, seed, frequency_penalty
+        ):
+            last = (default, steered)
+            yield default, steered, esc(status), last
+    except UserError as err:
+        yield *last, _error_line(f"Not generated: {err}"), last
+    except Exception as err:
+        logger.error("unexpected error while generating", exc_info=err)
+        msg = "something went wrong on the server (it is logged); try again or with other input"
+        yield *last, _error_line(f"Stopped: {msg}"), last
+
+
+def _error_line(message: str) -> str:
+    """The status line for a request that failed: the message, escaped for HTML.
+
+    Quotes are kept as they are (this is element text, never an attribute), so an API client
+    reads ``row 1: method must be add, clamp or ablate, not 'mul'`` plainly.
+    """
+    text = html.escape(message, quote=False)
+    return f'<span class="gse-error" style="color: #b30000">{text}</span>'
+
+
+# --- layout ---------------------------------------------------------------------------------------
+
+
+def unchecked(table: gr.Dataframe) -> gr.Dataframe:
+    """``table``, with its value passed to handlers exactly as the client sent it.
+
+    Gradio checks a Dataframe's value against its data model (``{"headers", "data"}``) before any
+    handler runs, so a client that sends a bare list of rows, or a dict without ``headers``, gets
+    an opaque "the upstream app has raised an exception". Without the data model, and with a
+    ``preprocess`` that keeps the value as it is (on this one instance; the API's documented
+    schema is kept, computed first), every event's handler gets the value unchanged and hands it
+    to :func:`parse_steers`, which says what is wrong with it. (Not a subclass: Gradio writes a
+    ``.pyi`` file beside any module that defines a component class.)
+    """
+    table.api_info()  # cached on the instance: the API page still shows the Dataframe's schema
+    table.data_model = None  # type: ignore[assignment]
+    table.preprocess = _as_sent  # type: ignore[method-assign]
+    return table
+
+
+def _as_sent(payload: Any) -> Any:
+    """The table's value as the client sent it (see :func:`unchecked`)."""
+    return payload
 
 
 @dataclass
@@ -162,64 +209,97 @@ class SteeringTab:
     seed: gr.Number
     freq: gr.Slider
     gen_btn: gr.Button
-    gen_status: gr.Markdown
+    stop_btn: gr.Button
+    gen_status: gr.HTML
     default_out: gr.Textbox
     steered_out: gr.Textbox
 
 
 def layout(ctx: Context) -> SteeringTab:
-    """The tab's components and its own events (add, clear, generate)."""
+    """The tab's components and its own events (add, clear, generate, stop).
+
+    The add and generate events take their inputs unprocessed (``preprocess=False``): each value
+    is checked once, here, with this tab's messages.
+    """
     layer_names = [str(n) for n in ctx.layers]
     prompt = gr.Textbox("I went for a walk and", lines=2, label="Prompt", elem_id="steer-prompt")
     with gr.Row():
         s_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
         s_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
         s_strength = gr.Textbox(label="Strength (blank: the feature's max activation)")
-        s_method = gr.Radio(["add", "clamp", "ablate"], value="add", label="Method")
+        s_method = gr.Radio(list(METHODS), value="add", label="Method")
     with gr.Row():
         add_btn = gr.Button("Add feature", elem_id="add-steer")
         clear_btn = gr.Button("Clear features")
-    steer_table = gr.Dataframe(
-        headers=list(STEER_COLUMNS),
-        label="Steering with (edit a strength or method in place)",
-        interactive=True,
-        elem_id="steer-table",
+    steer_table = unchecked(
+        gr.Dataframe(
+            headers=list(STEER_COLUMNS),
+            label="Steering with (edit a strength or method in place; at most 8 rows)",
+            interactive=True,
+            elem_id="steer-table",
+        )
     )
     with gr.Row():
         temperature = gr.Slider(0, 2, 0.7, step=0.05, label="Temperature (0: greedy)")
-        max_new = gr.Slider(1, 128, 40, step=1, label="Max new tokens")
+        max_new = gr.Slider(1, MAX_NEW_TOKENS, 40, step=1, label="Max new tokens")
         seed = gr.Number(0, label="Seed", precision=0, minimum=0)
         freq = gr.Slider(0, 2, 0.0, step=0.1, label="Frequency penalty")
-    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-    gen_status = gr.Markdown(elem_id="gen-status")
+    with gr.Row():
+        gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-generate")
+    gen_status = gr.HTML(elem_id="gen-status")
     with gr.Row():
         default_out = gr.Textbox(label="Default", lines=8, elem_id="default-out")
         steered_out = gr.Textbox(label="Steered", lines=8, elem_id="steered-out")
+    shown = gr.State(("", ""))
 
-    def add_to_table(
-        table: Any, layer: Any, feature: Any, strength: str, method: str
-    ) -> pd.DataFrame:
-        return steer_rows(
-            add_steer(ctx, steers_from_table(table), layer, feature, strength, method)
-        )
+    def add_steer(steering: Any, layer: Any, feature: Any, strength: Any, method: Any) -> Any:
+        try:
+            return with_feature(ctx, steering, layer, feature, strength, method)
+        except UserError as err:
+            gr.Warning(esc(str(err)))
+            return gr.skip()
 
     add_btn.click(
-        ui(add_to_table),
+        add_steer,
         [steer_table, s_layer, s_feature, s_strength, s_method],
         steer_table,
         api_name="add_steer",
+        preprocess=False,
     )
-    clear_btn.click(lambda: steer_rows([]), None, steer_table)
+    clear_btn.click(lambda: to_table(ctx, []), None, steer_table, api_visibility="private")
 
-    def generate(prompt: str, table: Any, *settings: Any) -> Iterator[tuple[str, str, str]]:
-        yield from steer(ctx, prompt, steers_from_table(table), *settings)
+    # The parameter names are the API's: gradio_client clients call
+    # predict(prompt=..., steering=..., temperature=..., ...).
+    def generate(
+        prompt: str,
+        steering: Any,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int,
+        frequency_penalty: float,
+        shown: Shown,
+    ) -> Iterator[tuple[str, str, str, Shown]]:
+        yield from generate_view(
+            ctx, prompt, steering, temperature, max_new_tokens, seed, frequency_penalty, shown
+        )
 
-    gen_btn.click(
-        ui_stream(generate),
-        [prompt, steer_table, temperature, max_new, seed, freq],
-        [default_out, steered_out, gen_status],
+    running = gen_btn.click(
+        generate,
+        [prompt, steer_table, temperature, max_new, seed, freq, shown],
+        [default_out, steered_out, gen_status, shown],
         concurrency_limit=4,
         api_name="generate",
+        preprocess=False,
+    )
+    # Stop cancels the run; the page then runs the run's failure handler, after it has dropped
+    # the run's last messages (a status set by the Stop click itself could arrive before them).
+    stop_btn.click(None, None, None, cancels=[running])
+    running.failure(
+        lambda: "Stopped: the completions are what was generated before Stop.",
+        None,
+        gen_status,
+        api_visibility="private",
     )
     return SteeringTab(
         prompt=prompt,
@@ -235,6 +315,7 @@ def layout(ctx: Context) -> SteeringTab:
         seed=seed,
         freq=freq,
         gen_btn=gen_btn,
+        stop_btn=stop_btn,
         gen_status=gen_status,
         default_out=default_out,
         steered_out=steered_out,
