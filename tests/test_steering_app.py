@@ -351,7 +351,8 @@ def test_every_event_reads_the_table_as_sent(served: str, ctx: Context) -> None:
         [1, 3, steering.default_strength(ctx, 1, 3), "add"],
         [2, feature, steering.default_strength(ctx, 2, feature), "clamp"],
     ]
-    opened = client.predict({"data": [[1, 3, 2.5]]}, "2", feature, api_name="/to_steer")
+    client.predict("2", feature, api_name="/open_feature")  # "steer with" the feature shown
+    opened = client.predict({"data": [[1, 3, 2.5]]}, api_name="/to_steer")
     assert [row[:3] for row in opened["data"]] == [[1, 3, 2.5], [2, feature, table["data"][1][2]]]
     # A refused Add leaves the table alone (the page shows a warning).
     refused = client.predict([[1, "1e3"]], "2", feature, "", "add", api_name="/add_steer")
