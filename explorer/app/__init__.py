@@ -7,6 +7,7 @@ Modules:
                  one tab each: its pure handlers (plain functions of their inputs and the
                  context, tested without a running app) and ``layout(ctx)``, which creates the
                  tab's components, wires its own events and returns them as a dataclass
+    steer_table  the steering table (page, API, dashboard) -> list of Steer: the one check
     render       pure functions -> escaped HTML and plotly figures
     ui           the Gradio-facing wrappers: a :class:`UserError` becomes a message
     layout       ``build_app(ctx) -> gr.Blocks``: composes the tabs; the wiring between tabs only
