@@ -9,6 +9,7 @@ Gemma Scope style SAEs were not trained on it and hundreds of latents fire there
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,8 @@ class LayerActivations:
 
     Args:
         layer: the layer index.
-        feature_ids: ``[n_tokens, k]`` ids of each token's top-k features, strongest first.
+        feature_ids: ``[n_tokens, k]`` ids of each token's top-k features, strongest first (by
+            raw activation, or by relative strength when :func:`encode` was given scales).
         acts: ``[n_tokens, k]`` their activations; entries past a token's active count are 0.
         n_active: ``[n_tokens]`` how many features are active (> 0) on each token.
     """
@@ -131,11 +133,16 @@ def encode(
     layers: list[int] | None = None,
     top_k: int = 10,
     include_special: bool = False,
+    scales: Mapping[int, Tensor] | None = None,
 ) -> Encoding:
     """Encode ``text`` and return each token's ``top_k`` features on each chosen layer.
 
     ``include_special=True`` keeps BOS and other special tokens in the result (they are always
-    in the forward pass).
+    in the forward pass). ``scales`` (per layer, one positive number per feature, e.g. each
+    feature's maximum over a corpus) picks each token's ``top_k`` by ``act / scale`` instead of
+    by raw activation, so a feature that is strong *for itself* is kept even where a feature
+    with larger raw activations crowds it; the returned ``acts`` stay raw. A layer missing from
+    ``scales`` is ranked by raw activation.
     """
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
@@ -144,7 +151,8 @@ def encode(
     ids, keep, resid, truncated = _reported(bundle, text, chosen, include_special)
     out: dict[int, LayerActivations] = {}
     for layer in chosen:
-        out[layer] = _layer_top(bundle, layer, resid[layer], top_k)
+        scale = None if scales is None else scales.get(layer)
+        out[layer] = _layer_top(bundle, layer, resid[layer], top_k, scale)
     decode = bundle.tokenizer.decode
     return Encoding(
         preset=bundle.spec.name,
@@ -173,14 +181,24 @@ def _reported(
     return ids, keep, {n: r[0, keep_t] for n, r in resid.items()}, truncated
 
 
-def _layer_top(bundle: Bundle, layer: int, resid: Tensor, top_k: int) -> LayerActivations:
+def _layer_top(
+    bundle: Bundle, layer: int, resid: Tensor, top_k: int, scale: Tensor | None = None
+) -> LayerActivations:
+    """The ``top_k`` features of each position (by ``act / scale`` when ``scale`` is given:
+    positive, so active features still come before inactive ones)."""
     import torch
 
     sae = bundle.sae(layer)
     with torch.inference_mode():
         feats = sae.encode(resid.to(sae.dtype)).float()  # [pos, d_sae]
     k = min(top_k, feats.shape[-1])
-    acts, ids = feats.topk(k, dim=-1)
+    if scale is None:
+        acts, ids = feats.topk(k, dim=-1)
+    else:
+        if scale.shape != feats.shape[-1:] or not bool((scale > 0).all()):
+            raise ValueError(f"layer {layer}: scales must be one positive number per feature")
+        _, ids = (feats / scale.to(feats)).topk(k, dim=-1)
+        acts = feats.gather(-1, ids)
     acts = acts.clamp_min(0.0)
     return LayerActivations(
         layer=layer, feature_ids=ids.cpu(), acts=acts.cpu(), n_active=(feats > 0).sum(-1).cpu()

@@ -4,6 +4,7 @@ driven over HTTP by gradio_client (127.0.0.1 only)."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,12 @@ def test_microscope_matches_encode_and_hides_dense_features_visibly(ctx: Context
     enc = encode(ctx.bundle, text, top_k=32)
     assert [t for t, _ in view.highlighted] == enc.tokens
     assert view.heatmap.data[0].z.shape == (2, len(enc.tokens))
-    # The heatmap's value is the strongest feature per token and layer.
+    # The heatmap's value is the strongest feature per token and layer, as a % of its store max.
+    maxes = ctx.max_acts()
     for row, layer in enumerate((1, 2)):
         for pos in range(len(enc.tokens)):
-            top = enc.layers[layer].top(pos)
-            assert view.heatmap.data[0].z[row][pos] == pytest.approx(top[0][1] if top else 0.0)
+            rel = [min(100.0, 100 * a / maxes[layer][f]) for f, a in enc.layers[layer].top(pos)]
+            assert view.heatmap.data[0].z[row][pos] == pytest.approx(max(rel, default=0.0))
     assert "hidden" not in view.status
     # With the filter at 0% every feature that fires anywhere is dense: all hidden, and said so.
     hidden = microscope.view(ctx, text, ["1", "2"], max_density_pct=0)
@@ -120,6 +122,7 @@ def _one_steer(ctx: Context) -> list[Steer]:
         (lambda ex: microscope.view(ex, "   "), "empty"),
         (lambda ex: microscope.view(ex, "the cat", ["7"]), "layer"),
         (lambda ex: microscope.view(ex, "the cat", ["x"]), "whole number"),
+        (lambda ex: microscope.view(ex, "the cat", []), "choose at least one layer"),
         (lambda ex: microscope.view(ex, "the cat", None, max_density_pct="nan"), "density"),
         (lambda ex: dashboard.view(ex, 2, -1), "feature must be from 0 to 47"),
         (lambda ex: dashboard.view(ex, 2, 48), "feature must be from 0 to 47"),
@@ -156,7 +159,12 @@ def test_each_tab_main_action_over_http(served: str, ctx: Context) -> None:
     micro = client.predict(
         "the cat sat on the mat", ["1", "2"], "max activation", 100, "max", api_name="/microscope"
     )
-    assert [t["token"] for t in micro[0]] == encode(ctx.bundle, "the cat sat on the mat").tokens
+    shown = re.findall(r'<span class="gse-tok" data-pos="\d+"[^>]*>([^<]*)</span>', micro[0])
+    assert shown == encode(ctx.bundle, "the cat sat on the mat").tokens
+    assert "outline" in micro[0].split("</span>")[0]  # the first token is the one listed
+    token_table = micro[-1]  # an update: the table and its title naming the token
+    assert token_table["label"].startswith("Features on token 0: “the”")
+    assert token_table["value"]["headers"][3] == "% of max" and token_table["value"]["data"]
     feature = live_feature(ctx)
     dash = client.predict("2", feature, api_name="/open_feature")
     assert f"feature {feature}" in dash[2]

@@ -40,10 +40,14 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
     page.locator("#encode").click()
     want = microscope.view(ctx, TEXT, ["1", "2"], max_density_pct=100)
     expect(page.locator("#micro-status")).to_contain_text(f"{len(want.highlighted)} tokens")
-    expect(page.locator("#tokens .token")).to_have_text([t for t, _ in want.highlighted])
+    expect(page.locator("#tokens .gse-tok")).to_have_text([t for t, _ in want.highlighted])
     # Clicking a token lists that token's features.
-    page.locator("#tokens .token").nth(2).click()
+    page.locator("#tokens .gse-tok").nth(2).click()
     expect(page.locator("#token-pick").get_by_role("combobox")).to_have_value("2: sat")
+    # The clicked token is outlined (and only it), and the table says which token it lists.
+    expect(page.locator("#tokens [aria-current=true]")).to_have_text("sat")
+    expect(page.locator("#tokens [aria-current=true]")).to_have_count(1)
+    expect(page.locator("#token-table")).to_contain_text("Features on token 2: “sat”")
     rows = microscope.token_features(ctx, want.encoding, 2, 100)
     grid = page.locator("#token-table [role=grid]")
     expect(grid).to_have_attribute("aria-rowcount", str(len(rows) + 1))  # + the header row
@@ -163,7 +167,7 @@ def test_hostile_text_and_labels_are_shown_as_text(ui: UI, ctx: Context) -> None
     ui.box("micro-text").fill(text)
     ui.panel().get_by_label("Hide features denser than (%)").fill("100")
     page.locator("#encode").click()
-    expect(page.locator("#tokens .token")).to_have_text([t for t, _ in want.highlighted])
+    expect(page.locator("#tokens .gse-tok")).to_have_text([t for t, _ in want.highlighted])
     expect(ui.cell("text-top", row, 1)).to_have_text(str(feature))
     expect(ui.cell("text-top", row, 2)).to_have_text(HOSTILE)
     expect(page.locator("#tokens img, #text-top img")).to_have_count(0)

@@ -8,7 +8,9 @@ Modules:
                  context, tested without a running app) and ``layout(ctx)``, which creates the
                  tab's components, wires its own events and returns them as a dataclass
     steer_table  the steering table (page, API, dashboard) -> list of Steer: the one check
-    render       pure functions -> escaped HTML and plotly figures
+    strength     relative strength (activation as a % of the feature's store maximum): how the
+                 microscope and search by inference compare features across layers
+    render       pure functions -> escaped HTML and plotly figures; the one colour scale
     ui           the Gradio-facing wrappers: a :class:`UserError` becomes a message
     layout       ``build_app(ctx) -> gr.Blocks``: composes the tabs; the wiring between tabs only
 

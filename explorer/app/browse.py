@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from explorer.app import microscope
+from explorer.app import microscope, render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import ui
 
@@ -66,9 +66,14 @@ def features(
     return out.rename(columns={"density": "density %", "max_act": "max act"})
 
 
+SI_RANK = f"max {microscope.REL}"  # search by inference ranks by the microscope's "max"
+
+
 def search_by_inference(ctx: Context, text: str, max_density_pct: Any) -> pd.DataFrame:
-    """The features most active on ``text`` (the microscope's whole-text ranking, all layers)."""
-    return microscope.view(ctx, text, max_density_pct=max_density_pct).text_top
+    """The features most active on ``text``, all layers: the microscope's whole-text ranking by
+    relative strength (each feature's peak on the text as a % of its maximum over the store, so
+    early layers are not drowned by the larger raw activations of late ones), raw beside it."""
+    return microscope.view(ctx, text, max_density_pct=max_density_pct, aggregate="max").text_top
 
 
 @dataclass
@@ -111,7 +116,7 @@ def layout(ctx: Context) -> BrowseTab:
         si_density = gr.Number(1.0, label="Hide features denser than (%)", minimum=0)
         si_btn = gr.Button("Find features", scale=1)
     si_table = gr.Dataframe(
-        headers=["layer", "feature", "label", "max act", "tokens", "density %"],
+        headers=["layer", "feature", "label", SI_RANK, "max act", "tokens", "density %"],
         label="Most active features (click to open)",
         interactive=False,
     )
@@ -131,8 +136,8 @@ def layout(ctx: Context) -> BrowseTab:
     b_btn.click(ui(browse), inputs, b_table, api_name="browse")
     b_query.submit(ui(browse), inputs, b_table)  # Enter searches too
 
-    def search_inference(t: str, d: Any) -> pd.DataFrame:
-        return search_by_inference(ctx, t, d)
+    def search_inference(t: str, d: Any) -> Any:
+        return render.shade_column(search_by_inference(ctx, t, d), SI_RANK)
 
     si_btn.click(ui(search_inference), [si_text, si_density], si_table, api_name="search_inference")
     return BrowseTab(

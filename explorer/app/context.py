@@ -71,6 +71,7 @@ class Context:
     policy: WritePolicy = field(default_factory=WritePolicy)
     _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
     _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _maxes: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def layers(self) -> list[int]:
@@ -145,6 +146,20 @@ class Context:
                 for layer in self.store.layers
             }
         return self._dens
+
+    def max_acts(self) -> dict[int, Any]:
+        """``{layer: max activation per feature}`` (numpy float64) over the store, built once: the
+        denominator of the microscope's relative strength (0 for a feature dead in the store).
+        ``{}`` without a store."""
+        if self.store is None:
+            return {}
+        if self._maxes is None:
+            s = self.summary()
+            self._maxes = {
+                layer: s.loc[s["layer"] == layer, "max_act"].to_numpy(dtype=float)
+                for layer in self.store.layers
+            }
+        return self._maxes
 
     # --- labels -----------------------------------------------------------------------------------
 

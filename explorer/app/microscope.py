@@ -1,5 +1,14 @@
 """The Microscope tab: a text encoded on the chosen layers; token highlights, the tokens x layers
-heatmap, one token's features and the whole text's top features."""
+heatmap, one token's features and the whole text's top features.
+
+**Strength is relative** (:mod:`explorer.app.strength`): a feature's activation as a % of its
+maximum over the store, shown beside the raw activation. Raw activations grow with depth, so a raw
+ranking would show almost only the last layer. Every "strongest" here is by relative strength:
+the per-token top-k kept by :func:`explorer.encode.encode`, the token shading, the heatmap, the
+token table's order and the whole text's ranking (which search by inference reuses), all on one
+colour scale (:func:`explorer.app.render.strength_colour`). The status line says when a
+fallback was taken (a feature dead in the store, a layer without store maxima).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,16 @@ import pandas as pd
 
 from explorer.app import render
 from explorer.app.context import Context, UserError, parse_float, parse_int
+from explorer.app.strength import (
+    REL,
+    Cells,
+    LayerStrength,
+    cell_text,
+    cells,
+    per_feature,
+    rank_scales,
+    strengths,
+)
 from explorer.app.ui import ui
 from explorer.encode import EncodeError, Encoding, encode
 
@@ -23,18 +42,70 @@ TAB_ID = "microscope"
 TOP_PER_TOKEN = 32  # features kept per token and layer in the microscope
 TEXT_TOP = 50  # rows of "top features for the whole text"
 FALLBACK_TEXT = "The cat sat on the mat. It was a sunny day in Paris."
+# The heatmap's metrics (API values) and their names on the page.
+METRICS = {
+    "max activation": "strongest feature, % of its max",
+    "active features": "active features",
+}
+AGGREGATES = ("max", "sum")
+
+# The token view reports a click as a select event with the token's position, as Gradio's own
+# HighlightedText does (keyboard users pick tokens with the Token dropdown).
+TOKENS_JS = """
+element.addEventListener('click', (e) => {
+  const t = e.target.closest('[data-pos]');
+  if (t) trigger('select', {index: Number(t.dataset.pos), value: t.textContent, selected: true});
+});
+"""
+
+
+def token_html(
+    tokens: Sequence[str], layers: Sequence[int], c: Cells, mark: int | None = None
+) -> str:
+    """The tokens shaded by their strongest feature over all layers (relative, on the one
+    colour scale), each one's tooltip naming it; ``mark`` (the chosen token) outlined."""
+    best = c.rel.argmax(axis=0)
+    cols = np.arange(len(tokens))
+    rel = c.rel[best, cols]
+    titles = [
+        f"{i}: {repr(t)[1:-1]} · "
+        + cell_text(layers[b], int(c.feature[b, i]), float(c.rel[b, i]), float(c.act[b, i]))
+        for i, (t, b) in enumerate(zip(tokens, best, strict=True))
+    ]
+    return render.token_spans(tokens, np.clip(rel, 0.0, 100.0).tolist(), 100.0, mark, titles)
 
 
 @dataclass
 class MicroscopeView:
-    """The microscope's outputs for one text."""
+    """The microscope's outputs for one text.
+
+    Args:
+        highlighted: ``(token, strength 0..1 or None)`` per token, the shading's values.
+        tokens_html: the token view (the first token marked, as the token table shows it).
+        heatmap: tokens x layers, relative strength (0-100) or active-feature counts.
+        text_top: the whole text's strongest features (relative first, raw beside it).
+    """
 
     highlighted: list[tuple[str, float | None]]
+    tokens_html: str
     heatmap: go.Figure
     text_top: pd.DataFrame
     token_choices: list[tuple[str, int]]
     status: str
     encoding: Encoding
+
+
+def _layers(ctx: Context, layers: Sequence[Any] | None) -> list[int]:
+    """The chosen layers: ``None`` (an API call that names none) means all, ``[]`` is an error."""
+    if layers is None:
+        return ctx.layers
+    if not layers:
+        raise UserError("choose at least one layer")
+    return [parse_int(n, "layer") for n in layers]
+
+
+def _density(max_density_pct: Any) -> float:
+    return parse_float(max_density_pct, "density filter (%)", 0.0, 100.0) / 100.0
 
 
 def view(
@@ -46,110 +117,167 @@ def view(
     aggregate: str = "max",
 ) -> MicroscopeView:
     """Encode ``text`` on the chosen layers; heatmap, token highlights, top features."""
-    chosen = [parse_int(n, "layer") for n in layers] if layers else ctx.layers
-    if not chosen:
-        raise UserError("choose at least one layer")
-    max_density = parse_float(max_density_pct, "density filter (%)", 0.0, 100.0) / 100.0
+    chosen = _layers(ctx, layers)
+    if metric not in METRICS:
+        raise UserError(f"the heatmap shows {' or '.join(METRICS)}, not {str(metric)[:40]!r}")
+    if aggregate not in AGGREGATES:
+        raise UserError(f"rank the whole text by max or sum, not {str(aggregate)[:40]!r}")
+    max_density = _density(max_density_pct)
     try:
-        enc = encode(ctx.bundle, text, layers=chosen, top_k=TOP_PER_TOKEN)
+        enc = encode(
+            ctx.bundle,
+            text,
+            layers=chosen,
+            top_k=TOP_PER_TOKEN,
+            scales=rank_scales(ctx, chosen),
+        )
     except (EncodeError, ValueError) as e:
         raise UserError(str(e)) from None
     if not enc.tokens:
         raise UserError("the text has no tokens to show")
-    dens = ctx.densities()
-    hidden = 0
-    values = np.zeros((len(chosen), len(enc.tokens)))
-    frames = []
-    for row, layer in enumerate(chosen):
-        la = enc.layers[layer]
-        ids, acts = la.feature_ids.numpy(), la.acts.numpy()
-        kept = acts > 0
-        if layer in dens:
-            dense = dens[layer][ids] > max_density
-            hidden += int((kept & dense).sum())
-            kept &= ~dense
-        shown = np.where(kept, acts, 0.0)
-        if metric == "active features":
-            values[row] = la.n_active.numpy()
-        else:
-            values[row] = shown.max(axis=1)
-        f, a = ids[kept], acts[kept]
-        if len(f):
-            frames.append(pd.DataFrame({"layer": layer, "feature": f, "act": a}))
-    peak = values.max(axis=0) if metric != "active features" else values.sum(axis=0)
-    top = float(peak.max()) or 1.0
-    highlighted = [
-        (tok, float(v / top) if v > 0 else None) for tok, v in zip(enc.tokens, peak, strict=True)
-    ]
-    col = aggregate + " act"
-    columns = ["layer", "feature", "label", col, "tokens", "density %"]
-    if frames:
-        grouped = pd.concat(frames).groupby(["layer", "feature"], sort=True)["act"]
-        table = grouped.agg(["max" if aggregate == "max" else "sum", "size"]).reset_index()
-        table.columns = ["layer", "feature", col, "tokens"]
-        table = table.sort_values(col, ascending=False, kind="stable").head(TEXT_TOP)
-        labels = ctx.labels.current_all()
-        table[col] = table[col].astype(float).round(3)
-        table["label"] = [
-            ctx.label_text(labels, int(la_), int(f_))
-            for la_, f_ in zip(table["layer"], table["feature"], strict=True)
-        ]
-        table["density %"] = [
-            round(100 * float(dens[int(la_)][int(f_)]), 4) if int(la_) in dens else None
-            for la_, f_ in zip(table["layer"], table["feature"], strict=True)
-        ]
-        table = table[columns]
+    st = strengths(ctx, enc, max_density)
+    c = cells(chosen, st)
+    if metric == "active features":
+        values = np.array([enc.layers[n].n_active.numpy() for n in chosen], dtype=float)
+        what, zmax = "active features", float(values.max())
     else:
-        table = pd.DataFrame(columns=columns)
-    what = "active features" if metric == "active features" else "max activation"
-    status = f"{len(enc.tokens)} tokens × {len(chosen)} layers."
+        values, what, zmax = np.clip(c.rel, 0.0, 100.0), REL, 100.0
+    hover = [
+        [cell_text(n, int(f), float(r), float(a)) for f, r, a in zip(*row, strict=True)]
+        for n, *row in zip(chosen, c.feature, c.rel, c.act, strict=True)
+    ]
+    peak = c.rel.max(axis=0)
+    highlighted = [
+        (tok, min(float(v), 100.0) / 100.0 if v > 0 else None)
+        for tok, v in zip(enc.tokens, peak, strict=True)
+    ]
+    table, no_max = _text_top(ctx, st, aggregate)
+    return MicroscopeView(
+        highlighted=highlighted,
+        tokens_html=token_html(enc.tokens, chosen, c, mark=0),
+        heatmap=render.heatmap_figure(enc.tokens, chosen, values, what, zmax, hover),
+        text_top=table,
+        token_choices=[(f"{i}: {repr(t)[1:-1]}", i) for i, t in enumerate(enc.tokens)],
+        status=_status(ctx, enc, st, max_density, no_max),
+        encoding=enc,
+    )
+
+
+def _text_top(
+    ctx: Context, st: dict[int, LayerStrength], aggregate: str
+) -> tuple[pd.DataFrame, int]:
+    """The whole text's top features by relative strength (max or sum over its tokens), raw
+    beside it; and how many shown features have no store maximum."""
+    rel_col, act_col = f"{aggregate} {REL}", f"{aggregate} act"
+    columns = ["layer", "feature", "label", rel_col, act_col, "tokens", "density %"]
+    agg = per_feature(st, aggregate)
+    no_max = int(np.isnan(agg.rel).sum())
+    top = agg.order[:TEXT_TOP]
+    table = pd.DataFrame(
+        {
+            "layer": agg.layer[top],
+            "feature": agg.feature[top],
+            rel_col: agg.rel[top].round(1),
+            act_col: agg.act[top].round(3),
+            "tokens": agg.tokens[top],
+        }
+    )
+    _describe(ctx, table)
+    return table[columns].reset_index(drop=True), no_max
+
+
+def _describe(ctx: Context, table: pd.DataFrame) -> None:
+    """Add each row's label and density (in %) to ``table`` (in place)."""
+    labels = ctx.labels.current_all()
+    dens = ctx.densities()
+    pairs = list(zip(table["layer"].astype(int), table["feature"].astype(int), strict=True))
+    table["label"] = [ctx.label_text(labels, la, f) for la, f in pairs]
+    table["density %"] = [
+        round(100 * float(dens[la][f]), 4) if la in dens else None for la, f in pairs
+    ]
+
+
+def _status(
+    ctx: Context, enc: Encoding, st: dict[int, LayerStrength], max_density: float, no_max: int
+) -> str:
+    status = f"{len(enc.tokens)} tokens × {len(st)} layers."
+    per_text = [str(n) for n, s in st.items() if s.per_text]
+    if per_text:
+        status += (
+            f" The store has no maxima for layer {', '.join(per_text)}: there, strength is % of "
+            "the layer's strongest activation on this text."
+        )
+    if no_max:
+        status += (
+            f" {no_max} features never fired in the store (no maximum): listed by raw "
+            "activation after the others."
+        )
     if enc.truncated:
         status += f" The text was cut at {ctx.bundle.spec.max_tokens} tokens."
+    hidden = sum(s.hidden for s in st.values())
     if hidden:
         status += (
             f" {hidden} activations of dense features (density above "
             f"{100 * max_density:g}%) are hidden; raise the density filter to see them."
         )
-    return MicroscopeView(
-        highlighted=highlighted,
-        heatmap=render.heatmap_figure(enc.tokens, chosen, values, what),
-        text_top=table.reset_index(drop=True),
-        token_choices=[(f"{i}: {repr(t)[1:-1]}", i) for i, t in enumerate(enc.tokens)],
-        status=status,
-        encoding=enc,
-    )
+    return status
+
+
+def _position(enc: Encoding | None, position: Any) -> tuple[Encoding, int]:
+    if enc is None:
+        raise UserError("encode a text first")
+    return enc, parse_int(position, "token", 0, len(enc.tokens) - 1)
 
 
 def token_features(
     ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = 1.0
 ) -> pd.DataFrame:
-    """The chosen token's active features on every encoded layer, strongest first (all layers
-    together)."""
-    if enc is None:
-        raise UserError("encode a text first")
-    pos = parse_int(position, "token", 0, len(enc.tokens) - 1)
-    max_density = parse_float(max_density_pct, "density filter (%)", 0.0, 100.0) / 100.0
-    dens = ctx.densities()
-    labels = ctx.labels.current_all()
-    rows = []
-    for layer, la in enc.layers.items():
-        for f, a in la.top(pos):
-            d = dens.get(layer)
-            density = None if d is None else float(d[f])
-            if density is not None and density > max_density:
-                continue
-            rows.append(
-                {
-                    "layer": layer,
-                    "feature": f,
-                    "label": ctx.label_text(labels, layer, f),
-                    "activation": round(a, 3),
-                    "density %": None if density is None else round(100 * density, 4),
-                }
-            )
-    cols = ["layer", "feature", "label", "activation", "density %"]
-    table = pd.DataFrame(rows, columns=cols)
-    return table.sort_values("activation", ascending=False, kind="stable").reset_index(drop=True)
+    """The chosen token's shown features on every encoded layer, strongest (relative) first,
+    all layers together; raw activation beside it."""
+    enc, pos = _position(enc, position)
+    st = strengths(ctx, enc, _density(max_density_pct))
+    cols = ["layer", "feature", "label", REL, "activation", "density %"]
+    frames = [
+        pd.DataFrame(
+            {
+                "layer": s.layer,
+                "feature": s.ids[pos][s.kept[pos]],
+                REL: s.rel[pos][s.kept[pos]],
+                "activation": s.acts[pos][s.kept[pos]],
+            }
+        )
+        for s in st.values()
+        if s.kept[pos].any()
+    ]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    table = pd.concat(frames, ignore_index=True)
+    table = table.sort_values(
+        [REL, "activation"], ascending=False, na_position="last", kind="stable"
+    )
+    table[REL] = table[REL].astype(float).round(1)
+    table["activation"] = table["activation"].astype(float).round(3)
+    _describe(ctx, table)
+    return table[cols].reset_index(drop=True)
+
+
+def token_caption(enc: Encoding | None, position: Any) -> str:
+    """The token table's title: which token it lists (plain text: a label is not HTML)."""
+    enc, pos = _position(enc, position)
+    shown = repr(enc.tokens[pos])[1:-1]
+    shown = shown if len(shown) <= 40 else shown[:39] + "…"
+    return f"Features on token {pos}: “{shown}” (click a row to open its dashboard)"
+
+
+def tokens_marked(
+    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = 1.0
+) -> str:
+    """The token view with ``position`` outlined (no forward pass: from the encoding)."""
+    enc, pos = _position(enc, position)
+    layers = list(enc.layers)
+    return token_html(
+        enc.tokens, layers, cells(layers, strengths(ctx, enc, _density(max_density_pct))), pos
+    )
 
 
 @dataclass
@@ -162,11 +290,20 @@ class MicroscopeTab:
     aggregate: gr.Radio
     encode_btn: gr.Button
     status: gr.Markdown
-    tokens_view: gr.HighlightedText
+    tokens_view: gr.HTML
     heatmap: gr.Plot
     token_pick: gr.Dropdown
     token_table: gr.Dataframe
     text_top: gr.Dataframe
+
+
+def token_outputs(ctx: Context, enc: Encoding | None, position: Any, d: Any) -> tuple[Any, ...]:
+    """The token table (titled with its token, shaded) and the token view marking the token."""
+    table = token_features(ctx, enc, position, d)
+    return (
+        gr.Dataframe(render.shade_column(table, REL), label=token_caption(enc, position)),
+        tokens_marked(ctx, enc, position, d),
+    )
 
 
 def layout(ctx: Context) -> MicroscopeTab:
@@ -179,24 +316,21 @@ def layout(ctx: Context) -> MicroscopeTab:
     with gr.Row():
         layers = gr.CheckboxGroup(layer_names, value=layer_names, label="Layers")
         metric = gr.Radio(
-            ["max activation", "active features"],
+            [(name, value) for value, name in METRICS.items()],
             value="max activation",
             label="Heatmap shows",
         )
         density = gr.Number(1.0, label="Hide features denser than (%)", minimum=0)
-        aggregate = gr.Radio(["max", "sum"], value="max", label="Whole-text ranking")
+        aggregate = gr.Radio(list(AGGREGATES), value="max", label="Whole-text ranking")
     encode_btn = gr.Button("Encode", variant="primary", elem_id="encode")
     status = gr.Markdown(elem_id="micro-status")
-    tokens_view = gr.HighlightedText(
-        label="Tokens, shaded by their strongest feature (click one)",
-        show_legend=False,
-        elem_id="tokens",
-    )
     gr.Markdown(
-        "Token × layer: the strongest non-dense feature's activation, or how "
-        "many features are active. BOS is not shown."
+        "**Strength** is a feature's activation as a % of its maximum over the corpus (the "
+        "store), so every layer reads on the same 0–100% scale; the raw activation is beside "
+        "it. Tokens are shaded by their strongest feature (click one); BOS is not shown."
     )
-    heatmap = gr.Plot(label="Tokens × layers")
+    tokens_view = gr.HTML("", elem_id="tokens", js_on_load=TOKENS_JS, elem_classes="gse-text")
+    heatmap = gr.Plot(label="Tokens × layers: the strongest feature, or how many are active")
     token_pick = gr.Dropdown(label="Token", choices=[], elem_id="token-pick")
     token_table = gr.Dataframe(
         label="Features on this token (click a row to open its dashboard)",
@@ -211,15 +345,15 @@ def layout(ctx: Context) -> MicroscopeTab:
 
     def run_microscope(t: str, ls: list[str], m: str, d: Any, agg: str) -> tuple[Any, ...]:
         v = view(ctx, t, ls, m, d, agg)
-        first = v.token_choices[0][1] if v.token_choices else None
+        table = token_features(ctx, v.encoding, 0, d)
         return (
-            v.highlighted,
+            v.tokens_html,
             v.heatmap,
-            v.text_top,
+            render.shade_column(v.text_top, f"{agg} {REL}"),
             v.status,
             v.encoding,
-            gr.Dropdown(choices=v.token_choices, value=first),
-            token_features(ctx, v.encoding, first, d),
+            gr.Dropdown(choices=v.token_choices, value=0),
+            gr.Dataframe(render.shade_column(table, REL), label=token_caption(v.encoding, 0)),
         )
 
     encode_btn.click(
@@ -230,21 +364,21 @@ def layout(ctx: Context) -> MicroscopeTab:
     )
 
     def show_token(enc: Encoding | None, position: Any, max_density_pct: Any = 1.0) -> Any:
-        """The chosen token's active features on every encoded layer, strongest first (all layers
-        together)."""
-        return token_features(ctx, enc, position, max_density_pct)
+        """The chosen token's features on every encoded layer, strongest first (all layers
+        together), and the token view marking it."""
+        return token_outputs(ctx, enc, position, max_density_pct)
 
     token_pick.input(
         ui(show_token),
         [enc_state, token_pick, density],
-        token_table,
+        [token_table, tokens_view],
         api_name="token_features",
     )
 
     def pick_token(enc: Any, d: Any, evt: gr.SelectData) -> tuple[Any, ...]:
-        return gr.Dropdown(value=evt.index), token_features(ctx, enc, evt.index, d)
+        return (gr.Dropdown(value=evt.index), *token_outputs(ctx, enc, evt.index, d))
 
-    tokens_view.select(ui(pick_token), [enc_state, density], [token_pick, token_table])
+    tokens_view.select(ui(pick_token), [enc_state, density], [token_pick, token_table, tokens_view])
     return MicroscopeTab(
         enc_state=enc_state,
         text=text,

@@ -10,16 +10,31 @@ from __future__ import annotations
 
 import html
 import itertools
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pandas as pd
     import plotly.graph_objects as go
+    from pandas.io.formats.style import Styler
 
     from explorer.store import Example, FeatureRecord
 
-ACT_RGB = "255, 140, 0"  # activations: orange, alpha by strength
+ACT_RGB = "255, 140, 0"  # the histogram's bars: the scale's orange
 MARK = "#b30000"
+
+# THE colour scale of strength (0 = none, 1 = the feature's maximum): white, through orange, to a
+# deep orange-red that black text still reads on. Token shading, table cells and the heatmap all
+# map through it (plotly interpolates a colorscale linearly in RGB, as :func:`strength_colour`).
+SCALE_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (0.0, (255, 255, 255)),
+    (0.5, (255, 176, 64)),
+    (1.0, (230, 81, 0)),
+)
+COLOURSCALE: list[list[float | str]] = [
+    [pos, "rgb({}, {}, {})".format(*rgb)] for pos, rgb in SCALE_STOPS
+]
 
 
 def esc(text: str) -> str:
@@ -34,24 +49,44 @@ def plot_text(text: str) -> str:
     return html.escape(text, quote=False)
 
 
+def strength_colour(x: float) -> str:
+    """The colour of strength ``x`` (a fraction of the maximum; clipped to [0, 1], NaN as 0),
+    linear in RGB between :data:`SCALE_STOPS`: ``strength_colour(0.5) == "rgb(255, 176, 64)"``."""
+    x = 0.0 if math.isnan(x) else min(1.0, max(0.0, x))
+    for (lo, a), (hi, b) in itertools.pairwise(SCALE_STOPS):
+        if x <= hi:
+            t = (x - lo) / (hi - lo)
+            r, g, bl = (round(u + t * (v - u)) for u, v in zip(a, b, strict=True))
+            return f"rgb({r}, {g}, {bl})"
+    raise AssertionError("unreachable: the stops end at 1")
+
+
 def token_spans(
     tokens: Sequence[str],
     acts: Sequence[float],
     scale: float,
     mark: int | None = None,
+    titles: Sequence[str] | None = None,
 ) -> str:
-    """Tokens as inline spans shaded by ``act / scale``; ``mark`` gets a red outline.
+    """Tokens as inline spans shaded by ``act / scale`` on :func:`strength_colour`; ``mark`` gets
+    a red outline (and ``aria-current``).
 
-    Each span's tooltip gives the token and its activation.
+    Each span carries its position (``data-pos``) for click handlers; its tooltip is the token
+    and its activation, or ``titles[i]`` (plain text, escaped here).
     """
     out = []
     for i, (tok, act) in enumerate(zip(tokens, acts, strict=True)):
-        alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, float(act) / scale))
-        style = f"background: rgba({ACT_RGB}, {alpha:.2f});"
+        strength = 0.0 if scale <= 0 else float(act) / scale
+        style = f"background: {strength_colour(strength)};"
+        extra = ""
         if i == mark:
             style += f" outline: 2px solid {MARK}; font-weight: 600;"
-        title = f"{esc(repr(tok))}: {float(act):.3g}"
-        out.append(f'<span class="gse-tok" style="{style}" title="{title}">{esc(tok)}</span>')
+            extra = ' aria-current="true"'
+        title = esc(titles[i]) if titles is not None else f"{esc(repr(tok))}: {float(act):.3g}"
+        out.append(
+            f'<span class="gse-tok" data-pos="{i}" style="{style}" title="{title}"{extra}>'
+            f"{esc(tok)}</span>"
+        )
     return "".join(out)
 
 
@@ -163,19 +198,29 @@ def logits_figure(tokens: Sequence[str], values: Sequence[float], positive: bool
 
 
 def heatmap_figure(
-    tokens: Sequence[str], layers: Sequence[int], values: Any, what: str
+    tokens: Sequence[str],
+    layers: Sequence[int],
+    values: Any,
+    what: str,
+    zmax: float,
+    hover: Sequence[Sequence[str]] | None = None,
 ) -> go.Figure:
-    """Tokens (x) × layers (y); ``values`` is ``[n_layers, n_tokens]``."""
+    """Tokens (x) × layers (y) on :data:`COLOURSCALE` from 0 to ``zmax``; ``values`` is
+    ``[n_layers, n_tokens]``, ``hover`` (same shape, plain text) says more about each cell."""
     import plotly.graph_objects as go
 
     x = [f"{i}:{plot_text(repr(t)[1:-1])}" for i, t in enumerate(tokens)]
+    extra = "<br>%{text}" if hover is not None else ""
     fig = go.Figure(
         go.Heatmap(
             z=values,
             x=x,
             y=[f"layer {n}" for n in layers],
-            colorscale="Oranges",
-            hovertemplate="%{x} · %{y}<br>" + what + ": %{z:.3g}<extra></extra>",
+            zmin=0.0,
+            zmax=zmax if zmax > 0 else 1.0,
+            colorscale=COLOURSCALE,
+            text=[[esc(h) for h in row] for row in hover] if hover is not None else None,
+            hovertemplate="%{x} · %{y}<br>" + what + ": %{z:.3g}" + extra + "<extra></extra>",
             colorbar={"title": what},
         )
     )
@@ -184,8 +229,23 @@ def heatmap_figure(
     return fig
 
 
+def shade_column(table: pd.DataFrame, column: str, full: float = 100.0) -> Styler:
+    """``table`` with ``column``'s cells shaded by :func:`strength_colour` of ``value / full``
+    (empty cells stay white): a Gradio Dataframe shows the colours when it is not editable.
+
+    Numbers are shown as the table holds them (already rounded: ``89.8``, not the Styler's
+    ``89.800000``); a missing value is blank.
+    """
+    floats = [c for c in table.columns if table[c].dtype.kind == "f"]
+    return table.style.map(
+        lambda v: f"background-color: {strength_colour(float(v) / full if v == v else 0.0)}",
+        subset=[column],
+    ).format(lambda v: "" if v != v else repr(float(v)), subset=floats)
+
+
 CSS = """
 .gse-tok { white-space: pre-wrap; border-radius: 3px; padding: 0 1px; }
+#tokens .gse-tok { cursor: pointer; }
 .gse-ex { font-family: ui-monospace, monospace; font-size: 0.85em; padding: 3px 0;
   border-bottom: 1px solid #eee; }
 .gse-act { display: inline-block; min-width: 3.5em; color: #666; margin-right: 0.5em; }
