@@ -323,7 +323,7 @@ BAD_IMPORTS: list[tuple[str, str, str | tuple[int, int, int, list[str]]]] = [
         f"{HEADER},created_at\n9,1,x,{TIME}\n9,1,x,{TIME}\n9,1,x,2026-01-02T04:04:05+01:00\n",
         (1, 2, 0, []),  # the same instant in another zone is the same row
     ),
-    ("csv", f"{HEADER}\n9,1,x\n9,1,x\n9,1,y\n", (2, 1, 0, [])),  # no time: both get "now"
+    ("csv", f"{HEADER}\n9,1,x\n9,1,x\n9,1,y\n", (2, 1, 0, [])),  # no time: same content
     ("json", '[{"layer": 9, "feature": 1, "label": "x"', "the JSON is malformed"),
     ("json", '{"layer": 9, "feature": 1, "label": "x"}', "must be a list of objects"),
     ("json", "[1, 2]", "item 1 is not one"),

@@ -3,15 +3,21 @@ stored (layer and feature numbers, one-line and multi-line text, confidence, tim
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CONFIDENCES = ("low", "medium", "high")
-# The exported columns, in order; ``id`` is local to a database and not exported.
+# The exported columns, in order; ``id`` and ``batch`` are local to a database and not exported.
 COLUMNS = ("scope", "layer", "feature", "label", "notes", "confidence", "labeller", "created_at")
+# Exported after COLUMNS when the scope has a retracted row (in JSON: on retracted rows only).
+RETRACTION_COLUMNS = ("retracted_at", "retracted_by", "retract_reason")
+# The only columns whose cells may span lines in a CSV (see ``formats.read_csv``).
+MULTILINE_COLUMNS = ("notes", "retract_reason")
 REQUIRED_COLUMNS = ("layer", "feature", "label")
 MAX_LABEL_CHARS = 200
 MAX_NOTES_CHARS = 4000
@@ -42,6 +48,13 @@ class Label:
         confidence: ``"low"``, ``"medium"`` or ``"high"``.
         labeller: Who wrote it (free text, may be empty).
         created_at: ISO-8601 UTC, e.g. ``2026-11-23T10:00:00.123456Z`` (fraction only if non-zero).
+        batch: The import that added the row to this database (``None`` for :meth:`Labels.add`).
+            Local to the database like ``id``: not exported, and not compared (a restored row
+            equals its original).
+        retracted_at: When the row was retracted (``None`` if it was not): it stays in the
+            history but is no longer anyone's current label.
+        retracted_by: Who retracted it (free text, may be empty).
+        retract_reason: Why (free text, may span lines).
     """
 
     id: int
@@ -53,6 +66,14 @@ class Label:
     confidence: str
     labeller: str
     created_at: str
+    batch: str | None = field(default=None, compare=False)
+    retracted_at: str | None = None
+    retracted_by: str = ""
+    retract_reason: str = ""
+
+    @property
+    def retracted(self) -> bool:
+        return self.retracted_at is not None
 
 
 @dataclass(frozen=True)
@@ -66,12 +87,15 @@ class ImportReport:
         errors: One line per problem (``"row 7: feature 99999 is past layer 9's width (4096)"``),
             at most 20 plus a final line counting the rest; ignored columns are reported here too.
         skipped: Rows not imported because they were invalid.
+        batch: The id recorded on every added row (for :meth:`Labels.retract_batch`), or None
+            when nothing was added. Not compared: two imports differ in it by design.
     """
 
     added: int
     duplicates: int
     errors: list[str] = field(default_factory=list)
     skipped: int = 0
+    batch: str | None = field(default=None, compare=False)
 
     def summary(self) -> str:
         """One sentence for the UI: ``'Added 3 labels; 1 duplicate, 2 rows with errors.'``."""
@@ -90,6 +114,25 @@ def show(value: object) -> str:
 
 def now() -> str:
     return format_time(datetime.now(UTC))
+
+
+def new_batch_id() -> str:
+    """An import's id: its UTC time and 8 random hex digits, ``20260102T030405Z-9f8e7d6c``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def content_hash(
+    layer: int, feature: int, label: str, notes: str, confidence: str, labeller: str
+) -> int:
+    """A signed 64-bit hash of a row's content (all but scope and time), stored with the row.
+
+    Only a locator for the duplicate check, which then compares the columns themselves, so a
+    collision costs a comparison, never a lost row. Fields are joined with NUL, which
+    :func:`check_text` removes from every value.
+    """
+    data = f"{layer}\x00{feature}\x00{label}\x00{notes}\x00{confidence}\x00{labeller}"
+    digest = hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def format_time(moment: datetime) -> str:
