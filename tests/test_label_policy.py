@@ -139,3 +139,27 @@ def test_a_public_app_over_http(public_app: tuple[str, Context], tmp_path: Path)
     assert ctx.labels.current(2, 3) is None or ctx.labels.current(2, 3).label != "imported"  # type: ignore[union-attr]
     report = client.predict(handle_file(str(upload)), KEY, api_name="/import_labels")
     assert "Imported 1" in report and ctx.labels.current(2, 3).label == "imported"  # type: ignore[union-attr]
+
+
+def test_retraction_is_the_owners_and_history_keeps_it(ctx: Context, tmp_path: Path) -> None:
+    feature = live_feature(ctx, 1)
+    first = ctx.labels.add(1, feature, "first meaning")
+    second = ctx.labels.add(1, feature, "a mistake")
+    public = replace(ctx, policy=WritePolicy(public=True, key=KEY))
+    with pytest.raises(UserError, match="owner only"):
+        labelling.retract(public, "label", second.id, None, "")
+    assert "Retracted label" in labelling.retract(public, "label", second.id, None, KEY)
+    assert ctx.labels.current(1, feature).label == first.label  # type: ignore[union-attr]
+    history = labelling.label_history(ctx, 1, feature)
+    assert history["label"].tolist() == ["a mistake", "first meaning"]
+    assert history["retracted"].iat[0] != "" and history["retracted"].iat[1] == ""
+    # An import batch, retracted whole; its id is in the import report.
+    upload = tmp_path / "batch.csv"
+    upload.write_text("layer,feature,label\n2,1,from a file\n2,2,also\n", encoding="utf-8")
+    report = labelling.import_labels(ctx, str(upload))
+    batch = report.split("Import batch: ")[1].split(" ")[0]
+    assert ctx.labels.current(2, 1) is not None
+    assert labelling.retract(ctx, "batch", batch) == f"Retracted 2 labels of import {batch}."
+    assert ctx.labels.current(2, 1) is None and ctx.labels.current(2, 2) is None
+    with pytest.raises(UserError, match="already retracted"):
+        labelling.retract(ctx, "label", second.id)

@@ -18,7 +18,7 @@ from explorer.app.ui import status, status_box, ui
 from explorer.labels import LabelError
 
 TAB_ID = "label"
-HISTORY_COLUMNS = ["id", "when", "label", "notes", "confidence", "by"]
+HISTORY_COLUMNS = ["id", "when", "label", "notes", "confidence", "by", "retracted"]
 
 DENSITY_BANDS: dict[str, tuple[float, float]] = {
     "rare (≤ 0.01%)": (0.0, 1e-4),
@@ -62,6 +62,7 @@ def label_history(ctx: Context, layer: Any, feature: Any) -> pd.DataFrame:
             "notes": h.notes,
             "confidence": h.confidence,
             "by": h.labeller,
+            "retracted": h.retracted_at or "",
         }
         for h in ctx.labels.history(layer_n, feature_n)
     ]
@@ -86,6 +87,8 @@ def import_labels(ctx: Context, path: Any, profile: Any = None, key: Any = "") -
     except LabelError as e:
         raise UserError(str(e)) from None
     lines = [f"Imported {report.added} labels; {report.duplicates} duplicates skipped."]
+    if report.batch and report.added:
+        lines[0] += f" Import batch: {report.batch} (retract it below if it was a mistake)."
     lines += [f"- {err}" for err in report.errors]
     return "\n".join(lines)
 
@@ -107,6 +110,23 @@ def show_values(ctx: Context, layer: Any, feature: Any) -> tuple[Any, ...]:
 def first_values(ctx: Context, rng: random.Random | None = None) -> tuple[Any, ...]:
     """What the tab opens on: a feature of the queue (any layer, any density)."""
     return show_values(ctx, *next_unlabelled(ctx, "all", "any", rng or random.Random()))
+
+
+def retract(ctx: Context, what: str, ident: Any, profile: Any = None, key: Any = "") -> str:
+    """Retract one label (``what == "label"``, ``ident`` its id) or an import batch (``"batch"``):
+    the owner's; appended to the history, which keeps everything. The message to show."""
+    ctx.policy.check_owner(profile, key)
+    by = ctx.policy.labeller("", profile, key) if ctx.policy.public else "owner"
+    try:
+        if what == "label":
+            row = ctx.labels.retract(parse_int(ident, "label id", 1), by=by)
+            return f"Retracted label #{row.id} of layer {row.layer} feature {row.feature}."
+        if what == "batch":
+            count = ctx.labels.retract_batch(str(ident or "").strip(), by=by)
+            return f"Retracted {count} labels of import {str(ident).strip()}."
+    except LabelError as e:
+        raise UserError(str(e)) from None
+    raise UserError(f"cannot retract {what!r}")
 
 
 @dataclass
@@ -184,6 +204,12 @@ def layout(ctx: Context) -> LabellingTab:
         imp_file = gr.File(label="Import labels (CSV or JSON)", file_types=[".csv", ".json"])
         imp_btn = gr.Button("Import")
     imp_status = status_box("imp-status")
+    with gr.Row():
+        r_label = gr.Number(None, label="Retract label # (the owner's)", precision=0, minimum=1)
+        r_label_btn = gr.Button("Retract label", elem_id="retract-label")
+        r_batch = gr.Textbox(label="Retract an import batch (its id)")
+        r_batch_btn = gr.Button("Retract import", elem_id="retract-batch")
+    r_status = status_box("retract-status")
 
     label_outputs = [l_shown, l_layer, l_feature, l_header, l_examples, l_history]
 
@@ -235,6 +261,15 @@ def layout(ctx: Context) -> LabellingTab:
         return status(import_labels(ctx, path, profile, key))
 
     imp_btn.click(ui(import_from), [imp_file, l_key], imp_status, api_name="import_labels")
+
+    def retract_label(ident: Any, key: str, profile: gr.OAuthProfile | None) -> str:
+        return status(retract(ctx, "label", ident, profile, key))
+
+    def retract_import(ident: Any, key: str, profile: gr.OAuthProfile | None) -> str:
+        return status(retract(ctx, "batch", ident, profile, key))
+
+    r_label_btn.click(ui(retract_label), [r_label, l_key], r_status, api_name="retract_label")
+    r_batch_btn.click(ui(retract_import), [r_batch, l_key], r_status, api_name="retract_import")
     return LabellingTab(
         q_layer=q_layer,
         q_band=q_band,

@@ -32,7 +32,7 @@ from explorer.app.strength import (
     rank_scales,
     strengths,
 )
-from explorer.app.ui import ui
+from explorer.app.ui import status_box, status_line, ui
 from explorer.encode import EncodeError, Encoding, encode
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class MicroscopeTab:
     density: gr.Number
     aggregate: gr.Radio
     encode_btn: gr.Button
-    status: gr.Markdown
+    status: gr.HTML
     tokens_view: gr.HTML
     heatmap: gr.Plot
     token_pick: gr.Dropdown
@@ -323,7 +323,7 @@ def layout(ctx: Context) -> MicroscopeTab:
         density = gr.Number(1.0, label="Hide features denser than (%)", minimum=0)
         aggregate = gr.Radio(list(AGGREGATES), value="max", label="Whole-text ranking")
     encode_btn = gr.Button("Encode", variant="primary", elem_id="encode")
-    status = gr.Markdown(elem_id="micro-status")
+    status = status_box("micro-status")
     gr.Markdown(
         "**Strength** is a feature's activation as a % of its maximum over the corpus (the "
         "store), so every layer reads on the same 0–100% scale; the raw activation is beside "
@@ -350,7 +350,7 @@ def layout(ctx: Context) -> MicroscopeTab:
             v.tokens_html,
             v.heatmap,
             render.shade_column(v.text_top, f"{agg} {REL}"),
-            v.status,
+            status_line(v.status),
             v.encoding,
             gr.Dropdown(choices=v.token_choices, value=0),
             gr.Dataframe(render.shade_column(table, REL), label=token_caption(v.encoding, 0)),

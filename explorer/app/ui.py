@@ -42,6 +42,9 @@ def status(message: str) -> str:
     return f'<div class="gse-status">{html.escape(message)}</div>' if message else ""
 
 
+status_line = status  # for modules where ``status`` names a component
+
+
 def status_box(elem_id: str | None = None) -> gr.HTML:
     """The component a status line goes to (HTML that :func:`status` fills: never Markdown,
     which would turn a user's ``[text](url)`` into a link)."""
