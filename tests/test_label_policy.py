@@ -163,3 +163,16 @@ def test_retraction_is_the_owners_and_history_keeps_it(ctx: Context, tmp_path: P
     assert ctx.labels.current(2, 1) is None and ctx.labels.current(2, 2) is None
     with pytest.raises(UserError, match="already retracted"):
         labelling.retract(ctx, "label", second.id)
+
+
+def test_browse_ranks_label_matches_by_full_text_search(ctx: Context) -> None:
+    from explorer.app import browse
+
+    live = ctx.summary_layer(1)
+    a, b = (int(f) for f in live[~live["dead"]]["feature"].iloc[:2])
+    ctx.labels.add(1, b, "Italian words", notes="and French ones, now and then")
+    ctx.labels.add(1, a, "French words")
+    table = browse.features(ctx, "1", "french", "feature", True, hide_dense=False)
+    # The label match outranks the notes match, though the sort (feature, descending) says b.
+    assert table["feature"].tolist()[:2] == [a, b]
+    assert browse.features(ctx, "1", "frenc wor", hide_dense=False)["feature"].tolist()[0] == a

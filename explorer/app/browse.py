@@ -12,6 +12,7 @@ import pandas as pd
 from explorer.app import microscope, render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import ui
+from explorer.labels import LabelError
 
 TAB_ID = "browse"
 BROWSE_ROWS = 500  # rows shown by the browse table (the search narrows it)
@@ -51,14 +52,30 @@ def features(
     q = (query or "").strip().lower()
     if len(q) > 200:
         raise UserError("the search text is too long (200 characters at most)")
-    if q:
-        hit = df["label"].str.lower().str.contains(q, regex=False) | df[
-            "top_tokens"
-        ].str.lower().str.contains(q, regex=False)
-        df = df[hit]
     if sort_by not in df.columns:
         raise UserError(f"cannot sort by {sort_by!r}")
-    df = df.sort_values([sort_by, "layer", "feature"], ascending=[not descending, True, True])
+    if q:
+        # People's labels and notes through the label database's full-text index (FTS5, ranked
+        # by bm25); curated labels and top tokens as plain substrings. Label hits come first, in
+        # rank order, then the rest in the chosen order.
+        try:
+            found = ctx.labels.search(query.strip(), limit=BROWSE_ROWS)
+        except LabelError as e:
+            raise UserError(str(e)) from None
+        ranked = {(hit.layer, hit.feature): i for i, hit in enumerate(found)}
+        keys = zip(df["layer"].tolist(), df["feature"].tolist(), strict=True)
+        rank = pd.Series([ranked.get((a, b), len(ranked)) for a, b in keys], index=df.index)
+        hit = (
+            (rank < len(ranked))
+            | df["label"].str.lower().str.contains(q, regex=False)
+            | df["top_tokens"].str.lower().str.contains(q, regex=False)
+        )
+        df = df.assign(_rank=rank)[hit]
+        df = df.sort_values(
+            ["_rank", sort_by, "layer", "feature"], ascending=[True, not descending, True, True]
+        )
+    else:
+        df = df.sort_values([sort_by, "layer", "feature"], ascending=[not descending, True, True])
     cols = ["layer", "feature", "label", "density", "max_act", "n_fires", "top_tokens"]
     out = pd.DataFrame(df[cols].head(BROWSE_ROWS)).reset_index(drop=True)
     out["density"] = (100 * out["density"]).round(4)
