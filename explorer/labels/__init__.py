@@ -46,7 +46,9 @@ import is lossless for every text. JSON is written as it is. A CSV row with brok
 reported as ``row N: ...`` and skipped without swallowing the rows after it.
 
 Modules: ``rows`` (a label's fields, limits and value checks), ``formats`` (CSV/JSON export
-and the streaming import parse, CSV defusing), ``db`` (:class:`Labels`, the SQLite history),
+and the streaming import parse, CSV defusing), ``schema`` (the SQL: tables, migration,
+statements), ``transfer`` (export and import of a history, streamed), ``db`` (:class:`Labels`,
+the SQLite history),
 ``__main__`` (the command line: export, import, retract). May import the standard
 library only: the labels never need the model, the store or Gradio.
 """
