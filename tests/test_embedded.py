@@ -188,3 +188,65 @@ def test_the_app_opens_on_the_embedded_default(cache: Path, tmp_path: Path) -> N
     default, steered, status = list(steering.steer(ctx, "The cat", steers, 0.0, 4, 0, 0.0))[-1]
     assert default and steered and "stopped" in status
     assert not browse.features(ctx, "all", "").empty
+
+
+# --- the microscope compares layers fairly on the embedded default ------------------------------
+
+# Which curated text shows off each curated feature, and on which token (curated.json lists texts
+# and features apart; this is the pairing its "why" lines describe).
+SHOWCASE = {
+    (5, 2407): (0, "Miss"),
+    (5, 3947): (1, " line"),
+    (5, 1309): (0, " less"),
+    (9, 1324): (0, " when"),
+    (9, 1171): (3, " ever"),
+    (12, 1013): (2, " French"),
+    (12, 3872): (2, " once"),
+    (12, 688): (2, " thunder"),
+    (15, 3282): (3, " to"),
+    (15, 2559): (3, " other"),
+}
+TOKEN_ROWS = 10  # "shown": among the first rows of its token's table (default density filter)
+
+
+@pytest.fixture(scope="module")
+def app_ctx(bundle, tmp_path_factory: pytest.TempPathFactory):
+    """The app's context on the embedded default: this module's bundle, the shipped store."""
+    from explorer.app import Context
+    from explorer.app.context import load_curated
+    from explorer.labels import Labels
+    from explorer.store import Store
+
+    store = Store.open(ASSETS / "store")
+    labels = Labels(
+        tmp_path_factory.mktemp("labels") / "labels.sqlite",
+        scope="default",
+        widths={n: store.n_features(n) for n in store.layers},
+    )
+    return Context(bundle=bundle, store=store, labels=labels, content=load_curated())
+
+
+def test_each_curated_text_shows_its_curated_features(app_ctx) -> None:
+    """With relative strength, every curated feature (layers 5 to 15) is near the top of its
+    token's table in its own text's microscope view, at the default density filter; and every
+    layer of the heatmap reads (its strongest cell well into the 0-100% scale)."""
+    from explorer.app import microscope
+
+    texts = app_ctx.content["texts"]
+    assert {(f["layer"], f["feature"]) for f in app_ctx.content["features"]} == set(SHOWCASE)
+    views = {i: microscope.view(app_ctx, texts[i]) for i in {i for i, _ in SHOWCASE.values()}}
+    missing = []
+    for (layer, feature), (i, token) in SHOWCASE.items():
+        view = views[i]
+        pos = view.encoding.tokens.index(token)
+        table = microscope.token_features(app_ctx, view.encoding, pos, 1.0)
+        rows = list(zip(table["layer"], table["feature"], strict=True))[:TOKEN_ROWS]
+        if (layer, feature) not in rows:
+            missing.append((layer, feature, token, rows[:3]))
+    assert not missing, missing
+    for view in views.values():
+        z = view.heatmap.data[0].z
+        assert all(0 <= v <= 100 for row in z for v in row)
+        assert min(max(row) for row in z) > 50, [max(row) for row in z]
+        # The whole-text ranking draws on every layer (by raw activation: layers 12 and 15 only).
+        assert set(view.text_top["layer"]) == {5, 9, 12, 15}
