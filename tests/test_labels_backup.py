@@ -133,6 +133,10 @@ else:  # a leg: export the source as `step`, import it into an empty database, c
     report = phase("import", lambda: target.import_file(path, max_bytes=None, max_rows=None))
     measured["report"] = [report.added, report.duplicates, report.skipped, report.errors]
     measured["identical rows"] = phase("compare", lambda: same_history(source.path, target.path))
+    measured["current"] = phase("current_all", lambda: len(target.current_all()))
+    measured["current in source"] = len(source.current_all())
+    found = phase("search", lambda: [f"{r.label} {r.notes}" for r in target.search("plain 99")])
+    measured["found"] = [len(found), all("plain" in t and "99" in t for t in found)]
     path.unlink()
 print(json.dumps(measured))
 """
@@ -172,6 +176,8 @@ def test_a_million_row_backup_restores_exactly(tmp_path: Path) -> None:
         assert leg["rows written"] == ROWS
         assert leg["report"] == [ROWS, 0, 0, []]
         assert leg["identical rows"] == ROWS
+        assert leg["current"] == leg["current in source"] > 0
+        assert leg["found"][0] > 0 and leg["found"][1]
         for step in ("export", "import"):
             if leg[step]["peak_reset"]:
                 assert leg[step]["peak_rss_mb"] < MAX_PHASE_RSS_MB, (fmt, step, leg[step])

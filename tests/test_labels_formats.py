@@ -363,3 +363,16 @@ def test_malformed_json_reports_its_line_across_chunks() -> None:
     text = "[\n" + ",\n".join(['{"layer": 9, "feature": 1, "label": "x"}'] * 500) + ",\n}\n]"
     with pytest.raises(LabelError, match="at line 502"):
         _json_records(text, 100)
+
+
+def test_a_bad_byte_is_located_in_a_large_file(tmp_path: Path, labels: Labels) -> None:
+    head = f"{HEADER}\n".encode()
+    line = "é".encode() * 50 + b"\n"  # two bytes each, lines of 101: some cut by a block edge
+    body = head + line * (3 * 2**20 // len(line))
+    path = tmp_path / "big.csv"
+    path.write_bytes(body + b"9,2,bad \xff byte\n" + line)
+    with pytest.raises(
+        LabelError, match=rf"big\.csv is not UTF-8 text \(bad byte at offset {len(body) + 8}\)"
+    ):
+        labels.import_file(path, max_bytes=None, max_rows=None)
+    assert labels.count() == 0  # nothing of the file went in
