@@ -75,7 +75,7 @@ def test_labels_acknowledged_before_a_sigkill_survive(tmp_path: Path) -> None:
             while not stop.is_set():
                 label = f"writer {i} label {n}"
                 try:
-                    client.predict("2", n % 48, label, f"w{i}", api_name="/save_label")
+                    client.predict(2, n % 48, label, f"w{i}", "", api_name="/label_feature")
                 except Exception:  # the server died under us: that save was not acknowledged
                     return
                 with lock:
