@@ -99,13 +99,10 @@ def run_load(
     ref_client = Client(url, verbose=False)
     # References, alone: the default completion for the prompt and seed used under load.
     ref = _generate(ref_client, _table(layer, feat, 0.0), max_new_tokens)[0]
+    # The microscope's token view (the text's tokens, each shaded by its strongest feature) as
+    # HTML: the same text must give the very same view in every session.
     ref_tokens = {
-        t: [
-            x["token"]
-            for x in ref_client.predict(
-                t, layers, "max activation", 1, "max", api_name="/microscope"
-            )[0]
-        ]
+        t: ref_client.predict(t, layers, "max activation", 1, "max", api_name="/microscope")[0]
         for t in texts
     }
     report = LoadReport(seconds=seconds)
@@ -130,10 +127,10 @@ def run_load(
                     out = client.predict(
                         text, layers, "max activation", 1, "max", api_name="/microscope"
                     )
-                    got = [x["token"] for x in out[0]]
+                    got = out[0]
                     if got != ref_tokens[text]:
                         with lock:
-                            report.mismatches.append(f"client {i}: microscope tokens {got[:5]}")
+                            report.mismatches.append(f"client {i}: microscope view {got[:80]!r}")
                 elif kind == "dashboard":
                     out = client.predict(str(layer), feat, api_name="/open_feature")
                     if f"feature {feat}<" not in out[2]:

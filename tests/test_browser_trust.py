@@ -8,6 +8,7 @@ link must reproduce the view. Uses the browser fixtures of ``test_browser.py``.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from urllib.parse import quote
 
@@ -101,12 +102,11 @@ def test_hostile_values_never_become_markup(ui: UI, ctx: Context, tmp_path: Path
     expect(page.locator("#l-status")).to_contain_text("Saved label #")
     _no_evil(ui, "label tab")
     bad = tmp_path / "hostile.csv"
-    bad.write_text(
-        f'layer,feature,label,"{EVIL_LINK}"\n"{EVIL_IMG}",1,x,y\n2,{feature},"{EVIL_FORM}",z\n',
-        encoding="utf-8",
-    )
+    with bad.open("w", encoding="utf-8", newline="") as f:  # valid CSV, hostile cells
+        rows = [["layer", "feature", "label", EVIL_LINK], [EVIL_IMG, 1, "x", "y"]]
+        csv.writer(f).writerows([*rows, [2, feature, EVIL_FORM, "z"]])
     page.locator("input[type=file]").last.set_input_files(str(bad))
-    page.get_by_role("button", name="Import").click()
+    page.get_by_role("button", name="Import", exact=True).click()
     expect(page.locator("#imp-status")).to_contain_text("Imported")
     _no_evil(ui, "import report")
     ui.shot("13-hostile-import")
