@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -103,7 +104,7 @@ def test_hostile_values_never_become_markup(ui: UI, ctx: Context, tmp_path: Path
     _no_evil(ui, "label tab")
     bad = tmp_path / "hostile.csv"
     with bad.open("w", encoding="utf-8", newline="") as f:  # valid CSV, hostile cells
-        rows = [["layer", "feature", "label", EVIL_LINK], [EVIL_IMG, 1, "x", "y"]]
+        rows: list[list[Any]] = [["layer", "feature", "label", EVIL_LINK], [EVIL_IMG, 1, "x", "y"]]
         csv.writer(f).writerows([*rows, [2, feature, EVIL_FORM, "z"]])
     page.locator("input[type=file]").last.set_input_files(str(bad))
     page.get_by_role("button", name="Import", exact=True).click()
