@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from explorer.steer import METHODS
+
 MAX_TEXT = 2000  # characters of a text or prompt kept in a link
 _INT = re.compile(r"[0-9]{1,9}")
 _NUMBER = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,9})?")
-METHODS = ("add", "clamp", "ablate")
 KNOWN = (
     "tab", "layer", "feature", "text", "prompt", "steer", "temperature", "max_new_tokens", "seed",
     "frequency_penalty",
