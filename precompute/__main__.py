@@ -2,9 +2,9 @@
 
 Each subcommand is one ``_add_<name>`` function that declares its flags and sets ``func`` to a
 ``_cmd_<name>(args) -> int``; add a command by writing both and listing ``_add_<name>`` in
-``_COMMANDS``. Errors (``CorpusError`` and any other ``ValueError``, and ``OSError`` such as an
-unwritable output directory) are one ``error: …`` line on stderr with exit status 2; ``--debug``
-shows the traceback instead.
+``_COMMANDS``. Errors (``CorpusError`` and any other ``ValueError``, ``OSError`` such as an
+unwritable output directory, ``ClusterError`` such as an unreachable Ray cluster) are one
+``error: …`` line on stderr with exit status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from explorer.paths import ASSETS_CORPUS, REPO_ROOT
 from precompute.accumulate import ReduceConfig
+from precompute.cluster import ClusterError
 from precompute.corpus_build import build_corpus
 from precompute.job import RunConfig, run_preset
 from precompute.train import TrainConfig, train_preset
@@ -153,8 +154,26 @@ def _add_run(sub: _SubParsers) -> None:
     p.add_argument("--after", type=int, default=8, help="context tokens after the max")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", default=None, help="embedded model cache directory")
-    p.add_argument("--work-dir", type=Path, default=None, help="default: OUT.work")
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="the shards' directory (default: OUT.work); with --ray, shared by every worker: "
+        "a shared path or an fsspec URL (s3://, gs://)",
+    )
     p.add_argument("--out", type=Path, required=True, help="the store directory to write")
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: 'local' starts a local cluster, 'auto' or HOST:PORT joins one "
+        '(needs pip install -e ".[cluster]")',
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        help="encode actors (default: one per GPU of the cluster, else one per CPU)",
+    )
     p.set_defaults(func=_cmd_run)
 
 
@@ -178,14 +197,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
             after=args.after,
         ),
     )
-    out = run_preset(
-        args.preset,
-        cfg,
-        args.out,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        work_dir=args.work_dir,
-    )
+    if args.ray is not None:
+        from precompute.cluster import run_cluster
+
+        if args.ray_workers is not None and args.ray_workers <= 0:
+            raise ValueError("--ray-workers must be positive")
+        out = run_cluster(
+            args.ray,
+            args.preset,
+            cfg,
+            args.out,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            work_url=args.work_dir,
+            workers=args.ray_workers,
+        )
+    else:
+        if args.ray_workers is not None:
+            raise ValueError("--ray-workers needs --ray")
+        if args.work_dir is not None and "://" in args.work_dir:
+            raise ValueError("a URL as --work-dir needs --ray (the single-process run is local)")
+        out = run_preset(
+            args.preset,
+            cfg,
+            args.out,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            work_dir=None if args.work_dir is None else Path(args.work_dir),
+        )
     print(f"wrote store {out}")
     return 0
 
@@ -223,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (ValueError, OSError) as e:  # CorpusError is a ValueError; OSError: unwritable --out
+    except (
+        ValueError,
+        OSError,
+        ClusterError,
+    ) as e:  # CorpusError is a ValueError; OSError: unwritable --out
         if args.debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__

@@ -93,15 +93,21 @@ def reduce_blocks(
 ) -> tuple[LayerStats, Examples, int]:
     """One layer's exact statistics and examples, block by block; also the number of blocks."""
     blocks = plan_blocks(reader.fires(layer, n_features), max_records)
-    stats: list[LayerStats] = []
-    exs: list[tuple[int, Examples]] = []
-    for f0, f1 in blocks:
-        r = reader.block(layer, f0, f1)
-        r.feat[:] -= np.int32(f0)  # local ids, in place (the arrays are this block's own)
-        local = Records(pos=r.pos, feat=r.feat, act=r.act)
-        del r
-        s = reduce_layer(local, f1 - f0, table.n_tokens, cfg, first_feature=f0)
-        exs.append((f0, examples(s, local, table, cfg)))
-        stats.append(s)
-        del local
-    return concat_stats(stats), concat_examples(exs), len(blocks)
+    parts = [reduce_block(reader, layer, f0, f1, table, cfg) for f0, f1 in blocks]
+    return (
+        concat_stats([s for s, _ in parts]),
+        concat_examples([(f0, ex) for (f0, _), (_, ex) in zip(blocks, parts, strict=True)]),
+        len(blocks),
+    )
+
+
+def reduce_block(
+    reader: ShardReader, layer: int, f0: int, f1: int, table: TokenTable, cfg: ReduceConfig
+) -> tuple[LayerStats, Examples]:
+    """The statistics and examples of features ``[f0, f1)`` of ``layer`` (local feature ids)."""
+    r = reader.block(layer, f0, f1)
+    r.feat[:] -= np.int32(f0)  # local ids, in place (the arrays are this block's own)
+    local = Records(pos=r.pos, feat=r.feat, act=r.act)
+    del r
+    s = reduce_layer(local, f1 - f0, table.n_tokens, cfg, first_feature=f0)
+    return s, examples(s, local, table, cfg)

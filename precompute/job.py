@@ -251,6 +251,19 @@ def store_tokens(table: TokenTable) -> pa.Table:
     )
 
 
+def encode_shard(
+    bundle: Bundle, table: TokenTable, windows: tuple[int, int], layers: list[int], cfg: RunConfig
+) -> dict[int, Records]:
+    """Each layer's records of the windows ``[a, b)`` of one shard, a batch at a time."""
+    a, b = windows
+    parts: dict[int, list[Records]] = {n: [] for n in layers}
+    for w0 in range(a, b, cfg.batch_windows):
+        batch = encode_batch(bundle, table, range(w0, min(w0 + cfg.batch_windows, b)), layers)
+        for n, r in batch.items():
+            parts[n].append(r)
+    return {n: Records.concat(p) for n, p in parts.items()}
+
+
 @dataclass
 class Job:
     """``Job(cfg, bundle, out_dir).run()``: encode (resumable) then reduce and write the store."""
@@ -275,11 +288,16 @@ class Job:
         self.encode(table, work)
         return self.reduce(table, work)
 
+    @property
+    def fingerprint(self) -> str:
+        """What a shard's meta must carry to be reused by this run."""
+        return self.cfg.fingerprint(json.dumps(self.bundle_meta, sort_keys=True))
+
     def encode(self, table: TokenTable, work: Path) -> None:
         """Write every missing shard (existing valid shards of the same run are kept)."""
         from tqdm.auto import tqdm
 
-        fingerprint = self.cfg.fingerprint(json.dumps(self.bundle_meta, sort_keys=True))
+        fingerprint = self.fingerprint
         ranges = shard_ranges(table, self.cfg.shard_tokens)
         widths = {n: int(self.bundle.sae(n).cfg.d_sae) for n in self.layers}
         ends = table.window_end
@@ -295,17 +313,8 @@ class Job:
                 if shard_meta(path) == {**meta, "format": SHARD_FORMAT}:
                     bar.update(tokens_in[s])
                     continue
-                parts: dict[int, list[Records]] = {n: [] for n in self.layers}
-                for w0 in range(a, b, self.cfg.batch_windows):
-                    batch = encode_batch(
-                        self.bundle,
-                        table,
-                        range(w0, min(w0 + self.cfg.batch_windows, b)),
-                        self.layers,
-                    )
-                    for n, r in batch.items():
-                        parts[n].append(r)
-                save_shard(path, {n: Records.concat(p) for n, p in parts.items()}, widths, meta)
+                records = encode_shard(self.bundle, table, (a, b), self.layers, self.cfg)
+                save_shard(path, records, widths, meta)
                 done_tokens += tokens_in[s]
                 bar.update(tokens_in[s])
         seconds = time.perf_counter() - t0
@@ -315,10 +324,21 @@ class Job:
         for stale in sorted(work.glob("shard-*.npz"))[len(ranges) :]:
             stale.unlink()  # from an earlier, longer run
 
+    def reduce_layer(
+        self, reader: ShardReader, layer: int, table: TokenTable, max_records: int
+    ) -> tuple[LayerStats, Examples, int]:
+        """One layer's statistics and examples, one feature block after another (the cluster
+        run reduces the blocks in parallel instead)."""
+        n_features = int(self.bundle.sae(layer).cfg.d_sae)
+        return reduce_blocks(reader, layer, n_features, table, self.cfg.reduce, max_records)
+
     def reduce(self, table: TokenTable, work: Path) -> Path:
         """Reduce the shards of every layer and write the store atomically."""
+        return self.reduce_shards(table, ShardReader(sorted(work.glob("shard-*.npz"))))
+
+    def reduce_shards(self, table: TokenTable, reader: ShardReader) -> Path:
+        """Reduce the shards ``reader`` reads, every layer, and write the store atomically."""
         t0 = time.perf_counter()
-        reader = ShardReader(sorted(work.glob("shard-*.npz")))
         max_records = int(self.cfg.reduce_memory_mb * 2**20 / BYTES_PER_RECORD)
         features: dict[int, Any] = {}
         example_tables: dict[int, Any] = {}
@@ -326,9 +346,7 @@ class Job:
         layer_meta: list[StoreLayer] = []
         for layer in self.layers:
             sae = self.bundle.sae(layer)
-            stats, ex, n_blocks = reduce_blocks(
-                reader, layer, int(sae.cfg.d_sae), table, self.cfg.reduce, max_records
-            )
+            stats, ex, n_blocks = self.reduce_layer(reader, layer, table, max_records)
             logger.info(
                 "layer %d: %d records reduced in %d feature blocks",
                 layer,

@@ -11,6 +11,10 @@ Because the members are stored uncompressed, :class:`ShardReader` reads one feat
 layer with ``np.fromfile`` at the member's offset: only those rows leave the disk. The reduce
 reads every shard once per feature block, so its memory is set by the block, not by the run.
 
+The reader opens files through an ``opener`` (a local file by default): the cluster run
+(``precompute.cluster``) passes one of :class:`precompute.storage.WorkDir`, so the same reads go
+to an fsspec URL (``s3://``, ``gs://``) with ranged reads.
+
 Shards of the first format (unsorted, no ``fptr_L``) carry no ``format`` in their meta: the
 encode step sees a meta that differs and recomputes them (``SHARD_FORMAT``).
 """
@@ -20,9 +24,10 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,8 +66,23 @@ def save_shard(
         np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
-def shard_meta(path: Path) -> dict[str, Any] | None:
-    """The shard's meta, or None when it is torn or foreign (then it is recomputed)."""
+Opener = Callable[[Any], IO[bytes]]
+"""Opens a shard (a path, or a URL for a :class:`precompute.storage.WorkDir`'s) for reading."""
+
+
+def open_binary(path: Any) -> IO[bytes]:
+    """The default opener: a local file, read as bytes."""
+    return open(path, "rb")
+
+
+def _name(path: Any) -> str:
+    return PurePosixPath(str(path)).name
+
+
+def shard_meta(path: Path | IO[bytes]) -> dict[str, Any] | None:
+    """The shard's meta, or None when it is torn or foreign (then it is recomputed).
+
+    ``path`` may also be an open binary file."""
     try:
         with np.load(path) as z:
             return dict(json.loads(bytes(z["meta"]).decode()))
@@ -77,19 +97,19 @@ class _Member:
     size: int
 
 
-def _members(path: Path) -> dict[str, _Member]:
+def _members(path: Any, opener: Opener = open_binary) -> dict[str, _Member]:
     """Where each ``.npy`` member's data starts in an uncompressed ``.npz``."""
     out: dict[str, _Member] = {}
-    with zipfile.ZipFile(path) as z, open(path, "rb") as fh:
+    with opener(path) as fh, zipfile.ZipFile(fh) as z:
         for info in z.infolist():
             if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
                 raise AccumulateError(
-                    f"shard {path.name}: member {info.filename} is not a stored .npy"
+                    f"shard {_name(path)}: member {info.filename} is not a stored .npy"
                 )
             fh.seek(info.header_offset)
             local = fh.read(30)
             if local[:4] != b"PK\x03\x04":
-                raise AccumulateError(f"shard {path.name}: bad zip member header")
+                raise AccumulateError(f"shard {_name(path)}: bad zip member header")
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             fh.seek(info.header_offset + 30 + name_len + extra_len)
             version = np.lib.format.read_magic(fh)
@@ -98,7 +118,7 @@ def _members(path: Path) -> dict[str, _Member]:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             if fortran or len(shape) != 1 or dtype.hasobject:
-                raise AccumulateError(f"shard {path.name}: {info.filename} is not a 1-D array")
+                raise AccumulateError(f"shard {_name(path)}: {info.filename} is not a 1-D array")
             out[info.filename[:-4]] = _Member(fh.tell(), dtype, int(shape[0]))
     return out
 
@@ -110,37 +130,38 @@ class ShardReader:
     Only member offsets are kept (a few numbers per shard); each read goes to the disk.
     """
 
-    paths: list[Path]
-    _index: dict[Path, dict[str, _Member]] = field(default_factory=dict, repr=False)
+    paths: list[Any]  # Path, or what ``opener`` takes
+    opener: Opener = open_binary
+    _index: dict[Any, dict[str, _Member]] = field(default_factory=dict, repr=False)
 
-    def _member(self, path: Path, name: str) -> _Member:
+    def _member(self, path: Any, name: str) -> _Member:
         if path not in self._index:
-            self._index[path] = _members(path)
+            self._index[path] = _members(path, self.opener)
         members = self._index[path]
         if name not in members:
             raise AccumulateError(
-                f"shard {path.name} has no {name} "
+                f"shard {_name(path)} has no {name} "
                 "(an old-format or foreign shard: rerun the encode)"
             )
         return members[name]
 
-    def _read(self, path: Path, name: str, start: int, stop: int) -> NDArray[Any]:
+    def _read(self, path: Any, name: str, start: int, stop: int) -> NDArray[Any]:
         m = self._member(path, name)
         out = np.empty(stop - start, m.dtype)
         self._read_into(path, name, start, out)
         return out
 
-    def _read_into(self, path: Path, name: str, start: int, out: NDArray[Any]) -> None:
+    def _read_into(self, path: Any, name: str, start: int, out: NDArray[Any]) -> None:
         """Rows ``start:start + len(out)`` of member ``name``, read straight into ``out``."""
         m = self._member(path, name)
         if not 0 <= start <= start + len(out) <= m.size or out.dtype != m.dtype:
-            raise AccumulateError(f"shard {path.name}: rows {start}:{start + len(out)} of {name}")
+            raise AccumulateError(f"shard {_name(path)}: rows {start}:{start + len(out)} of {name}")
         if not len(out):
             return
-        with open(path, "rb") as fh:
+        with self.opener(path) as fh:
             fh.seek(m.offset + start * m.dtype.itemsize)
-            if fh.readinto(out.data.cast("B")) != out.nbytes:
-                raise AccumulateError(f"shard {path.name}: {name} is truncated")
+            if cast(Any, fh).readinto(out.data.cast("B")) != out.nbytes:
+                raise AccumulateError(f"shard {_name(path)}: {name} is truncated")
 
     def fires(self, layer: int, n_features: int) -> NDArray[np.int64]:
         """int64 ``[F]`` records per feature over all shards (one index read per shard)."""
@@ -149,7 +170,7 @@ class ShardReader:
             fptr = self._read(p, f"fptr_{layer}", 0, self._member(p, f"fptr_{layer}").size)
             if len(fptr) != n_features + 1:
                 raise AccumulateError(
-                    f"shard {p.name}: layer {layer} has {len(fptr) - 1} features, "
+                    f"shard {_name(p)}: layer {layer} has {len(fptr) - 1} features, "
                     f"expected {n_features}"
                 )
             total += np.diff(fptr)

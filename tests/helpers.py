@@ -8,9 +8,12 @@ under a second. Fixtures that use these live in ``conftest.py``.
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +152,33 @@ def tiny_bundle(
         max_tokens=max_tokens,
     )
     return Bundle(spec=spec, model=hooked_from_hf(hf_model, tokenizer), tokenizer=tokenizer)
+
+
+@dataclass(frozen=True)
+class TinyBundleFactory:
+    """Builds the tiny Gemma 3 bundle from scratch, as a Ray worker builds a preset's: the
+    seeded model and tokenizer are the same in every process.
+
+    ``pid_dir``: each build leaves a file named after its process id there (to find the
+    workers). ``delay_s``: a sleep before every forward pass (a slower model, so that a test can
+    act while a run is under way).
+    """
+
+    sae_dirs: tuple[tuple[int, str], ...]
+    pid_dir: str | None = None
+    delay_s: float = 0.0
+
+    def __call__(self) -> Bundle:
+        tokenizer = make_tokenizer()
+        bundle = tiny_bundle(
+            make_gemma3(len(tokenizer)), tokenizer, {n: Path(p) for n, p in self.sae_dirs}
+        )
+        if self.delay_s:
+            delay = self.delay_s
+            bundle.model.register_forward_pre_hook(lambda *_: time.sleep(delay))
+        if self.pid_dir:
+            Path(self.pid_dir, str(os.getpid())).touch()
+        return bundle
 
 
 def make_random_saes(
