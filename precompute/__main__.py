@@ -19,6 +19,7 @@ from typing import Any
 from explorer.paths import ASSETS_CORPUS, REPO_ROOT
 from precompute.accumulate import ReduceConfig
 from precompute.corpus_build import build_corpus
+from precompute.describe import add_descriptions
 from precompute.job import RunConfig, run_preset
 from precompute.train import TrainConfig, train_preset
 
@@ -190,10 +191,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_describe(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "describe",
+        help="add automatic descriptions to a store written without them",
+        description="Derive each live feature's description from the store itself (its "
+        "examples' most frequent tokens, the token before or after them when one dominates, "
+        "its top promoted tokens) and add descriptions/ to the store. Only the descriptions "
+        "files and the manifest are written; `run` does this by itself.",
+    )
+    p.add_argument("--store", type=Path, required=True, help="the store directory")
+    p.set_defaults(func=_cmd_describe)
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    described = add_descriptions(args.store)
+    for layer, n in described.items():
+        print(f"layer {layer}: {n:,} features described")
+    return 0
+
+
 _COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_build_corpus,
     _add_train_saes,
     _add_run,
+    _add_describe,
 )
 
 

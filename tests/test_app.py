@@ -89,7 +89,9 @@ def test_browse_sorts_filters_and_searches_top_tokens(ctx: Context) -> None:
     assert (table["n_fires"] > 0).all()
     token = table["top_tokens"].iat[0].split()[0]
     hits = browse.features(ctx, "all", token, hide_dense=False)
-    assert len(hits) and all(token.lower() in t.lower() for t in hits["top_tokens"])
+    found = hits["top_tokens"] + " " + hits[browse.AUTO_COLUMN]  # searched: both, and labels
+    assert len(hits) and all(token.lower() in t.lower() for t in found)
+    assert (hits["top_tokens"].str.lower().str.contains(token.lower(), regex=False)).any()
     layer, feature = dashboard.random_feature(ctx, "2", random.Random(3))
     assert layer == 2 and not ctx.store.feature(2, feature).dead  # type: ignore[union-attr]
 

@@ -1,5 +1,6 @@
-"""The Browse & search tab: the store's features as a table (filtered, searched by label or top
-token, sorted), and search by inference (the features most active on a text)."""
+"""The Browse & search tab: the store's features as a table (filtered, searched by label,
+automatic description or top token, sorted), and search by inference (the features most active
+on a text)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from explorer.labels import LabelError
 
 TAB_ID = "browse"
 BROWSE_ROWS = 500  # rows shown by the browse table (the search narrows it)
+AUTO_COLUMN = "automatic description"
 
 
 def features(
@@ -27,7 +29,8 @@ def features(
     hide_dense: bool = True,
     hide_dead: bool = True,
 ) -> pd.DataFrame:
-    """Features of the store as a table: filtered, searched by label or top token, sorted.
+    """Features of the store as a table: filtered, searched by label, automatic description
+    or top token, sorted.
 
     The defaults show the interesting ones first: dense features (firing on more than the
     store's threshold of tokens, rarely interpretable) and dead ones are hidden, and the rest
@@ -68,6 +71,7 @@ def features(
         hit = (
             (rank < len(ranked))
             | df["label"].str.lower().str.contains(q, regex=False)
+            | df["description"].str.lower().str.contains(q, regex=False)
             | df["top_tokens"].str.lower().str.contains(q, regex=False)
         )
         df = df.assign(_rank=rank)[hit]
@@ -76,11 +80,22 @@ def features(
         )
     else:
         df = df.sort_values([sort_by, "layer", "feature"], ascending=[not descending, True, True])
-    cols = ["layer", "feature", "label", "density", "max_act", "n_fires", "top_tokens"]
+    cols = [
+        "layer",
+        "feature",
+        "label",
+        "description",
+        "density",
+        "max_act",
+        "n_fires",
+        "top_tokens",
+    ]
     out = pd.DataFrame(df[cols].head(BROWSE_ROWS)).reset_index(drop=True)
     out["density"] = (100 * out["density"]).round(4)
     out["max_act"] = out["max_act"].astype(float).round(3)
-    return out.rename(columns={"density": "density %", "max_act": "max act"})
+    return out.rename(
+        columns={"density": "density %", "max_act": "max act", "description": AUTO_COLUMN}
+    )
 
 
 SI_RANK = f"max {microscope.REL}"  # search by inference ranks by the microscope's "max"
@@ -114,7 +129,9 @@ def layout(ctx: Context) -> BrowseTab:
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
         b_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
-        b_query = gr.Textbox(label="Search labels and top tokens", elem_id="b-query")
+        b_query = gr.Textbox(
+            label="Search labels, automatic descriptions and top tokens", elem_id="b-query"
+        )
         b_sort = gr.Dropdown(
             ["density", "max_act", "n_fires", "feature"],
             value="density",

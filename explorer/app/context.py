@@ -28,6 +28,8 @@ from explorer.paths import ASSETS_STORE, CURATED
 from explorer.store import Store
 from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
 
+AUTO = "[auto] "  # marks an automatic description wherever a table shows it in a label's place
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -127,6 +129,7 @@ class Context:
             tokens = self.store.features(layer, ["top_logits_tokens"])["top_logits_tokens"]
             df.insert(0, "layer", layer)
             df["top_tokens"] = [" ".join(repr(t)[1:-1] for t in list(ts)[:5]) for ts in tokens]
+            df["description"] = self.store.descriptions(layer)
             frames.append(df)
         self._summary = pd.concat(frames, ignore_index=True)
         return self._summary
@@ -168,6 +171,21 @@ class Context:
         one, else ``""``."""
         found = labels.get((layer, feature))
         return found.label if found is not None else self.curated.get((layer, feature), "")
+
+    def description(self, layer: int, feature: int) -> str:
+        """The feature's automatic description from the store (``''`` when none)."""
+        if self.store is None or layer not in self.store.layers:
+            return ""
+        return self.store.description(layer, feature)
+
+    def shown_label(self, labels: dict[tuple[int, int], Any], layer: int, feature: int) -> str:
+        """What a table shows in a feature's label column: its label (:meth:`label_text`), else
+        its automatic description marked ``[auto]``, else ``""``."""
+        label = self.label_text(labels, layer, feature)
+        if label:
+            return label
+        auto = self.description(layer, feature)
+        return AUTO + auto if auto else ""
 
     def label_of(self, layer: int, feature: int) -> str:
         """The feature's current label, else its curated one, else ``""``."""

@@ -80,10 +80,13 @@ def header(ctx: Context, layer: Any, feature: Any) -> str:
 def _badges(ctx: Context, rec: FeatureRecord) -> str:
     """The header: a person's label as is, a curated one marked as curated."""
     human = ctx.labels.current(rec.layer, rec.feature)
+    auto = ctx.description(rec.layer, rec.feature)
     if human is not None:
-        return render.badges_html(rec, human.label, ctx.dense_threshold)
+        return render.badges_html(rec, human.label, ctx.dense_threshold, auto=auto)
     curated = ctx.curated.get((rec.layer, rec.feature))
-    return render.badges_html(rec, curated, ctx.dense_threshold, curated=curated is not None)
+    return render.badges_html(
+        rec, curated, ctx.dense_threshold, curated=curated is not None, auto=auto
+    )
 
 
 def view(
@@ -111,7 +114,7 @@ def view(
         {
             "feature": rec.neighbours,
             "cosine": [round(float(c), 3) for c in rec.neighbour_cos],
-            "label": [ctx.label_text(labels, rec.layer, f) for f in rec.neighbours],
+            "label": [ctx.shown_label(labels, rec.layer, f) for f in rec.neighbours],
         }
     )
     return DashboardView(

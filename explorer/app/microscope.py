@@ -191,7 +191,7 @@ def _describe(ctx: Context, table: pd.DataFrame) -> None:
     labels = ctx.labels.current_all()
     dens = ctx.densities()
     pairs = list(zip(table["layer"].astype(int), table["feature"].astype(int), strict=True))
-    table["label"] = [ctx.label_text(labels, la, f) for la, f in pairs]
+    table["label"] = [ctx.shown_label(labels, la, f) for la, f in pairs]
     table["density %"] = [
         round(100 * float(dens[la][f]), 4) if la in dens else None for la, f in pairs
     ]

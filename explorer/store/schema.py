@@ -44,6 +44,11 @@ def examples_path(layer: int) -> str:
     return f"examples/layer={layer:02d}.parquet"
 
 
+def descriptions_path(layer: int) -> str:
+    """The (optional) descriptions file of ``layer``: ``descriptions/layer=05.parquet``."""
+    return f"descriptions/layer={layer:02d}.parquet"
+
+
 def interval_group(k: int) -> str:
     """The ``group`` value of interval ``k`` (1-based): ``interval_group(2) == 'interval 2'``."""
     return f"interval {k}"
@@ -127,6 +132,36 @@ def examples_schema() -> pa.Schema:
             _col("max_pos", pa.int16()),
             _col("act_pos", pa.list_(pa.int16())),
             _col("act_val", pa.list_(pa.float16())),
+        ]
+    )
+
+
+@functools.cache
+def descriptions_schema() -> pa.Schema:
+    """``descriptions/layer=NN.parquet`` (optional; all layers or none): one row per feature,
+    sorted by feature, the automatic description ``precompute`` derives from the store itself.
+
+    Over the centres of the feature's stored examples (top and interval samples; ``n_examples``
+    distinct positions): ``tokens`` are its most frequent tokens there with their ``counts``;
+    ``context`` is ``'after'`` when one token (``context_token``, seen ``context_count`` times)
+    precedes at least half of them, else ``'before'`` when one follows at least half of them,
+    else ``''`` (token -1);
+    ``promoted`` are its top promoted tokens (the first of ``top_logits``). ``description`` is the
+    line the app shows, ``''`` for a dead feature.
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            _col("feature", pa.int32()),
+            _col("description", pa.string()),
+            _col("n_examples", pa.int32()),
+            _col("tokens", pa.list_(pa.int32())),
+            _col("counts", pa.list_(pa.int32())),
+            _col("context", pa.string()),
+            _col("context_token", pa.int32()),
+            _col("context_count", pa.int32()),
+            _col("promoted", pa.list_(pa.int32())),
         ]
     )
 
