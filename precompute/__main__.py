@@ -190,10 +190,76 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_explain(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="explain a store's features with an LLM and score the explanations",
+        description="Ask any OpenAI-compatible chat endpoint to explain each feature from its "
+        "top examples, interval samples and promoted tokens, then score the explanation on "
+        "held-out contexts by detection and fuzzing (balanced accuracy, Delphi's method). "
+        "Rows are appended to the explanations file; features already explained with the same "
+        "model and prompt version are skipped, so a killed run resumes.",
+    )
+    p.add_argument("--store", type=Path, required=True, help="the store directory")
+    p.add_argument("--llm-url", required=True, help="API base, e.g. https://api.openai.com/v1")
+    p.add_argument("--llm-model", required=True, help="model name at that endpoint")
+    p.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable with the key"
+    )
+    p.add_argument(
+        "--explanations", type=Path, default=None, help="default: STORE/explanations.sqlite"
+    )
+    p.add_argument("--layers", type=int, nargs="+", default=[], help="default: all")
+    p.add_argument("--features", type=int, nargs="+", default=[], help="default: all that fire")
+    p.add_argument("--limit", type=int, default=None, help="explain at most this many features")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at most")
+    p.add_argument("--retries", type=int, default=5, help="retries of a failed request")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--n-explain", type=int, default=10, help="top examples shown")
+    p.add_argument("--n-test", type=int, default=10, help="held-out contexts of each kind")
+    p.add_argument("--per-prompt", type=int, default=5, help="contexts per scorer request")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from precompute.explain.client import LLMConfig, LLMError
+    from precompute.explain.run import ExplainConfig, run_explain
+
+    cfg = ExplainConfig(
+        store=args.store,
+        explanations=args.explanations,
+        layers=tuple(args.layers),
+        features=tuple(args.features),
+        limit=args.limit,
+        n_explain=args.n_explain,
+        n_test=args.n_test,
+        per_prompt=args.per_prompt,
+        seed=args.seed,
+    )
+    llm = LLMConfig(
+        url=args.llm_url,
+        model=args.llm_model,
+        api_key_env=args.api_key_env,
+        concurrency=args.concurrency,
+        retries=args.retries,
+        timeout_s=args.timeout,
+    )
+    try:
+        report = run_explain(cfg, llm, progress=not args.no_progress)
+    except LLMError as e:
+        raise ValueError(str(e)) from None
+    print(report.summary())
+    print(f"explanations: {cfg.explanations_path}")
+    return 1 if report.failed else 0
+
+
 _COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_build_corpus,
     _add_train_saes,
     _add_run,
+    _add_explain,
 )
 
 

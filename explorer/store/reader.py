@@ -189,6 +189,10 @@ class Store:
                 self._context = self._read_context()
             return self._context
 
+    def token_context(self) -> TokenContext:
+        """The store's windows and vocabulary (read once, shared): to draw contexts from."""
+        return self._load_context()
+
     def _read_context(self) -> TokenContext:
         tokens = self._read(TOKENS, "the windows", lambda: self._files[TOKENS].read())
         vocab = self._read(VOCAB, "the vocabulary", lambda: self._files[VOCAB].read())
