@@ -255,11 +255,74 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _add_neuronpedia_import(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "neuronpedia-import",
+        help="import Neuronpedia's explanation exports into an explanations file",
+        description="Read Neuronpedia explanation exports (their datasets bucket's "
+        "<model>/<layer>-<set>/explanations/batch-N.jsonl.gz, or .jsonl) and append the "
+        "explanations of the preset's SAEs with source 'neuronpedia'. Importing twice adds "
+        "nothing; labels are never touched.",
+    )
+    p.add_argument("files", type=Path, nargs="+", help="export files (.jsonl or .jsonl.gz)")
+    p.add_argument("--preset", default="gemma-2-2b", help="whose SAEs the explanations are of")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--explanations", type=Path, help="the explanations file to append to")
+    where.add_argument("--store", type=Path, help="use STORE/explanations.sqlite")
+    p.set_defaults(func=_cmd_neuronpedia_import)
+
+
+def _cmd_neuronpedia_import(args: argparse.Namespace) -> int:
+    from precompute.explain.neuronpedia import import_explanations
+
+    target = args.explanations or args.store / "explanations.sqlite"
+    report = import_explanations(args.files, args.preset, target)
+    print(report.summary())
+    print(f"explanations: {target}")
+    return 0
+
+
+def _add_neuronpedia_export(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "neuronpedia-export",
+        help="write a store (features, activations, explanations) in Neuronpedia's format",
+        description="Write one folder per layer, <layer>-<source set>, as Neuronpedia's "
+        "SAEDashboard converter does: model/sourceset/source/release.jsonl and features/, "
+        "activations/, explanations/ batch-N.jsonl.gz (each feature's best explanation).",
+    )
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--model-id", default=None, help="default: the store's model name")
+    p.add_argument("--source-set", default=None, help="default: gse-res-<width>")
+    p.add_argument("--explanations", type=Path, default=None, help="default: STORE's own")
+    p.add_argument("--layers", type=int, nargs="+", default=[], help="default: all")
+    p.add_argument("--creator", default="", help="creator name for the source set")
+    p.set_defaults(func=_cmd_neuronpedia_export)
+
+
+def _cmd_neuronpedia_export(args: argparse.Namespace) -> int:
+    from precompute.explain.neuronpedia import export_store
+
+    report = export_store(
+        args.store,
+        args.out,
+        model_id=args.model_id,
+        source_set=args.source_set,
+        explanations=args.explanations,
+        layers=tuple(args.layers),
+        creator=args.creator,
+    )
+    print(report.summary())
+    return 0
+
+
 _COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_build_corpus,
     _add_train_saes,
     _add_run,
     _add_explain,
+    _add_neuronpedia_import,
+    _add_neuronpedia_export,
 )
 
 
