@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,34 @@ def test_foreign_files_are_left_untouched(tmp_path: Path) -> None:
     with pytest.raises(ExplanationError, match="no explanations database"):
         Explanations(tmp_path / "missing.sqlite", create=False)
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_dashboard_header_shows_the_best_explanation_escaped(ctx: Any, tmp_path: Path) -> None:
+    from explorer.app import dashboard
+
+    plain = dashboard.header(ctx, 1, 3)
+    assert "gse-explanation" not in plain  # no explanations file: nothing shown
+    db = Explanations(tmp_path / "e.sqlite")
+    ctx.explanations = db
+    ctx.labels.add(1, 3, "a person's label")
+    db.add(
+        [
+            NewExplanation(
+                layer=1, feature=3, text="<img src=x onerror=alert(1)> tags", source="llm",
+                method="max-activating-examples", model="gemma-3-270m", detection=0.7,
+                fuzzing=0.54, score=0.62, n_scored=20,
+            ),
+            NewExplanation(
+                layer=1, feature=3, text="imported", source="neuronpedia", method="np",
+                model="gpt-4o-mini",
+            ),
+        ]
+    )  # fmt: skip
+    html = dashboard.header(ctx, 1, 3)
+    assert "a person&#x27;s label" in html  # the label stays the label
+    assert (
+        '<div class="gse-explanation gse-muted">Explanation: &lt;img src=x onerror=alert(1)&gt; '
+        "tags (score 0.62; llm, gemma-3-270m)</div>"
+    ) in html
+    assert "<img" not in html
+    assert dashboard.explanation_line(ctx, 1, 4) == ""
