@@ -316,6 +316,27 @@ def _cmd_neuronpedia_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_llm(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "serve-llm",
+        help="serve the embedded Gemma 3 270M as an OpenAI-compatible endpoint (llama.cpp)",
+        description="Assemble the embedded GGUF (once) and run llama-cpp-python's server on it, "
+        "so `explain --llm-url http://HOST:PORT/v1 --llm-model gemma-3-270m` works offline. "
+        "Needs: pip install 'llama-cpp-python[server]'.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--n-ctx", type=int, default=8192, help="context length")
+    p.add_argument("--cache-dir", default=None, help="embedded model cache directory")
+    p.set_defaults(func=_cmd_serve_llm)
+
+
+def _cmd_serve_llm(args: argparse.Namespace) -> int:
+    from precompute.explain.serve import serve
+
+    return serve(args.host, args.port, args.n_ctx, args.cache_dir)
+
+
 _COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_build_corpus,
     _add_train_saes,
@@ -323,6 +344,7 @@ _COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_explain,
     _add_neuronpedia_import,
     _add_neuronpedia_export,
+    _add_serve_llm,
 )
 
 
