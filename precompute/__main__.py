@@ -219,6 +219,11 @@ def _add_explain(sub: _SubParsers) -> None:
     p.add_argument("--n-test", type=int, default=10, help="held-out contexts of each kind")
     p.add_argument("--per-prompt", type=int, default=5, help="contexts per scorer request")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-system-role",
+        action="store_true",
+        help="fold system messages into the first user message (Gemma models, serve-llm)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explain)
 
@@ -245,6 +250,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         retries=args.retries,
         timeout_s=args.timeout,
+        system_role=not args.no_system_role,
     )
     try:
         report = run_explain(cfg, llm, progress=not args.no_progress)

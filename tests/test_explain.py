@@ -212,3 +212,19 @@ def test_cli_explain_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main([*closed, "--layers", "9", "--features", "5", "--no-progress"]) == 1
     assert "(0 done before, 1 failed)" in capsys.readouterr().out
     assert sqlite3.connect(out).execute("SELECT count(*) FROM explanations").fetchone()[0] == 1
+
+
+def test_system_messages_folded_for_models_without_a_system_role() -> None:
+    script = Script()
+    with serve(script) as url:
+        _chat(url, system_role=False)
+        messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+        cfg = LLMConfig(url=url, model="m", system_role=False)
+
+        async def go() -> None:
+            async with ChatClient(cfg) as c:
+                await c.chat(messages)
+
+        asyncio.run(go())
+    assert script.bodies[-1]["messages"] == [{"role": "user", "content": "S\n\nU"}]
+    assert messages[1]["content"] == "U"  # the caller's messages are left as they were

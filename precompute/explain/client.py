@@ -60,6 +60,8 @@ class LLMConfig:
         backoff_s: first backoff; it doubles on each retry, capped at ``max_backoff_s``.
         max_tokens: the reply's limit.
         temperature: sampling temperature (0: Delphi's scorers' default).
+        system_role: send system messages; ``False`` folds them into the first user message,
+            as Gemma's own chat template does (llama.cpp's ``gemma`` format drops them).
     """
 
     url: str
@@ -72,6 +74,7 @@ class LLMConfig:
     max_backoff_s: float = 60.0
     max_tokens: int = 200
     temperature: float = 0.0
+    system_role: bool = True
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -116,6 +119,8 @@ class ChatClient:
 
     async def chat(self, messages: list[dict[str, str]], max_tokens: int | None = None) -> str:
         """The reply's text; :class:`LLMError` when the request fails for good."""
+        if not self.cfg.system_role:
+            messages = fold_system(messages)
         body: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": messages,
@@ -161,3 +166,16 @@ class ChatClient:
         self.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
         return str(text or "")
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system messages' text put at the start of the first user message."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system:
+        first = next((m for m in rest if m["role"] == "user"), None)
+        if first is None:
+            rest.insert(0, {"role": "user", "content": system})
+        else:
+            first["content"] = f"{system}\n\n{first['content']}"
+    return rest

@@ -47,6 +47,9 @@ def server_command(gguf: Path, host: str, port: int, n_ctx: int = 8192) -> list[
         str(n_ctx),
         "--n_threads",
         threads,
+        # The GGUF carries no chat template; llama.cpp's default would be Llama 2's.
+        "--chat_format",
+        "gemma",
     ]
 
 
