@@ -201,6 +201,10 @@ def test_cli_explain_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert main([*args, "--features", "4", "--n-test", "2", "--no-progress"]) == 0
         printed = capsys.readouterr().out
         assert "explained 1 features" in printed and "tokens" in printed
+        assert main([*args, "--layers", "5", "--features", "5", "--no-progress"]) == 0  # dead
+        assert "explained 0 features (0 done before, 0 failed, 1 with too few examples)" in (
+            capsys.readouterr().out
+        )
         assert main([*args, "--layers", "7", "--features", "4"]) == 2
         assert "layer 7 is not in the store" in capsys.readouterr().err
         assert main([*args, "--features", "999999"]) == 2

@@ -65,13 +65,15 @@ class ExplainReport:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    empty: int = 0
     scores: list[float] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
     def summary(self) -> str:
         mean = f"{sum(self.scores) / len(self.scores):.3f}" if self.scores else "n/a"
         return (
-            f"explained {self.done} features ({self.skipped} done before, {self.failed} failed); "
+            f"explained {self.done} features ({self.skipped} done before, {self.failed} failed"
+            f"{f', {self.empty} with too few examples' if self.empty else ''}); "
             f"mean score {mean}; {self.usage.report()}"
         )
 
@@ -193,6 +195,7 @@ async def _run(
                 s = feature_samples(rec, tc, cfg.n_explain, cfg.n_test, seed=cfg.seed)
                 try:
                     row = await explain_feature(client, s, cfg.seed, cfg.per_prompt)
+                    report.empty += row is None
                 except LLMError as e:
                     report.failed += 1
                     logger.warning("%d/%d failed: %s", layer, feature, e)
