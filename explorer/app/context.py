@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from explorer.app.inputs import UserError, parse_float, parse_int
 from explorer.app.policy import WritePolicy
 from explorer.bundle import build_bundle, bundle_identity, preset
+from explorer.explanations import Explanations
 from explorer.labels import LabelError, Labels
 from explorer.paths import ASSETS_STORE, CURATED
 from explorer.store import Store
@@ -63,6 +64,7 @@ class Context:
         content: the curated example texts and features (the Start tab's table, the
             microscope's example texts).
         policy: who may write labels, import and retract (open unless published).
+        explanations: generated and imported explanations (``None``: none to show).
     """
 
     bundle: Bundle
@@ -71,6 +73,7 @@ class Context:
     curated: dict[tuple[int, int], str] = field(default_factory=dict)
     content: dict[str, Any] = field(default_factory=lambda: {"texts": [], "features": []})
     policy: WritePolicy = field(default_factory=WritePolicy)
+    explanations: Explanations | None = None
     _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
     _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _maxes: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -231,6 +234,7 @@ def open_explorer(
     labels_path: str | None,
     cache_dir: str | None = None,
     public: bool | None = None,
+    explanations_path: str | None = None,
 ) -> Context:
     """Build the bundle, open and check the store, open the labels: the app's context.
 
@@ -244,6 +248,7 @@ def open_explorer(
     store = Store.open(store_dir) if store_dir is not None else None
     widths = {n: store.n_features(n) for n in store.layers} if store is not None else None
     labels = Labels(labels_path or default_labels_path(), scope=spec.name, widths=widths)
+    explanations = open_explanations(explanations_path, store_dir)
     ident = bundle_identity(spec)
     if store is not None:
         store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
@@ -260,7 +265,17 @@ def open_explorer(
         curated=curated,
         content=content,
         policy=WritePolicy.from_env(public),
+        explanations=explanations,
     )
+
+
+def open_explanations(path: str | None, store_dir: str | None) -> Explanations | None:
+    """The explanations file given, else the store's ``explanations.sqlite`` if it has one
+    (never created here: the app only reads explanations)."""
+    if path is None and store_dir is not None:
+        beside = Path(store_dir) / "explanations.sqlite"
+        path = str(beside) if beside.exists() else None
+    return Explanations(path, create=False) if path is not None else None
 
 
 __all__ = ["Context", "UserError", "load_curated", "open_explorer", "parse_float", "parse_int"]
