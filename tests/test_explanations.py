@@ -121,3 +121,16 @@ def test_dashboard_header_shows_the_best_explanation_escaped(ctx: Any, tmp_path:
     ) in html
     assert "<img" not in html
     assert dashboard.explanation_line(ctx, 1, 4) == ""
+
+
+def test_the_app_opens_the_stores_explanations_only_when_there(tmp_path: Path) -> None:
+    from explorer.app.context import open_explanations
+
+    assert open_explanations(None, str(tmp_path)) is None
+    assert open_explanations(None, None) is None
+    Explanations(tmp_path / "explanations.sqlite")
+    found = open_explanations(None, str(tmp_path))
+    assert found is not None and found.path == tmp_path / "explanations.sqlite"
+    with pytest.raises(ExplanationError, match="no explanations database"):
+        open_explanations(str(tmp_path / "missing.sqlite"), None)
+    assert not (tmp_path / "missing.sqlite").exists()
