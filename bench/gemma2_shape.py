@@ -24,8 +24,9 @@ up to 255,999 are Gemma 2's size; ids from 256,000 are added specials (``<end_of
 
 Thresholds: each SAE's decoder rows are random unit vectors, ``W_enc = W_dec.T``, and each
 feature's threshold is the ``1 - l0 / width`` quantile of its pre-activations on calibration
-tokens from the corpus, so every feature fires on about ``l0 / width`` of tokens and L0 is about
-``l0`` on similar text.
+tokens from the corpus (its documents in ``all`` order, shuffled by ``seed + 1``: the mixture a
+precompute run reads first, not the same windows), so every feature fires on about
+``l0 / width`` of tokens and L0 is about ``l0`` on similar text.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def calibrated_sae(
 class Gemma2Shape:
     bundle: Bundle
     sae_dirs: dict[int, Path]
-    calibration_l0: dict[int, float]  # L0 on the calibration tokens, per layer
+    calibration_l0: dict[int, float]  # L0 on the calibration tokens, per layer (if calibrated)
 
 
 def build_gemma2_shape(
@@ -219,7 +220,7 @@ def build_gemma2_shape(
     bundle = Bundle(spec=spec, model=model, tokenizer=tok, device=device, dtype=dtype)
     bundle.max_saes = max_saes
     windows, n = [], 0
-    for w in token_windows(run_documents("default", "train", seed + 1), tok, 128):
+    for w in token_windows(run_documents("default", "all", seed + 1), tok, 128):
         windows.append(w.token_ids)
         n += len(w.token_ids) - 1
         if n >= calibration_tokens:
@@ -227,6 +228,8 @@ def build_gemma2_shape(
     ids, keep = pad_windows(windows, tok.pad_token_id or 0, set(tok.all_special_ids))
     l0s: dict[int, float] = {}
     missing = [n for n in layers if not _saved(dirs[n], width)]
+    if not missing:  # saved by an earlier build with this seed: nothing to calibrate
+        return Gemma2Shape(bundle=bundle, sae_dirs=dirs, calibration_l0=l0s)
     resid = residuals(bundle, ids, layers)
     for layer in layers:
         acts = resid.pop(layer)[keep.to(bundle.device)].float().cpu()

@@ -49,9 +49,9 @@ def test_tiny_shape_l0_near_target_on_unseen_text(tmp_path: Path, shared: bool) 
     )
     bundle = shape.bundle
     assert all(abs(v - l0) < 0.1 * l0 for v in shape.calibration_l0.values())
-    # held-out documents: the SAEs were calibrated on training documents
+    # training documents: the SAEs were calibrated on the first held-out ones
     windows = []
-    for w in token_windows(run_documents("default", "heldout", 7), bundle.tokenizer, 128):
+    for w in token_windows(run_documents("default", "train", 7), bundle.tokenizer, 128):
         windows.append(w.token_ids)
         if len(windows) == 8:
             break

@@ -105,24 +105,15 @@ def select(
     return out, len(order), page_n
 
 
-def features(
-    ctx: Context,
-    layer: Any = "all",
-    query: str = "",
-    sort_by: str = "density",
-    descending: bool = True,
-    hide_dense: bool = True,
-    hide_dead: bool = True,
-    page: Any = 1,
-) -> pd.DataFrame:
+def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
     """Features of the store as a table: filtered, searched by label or top token, sorted, one
-    page of ``BROWSE_ROWS`` at a time (page 1 first).
+    page of ``BROWSE_ROWS`` at a time (page 1 first); the arguments are :func:`select`'s.
 
     The defaults show the interesting ones first: dense features (firing on more than the
     store's threshold of tokens, rarely interpretable) and dead ones are hidden, and the rest
     are sorted by density, the most frequent first.
     """
-    return select(ctx, layer, query, sort_by, descending, hide_dense, hide_dead, page)[0]
+    return select(ctx, *criteria, **named)[0]
 
 
 def page_caption(total: int, page: int) -> str:
