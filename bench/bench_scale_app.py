@@ -41,9 +41,10 @@ def _timed(fn: Any, runs: int) -> list[float]:
 
 
 def measure_app(bundle: Any, store_dir: Path, runs: int = 30) -> None:
+    from bench_app import dashboard_opens
     from bench_scale import rss_gb
 
-    from explorer.app import Context, browse, build_app, dashboard, microscope
+    from explorer.app import Context, browse, build_app, microscope
     from explorer.labels import Labels
     from explorer.store import Store
 
@@ -62,16 +63,7 @@ def measure_app(bundle: Any, store_dir: Path, runs: int = 30) -> None:
         f"summary {t_summary:.1f} s, with the Gradio app built {t_start:.1f} s; RSS {rss_gb():.2f}"
         f" GB ({rss_gb() - rss0:+.2f} GB over the model alone)"
     )
-    rng = random.Random(0)
-    t = time.perf_counter()
-    dashboard.view(ctx, *dashboard.random_feature(ctx, "all", rng))
-    first = time.perf_counter() - t
-    opens = []
-    for _ in range(max(runs, 50)):
-        layer, feature = dashboard.random_feature(ctx, "all", rng)
-        t = time.perf_counter()
-        dashboard.view(ctx, layer, feature)
-        opens.append(time.perf_counter() - t)
+    first, opens = dashboard_opens(ctx, max(runs, 50), random.Random(0))
     print(
         f"dashboard open: first {first * 1e3:.0f} ms, then {_pcts(opens)} over {len(opens)} "
         "random live features (target p95 <= 100 ms)"
