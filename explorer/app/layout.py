@@ -171,7 +171,7 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             return (*dash_values, *micro_values, *steer_values, *label_values)
 
         demo.load(from_url, None, load_outputs).then(None, None, None, js=_RUN_FROM_URL)
-        demo.load(ui(lambda: browse.features(ctx)), None, found.table)
+        demo.load(ui(lambda: browse.table_update(ctx)), None, found.table)
 
         # The label API: label a feature by number (what the UI does for the feature shown).
         def label_feature(
