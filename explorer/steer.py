@@ -43,7 +43,7 @@ MAX_PROMPT_TOKENS = 256
 """Prompt tokens kept (the last ones): prompt + completion stay in Gemma 3's 512-token window."""
 MAX_SECONDS = 60.0
 """Wall-clock bound of one generation; it stops early and says so."""
-MAX_STRENGTH = 10_000.0
+MAX_STRENGTH = 100_000.0
 MAX_TEMPERATURE = 5.0
 MAX_FREQ_PENALTY = 10.0
 MAX_SEED = 2**63 - 1
@@ -101,6 +101,9 @@ class GenerationConfig:
         freq_penalty: subtracted from a token's logit once per time it already occurs in the
             row (prompt included), as in OpenAI's API and transformer-lens's ``freq_penalty``.
         time_limit_s: wall-clock bound; generation stops early when it is reached.
+        steer_prompt: steer the prompt's positions too (BOS excepted), as Neuronpedia does;
+            ``False`` steers only the positions that predict new tokens (the prompt's last
+            position and every generated one).
     """
 
     max_new_tokens: int = 40
@@ -108,6 +111,7 @@ class GenerationConfig:
     seed: int = 0
     freq_penalty: float = 0.0
     time_limit_s: float = MAX_SECONDS
+    steer_prompt: bool = True
 
     def __post_init__(self) -> None:
         n = self.max_new_tokens
@@ -214,6 +218,20 @@ def generate_pair(
     return _generate_rows(bundle, prompt, cfg, [(), tuple(steers)])
 
 
+def generate_rows(
+    bundle: Bundle, prompt: str, cfg: GenerationConfig, rows: Sequence[Sequence[Steer]]
+) -> Iterator[Completion]:
+    """Completions of ``prompt`` for several rows of steers (``()``: the default) in one batch,
+    each row sampled with its own generator seeded with ``cfg.seed``: a steering sweep."""
+    return _generate_rows(bundle, prompt, cfg, [tuple(row) for row in rows])
+
+
+def steering_hooks(bundle: Bundle, steers: Sequence[Steer], skip: int = 1) -> dict[str, Any]:
+    """The hooks that steer a single-row forward pass (positions from ``skip`` on), for a
+    teacher-forced pass over a text (:mod:`precompute.steer_eval` reads its logits)."""
+    return _steering_hooks(bundle, [tuple(steers)], [skip])
+
+
 def _directions(bundle: Bundle, steers: Sequence[Steer]) -> dict[tuple[int, int], torch.Tensor]:
     """``{(layer, feature): d_f}``: what one unit of the feature adds to the reconstruction.
 
@@ -289,6 +307,8 @@ def _generate_rows(
     model, n_rows = bundle.model, len(rows)
     device = bundle.device
     skip = [1 if bundle.tokenizer.bos_token_id is not None else 0]
+    if not cfg.steer_prompt:
+        skip[0] = len(ids) - 1
     hooks = _steering_hooks(bundle, rows, skip)
     gens = [torch.Generator(device="cpu").manual_seed(cfg.seed) for _ in rows]
     stop = _stop_ids(bundle)
