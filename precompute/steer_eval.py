@@ -22,6 +22,7 @@ the default's + :data:`REP_MARGIN`. Deterministic given the seeds (greedy at tem
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     import torch
 
     from explorer.bundle import Bundle
+
+logger = logging.getLogger(__name__)
 
 PPL_FACTOR = 2.0
 """A steered continuation is readable when its perplexity is at most this × the default's…"""
@@ -291,6 +294,7 @@ def evaluate(
             bundle.check_feature(layer, feature)
         except ValueError as err:
             raise ValueError(f"feature {layer}:{feature}: {err}") from None
+        logger.info("evaluating feature %d:%d", layer, feature)
         rec = store.feature(layer, feature)
         if not rec.max_act or rec.max_act <= 0:
             raise ValueError(

@@ -216,3 +216,57 @@ def test_cli_refuses_bad_arguments_in_one_line(argv, message, capsys) -> None:
     assert main(["steer-eval", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_the_app_defaults_to_the_recommended_strength(app_parts, tmp_path) -> None:
+    from explorer.app import Context
+    from explorer.app.steer_table import default_strength, parse_steers
+    from explorer.labels import Labels
+    from explorer.store import Store
+    from precompute.write import write_steering
+
+    bundle, shared = app_parts
+    feature = int(shared.features(2)["max_act"].to_numpy().argmax())
+    top = round(float(shared.feature(2, feature).max_act), 2)
+    store_dir = tmp_path / "store"
+    shutil.copytree(shared.path, store_dir)
+    labels = Labels(tmp_path / "labels.sqlite", scope="tiny", widths={1: 48, 2: 48})
+    plain = Context(bundle=bundle, store=Store.open(store_dir), labels=labels)
+    assert default_strength(plain, 2, feature) == top  # no table: the max activation
+    base = Row(2, feature, "none", 0, 0, 0.0, 0.0, 0.0, 10.0, 0.0, 1)
+    best = Row(2, feature, "add", 0.5, 1.25, 0.3, 0.5, 0.1, 11.0, 0.0, 1)
+    write_steering(store_dir, steering_table(recommend([base, best])))
+    ctx = Context(bundle=bundle, store=Store.open(store_dir), labels=labels)
+    assert default_strength(ctx, 2, feature) == 1.25
+    assert default_strength(ctx, 2, feature, "clamp") == top
+    assert parse_steers(ctx, [[2, feature, "", "add"]])[0].strength == 1.25
+    assert parse_steers(ctx, [[2, feature, 7, "add"]])[0].strength == 7.0
+
+
+def test_steering_demos_load_and_fill_the_steering_tab(ctx, tmp_path) -> None:
+    from explorer.app import UserError
+    from explorer.app.context import load_curated
+    from explorer.app.start import demo_rows
+    from explorer.app.steering import demo_values
+
+    good = {"prompt": "the cat", "layer": 2, "feature": 5, "strength": 1.5, "method": "add",
+            "seed": 3, "label": "cats", "temperature": 0.0, "max_new_tokens": 12}  # fmt: skip
+    bad = [
+        {**good, "seed": "3"},
+        {**good, "layer": True},
+        {k: v for k, v in good.items() if k != "prompt"},
+    ]
+    path = tmp_path / "curated.json"
+    path.write_text(
+        json.dumps({"preset": "tiny", "texts": [], "features": [], "steering": [good, *bad]})
+    )
+    content = load_curated("tiny", path)
+    assert content["steering"] == [good]
+    assert load_curated("default", path)["steering"] == []  # another preset's demos: none
+    assert demo_rows(content) == [["cats", "the cat", "2:5", 1.5, "add", 3]]
+    ctx.content = content
+    prompt, table, temperature, max_new, seed, freq = demo_values(ctx, 0)
+    assert (prompt, temperature, max_new, seed, freq) == ("the cat", 0.0, 12, 3, 0.0)
+    assert table.values.tolist()[0][:4] == [2, 5, 1.5, "add"]
+    with pytest.raises(UserError, match="demo must be"):
+        demo_values(ctx, 1)
