@@ -11,12 +11,45 @@ cache instead of ``HookedTransformer.generate``, which re-embeds the whole seque
 ran at 1.2 tok/s on the embedded model.
 
 Methods, for feature ``f`` with decoder direction ``d_f`` (what one unit of ``f`` adds to the
-SAE's reconstruction) at every position but BOS:
+SAE's reconstruction), at every position but BOS (``GenerationConfig.steer_prompt``, the
+default) or only at the positions that predict new tokens (``steer_prompt=False``):
 
 - ``add``: ``resid += strength * d_f``, as if ``f`` fired ``strength`` more.
 - ``clamp``: ``resid += (strength - a_f(resid)) * d_f``: ``f`` reads exactly ``strength``; the
   SAE's error term is kept.
 - ``ablate``: clamp to 0.
+
+**Units.** ``strength`` is in the feature's own activation units: the shipped SAEs' decoder rows
+have unit norm (0.9987 to 1.0017 on every layer), so adding ``strength`` moves the residual by
+``strength`` in norm. The app's default is the steering evaluation's recommended strength
+(:mod:`precompute.steer_eval`, stored in the store's ``steering.parquet``), else the feature's
+max activation in the store. For scale: on the embedded model the residual's median norm at
+non-BOS tokens is about 3,400 / 6,600 / 14,900 / 26,800 at layers 5 / 9 / 12 / 15 (BOS: 43k to
+101k), and the live features' maxima have medians 80 / 259 / 1,370 / 2,582 (10th to 90th
+percentile at layer 15: 1,076 to 4,378): a median feature's max is 2-10% of the residual's norm.
+
+**Why steering looked broken.** Not the units, the decoder norms or the positions: steering only
+the generated positions degenerates the same way (measured with ``--no-steer-prompt``). Many
+features are *input* features: they fire on a word but their decoder direction does not make the
+model write it (12:1013, "nationality adjectives", promotes '人在', ' Moderna', ' politic'):
+their read-back concept score stays 0.000 from 0.5x to 8x their max while the text degrades
+into repetition. *Output* features, whose top promoted tokens are the concept (15:3282 promotes
+church, school, groceries), do pull the text toward it. Steering demos are therefore chosen by
+the evaluation among output features, each at its measured best strength.
+
+**Compared with Neuronpedia's steering** (``apps/inference``, ``SIMPLE_ADDITIVE``):
+
+- the same vector: the SAE's ``W_dec`` row (here through ``decode``, so any output scaling is
+  included; equal to ``W_dec`` for these SAEs), unnormalized unless Neuronpedia's
+  ``normalize_steering``;
+- the same coefficient: ``strength`` (Neuronpedia: ``strength_multiplier * strength``), in
+  activation units, added at the SAE's hook (``resid_post``);
+- the same positions by default: every prompt and generated position; Neuronpedia's
+  ``steer_special_tokens`` (chat) decides BOS and chat tokens, here BOS is never steered;
+- Neuronpedia's ``ORTHOGONAL_DECOMP`` has no counterpart; ``clamp`` and ``ablate`` (the SAE's
+  reading of the feature set to a value) have none there;
+- the default row: Neuronpedia generates it separately with the same seed; here it is a row of
+  the same batch with its own seeded sampler (the plain completion, exactly).
 """
 
 from __future__ import annotations

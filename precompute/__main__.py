@@ -206,7 +206,11 @@ def _add_steer_eval(sub: _SubParsers) -> None:
     )
     p.add_argument("--preset", default="default")
     p.add_argument("--store", type=Path, default=ASSETS_STORE, help="the bundle's feature store")
-    p.add_argument("--features", nargs="+", required=True, help="LAYER:ID, e.g. 12:1013 15:557")
+    p.add_argument("--features", nargs="+", default=[], help="LAYER:ID, e.g. 12:1013 15:557")
+    p.add_argument(
+        "--from-report", type=Path, default=None,
+        help="take the rows from a report an earlier run wrote with --out (no generation)",
+    )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=list(d.methods), choices=["add", "clamp"])
     p.add_argument(
         "--strengths", type=float, nargs="+", default=list(d.multiples),
@@ -253,8 +257,13 @@ def _cmd_steer_eval(args: argparse.Namespace) -> int:
     store = Store.open(args.store)
     ident = bundle_identity(spec)
     store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
-    bundle = build_bundle(spec, device=args.device, cache_dir=args.cache_dir)
-    rows = steer_eval.evaluate(bundle, store, features, cfg)
+    if args.from_report is not None:
+        rows = steer_eval.rows_from_report(json.loads(args.from_report.read_text()))
+    elif not features:
+        raise ValueError("name the features to evaluate (--features 12:1013 …) or --from-report")
+    else:
+        bundle = build_bundle(spec, device=args.device, cache_dir=args.cache_dir)
+        rows = steer_eval.evaluate(bundle, store, features, cfg)
     print("\n".join(steer_eval.report_lines(rows)))
     if args.out is not None:
         report = {"config": asdict(cfg), "rows": [r.to_dict() for r in rows]}

@@ -22,6 +22,7 @@ the default's + :data:`REP_MARGIN`. Deterministic given the seeds (greedy at tem
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -304,6 +305,15 @@ def evaluate(
             bundle, layer, feature, float(rec.max_act), list(rec.top_logits), cfg
         )
     return rows
+
+
+def rows_from_report(report: Any) -> list[Row]:
+    """The rows of a report written with ``--out`` (a ``ValueError`` if it is not one)."""
+    names = [f.name for f in dataclasses.fields(Row)]
+    try:
+        return [Row(**{k: r[k] for k in names if k in r}) for r in report["rows"]]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a steer-eval report ({err})") from None
 
 
 def steering_table(rows: Sequence[Row]) -> Any:

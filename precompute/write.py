@@ -400,9 +400,10 @@ def write_steering(store_dir: Path, table: pa.Table | pd.DataFrame) -> dict[str,
         os.replace(tmp / STEERING, store_dir / STEERING)
     finally:
         _cleanup(tmp)
-    files = {**manifest.files, STEERING: entry}
-    text = json.dumps(manifest.with_files(files).to_dict(), indent=2, ensure_ascii=False)
-    atomic_write_text(store_dir / MANIFEST, text + "\n")
+    # The manifest as it is, keys in its order, with one more file: nothing else changes.
+    data = json.loads((store_dir / MANIFEST).read_text(encoding="utf-8"))
+    data["files"] = {**manifest.files, STEERING: entry}
+    atomic_write_text(store_dir / MANIFEST, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     fsync_dir(store_dir)
     return entry
 
