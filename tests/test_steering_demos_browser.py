@@ -7,6 +7,8 @@ The browser, the app and the page come from the fixtures of ``browser_ui.py`` (s
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from browser_ui import UI
 
@@ -15,7 +17,7 @@ from explorer.steer import GenerationConfig, Steer, generate_pair
 
 pytestmark = pytest.mark.usefixtures("browser")
 
-DEMOS = [
+DEMOS: list[dict[str, Any]] = [
     {"label": "first demo", "prompt": "the cat sat", "layer": 2, "feature": 3, "strength": 4.5,
      "method": "add", "seed": 0, "temperature": 0.0, "max_new_tokens": 6},
     {"label": "second demo", "prompt": "a dog ran to", "layer": 1, "feature": 5, "strength": 2.0,
