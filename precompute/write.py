@@ -33,6 +33,7 @@ from explorer.store.schema import (
     KIND,
     MANIFEST,
     SCHEMA_VERSION,
+    STEERING,
     TOKENS,
     VOCAB,
     StoreError,
@@ -44,6 +45,8 @@ from explorer.store.schema import (
     features_path,
     features_schema,
     group_order,
+    read_manifest,
+    steering_schema,
     tokens_schema,
     vocab_schema,
 )
@@ -391,6 +394,35 @@ def write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, An
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
     }
+
+
+def write_steering(store_dir: Path, table: pa.Table | pd.DataFrame) -> dict[str, Any]:
+    """Add (or replace) a store's optional ``steering.parquet`` and list it in the manifest.
+
+    Nothing else in the store changes: the other files keep their bytes and manifest entries.
+    The table is written beside its final name, then moved over it, and the manifest rewritten
+    atomically; returns the file's manifest entry.
+    """
+    store_dir = Path(store_dir)
+    try:
+        manifest = read_manifest(store_dir)
+    except StoreError as err:
+        raise WriteError(str(err)) from None
+    rows = _conform(table, steering_schema(), "steering")
+    rows = rows.sort_by([(c, "ascending") for c in ("layer", "feature", "method", "strength")])
+    tmp = store_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        entry = write_parquet(tmp, STEERING, [rows])
+        os.replace(tmp / STEERING, store_dir / STEERING)
+    finally:
+        _cleanup(tmp)
+    # The manifest as it is, keys in its order, with one more file: nothing else changes.
+    data = json.loads((store_dir / MANIFEST).read_text(encoding="utf-8"))
+    data["files"] = {**manifest.files, STEERING: entry}
+    atomic_write_text(store_dir / MANIFEST, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    fsync_dir(store_dir)
+    return entry
 
 
 def _cleanup(tmp: Path) -> None:

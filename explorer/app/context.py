@@ -37,18 +37,44 @@ if TYPE_CHECKING:
     from explorer.bundle import Bundle
 
 
+DEMO_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "prompt": str,
+    "layer": int,
+    "feature": int,
+    "strength": (int, float),
+    "method": str,
+    "seed": int,
+}
+"""The fields every steering demo has (``temperature``, ``max_new_tokens``, ``label`` and
+``why`` are optional)."""
+
+
 def load_curated(preset_name: str = "default", path: Path = CURATED) -> dict[str, Any]:
-    """The curated example texts and features of a preset (``{"texts": [...], "features":
-    [...]}``): what ``curated.json`` holds when its ``preset`` is this one, else nothing (the
-    default's features mean nothing in another SAE set)."""
-    empty: dict[str, Any] = {"texts": [], "features": []}
+    """The curated example texts, features and steering demos of a preset (``{"texts": [...],
+    "features": [...], "steering": [...]}``): what ``curated.json`` holds when its ``preset`` is
+    this one, else nothing (the default's features mean nothing in another SAE set). A steering
+    demo lacking a field of :data:`DEMO_FIELDS`, or with one of the wrong type, is left out."""
+    empty: dict[str, Any] = {"texts": [], "features": [], "steering": []}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return empty
     if not isinstance(data, dict) or data.get("preset", "default") != preset_name:
         return empty
-    return {"texts": list(data.get("texts", [])), "features": list(data.get("features", []))}
+    demos = [
+        d
+        for d in data.get("steering", [])
+        if isinstance(d, dict)
+        and all(
+            isinstance(d.get(k), t) and not isinstance(d.get(k), bool)
+            for k, t in DEMO_FIELDS.items()
+        )
+    ]
+    return {
+        "texts": list(data.get("texts", [])),
+        "features": list(data.get("features", [])),
+        "steering": demos,
+    }
 
 
 @dataclass
@@ -71,7 +97,9 @@ class Context:
     store: Store | None
     labels: Labels
     curated: dict[tuple[int, int], str] = field(default_factory=dict)
-    content: dict[str, Any] = field(default_factory=lambda: {"texts": [], "features": []})
+    content: dict[str, Any] = field(
+        default_factory=lambda: {"texts": [], "features": [], "steering": []}
+    )
     policy: WritePolicy = field(default_factory=WritePolicy)
     explanations: Explanations | None = None
     _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)

@@ -34,6 +34,7 @@ from explorer.store.schema import (
     MANIFEST,
     REBUILD,
     SCHEMA_VERSION,
+    STEERING,
     TOKENS,
     VOCAB,
     StoreError,
@@ -46,6 +47,7 @@ from explorer.store.schema import (
     features_schema,
     read_manifest,
     sae_ref,
+    steering_schema,
     tokens_schema,
     vocab_schema,
 )
@@ -74,6 +76,7 @@ class Store:
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._context: TokenContext | None = None
         self._descriptions: dict[int, list[str]] = {}
+        self._recommended: dict[tuple[int, int, str], float] | None = None
         self._lock = threading.Lock()
         self._context_lock = threading.Lock()
         # One reader per file is not safe to share between threads: reads of a file take turns.
@@ -90,6 +93,7 @@ class Store:
         manifest = read_manifest(path)
         listed: dict[str, Any] = manifest.files
         schemas = {TOKENS: tokens_schema(), VOCAB: vocab_schema()}
+        optional = {STEERING: steering_schema()}
         for layer in manifest.layer_ids:
             schemas[features_path(layer)] = features_schema()
             schemas[examples_path(layer)] = examples_schema()
@@ -122,10 +126,11 @@ class Store:
                 raise StoreError(
                     f"store {path}: {name} is not a readable Parquet file ({first}); {REBUILD}"
                 ) from None
-            if name in schemas and not pf.schema_arrow.equals(schemas[name]):
+            expected = schemas.get(name, optional.get(name))
+            if expected is not None and not pf.schema_arrow.equals(expected):
                 raise StoreError(
                     f"store {path}: {name} has columns {pf.schema_arrow.names}, schema version "
-                    f"{SCHEMA_VERSION} has {schemas[name].names}; {REBUILD}"
+                    f"{SCHEMA_VERSION} has {expected.names}; {REBUILD}"
                 )
             rows = pf.metadata.num_rows
             if rows != info.get("rows"):
@@ -238,6 +243,22 @@ class Store:
         tokens = self._read(TOKENS, "the windows", lambda: self._files[TOKENS].read())
         vocab = self._read(VOCAB, "the vocabulary", lambda: self._files[VOCAB].read())
         return TokenContext.from_tables(self.path, tokens, vocab)
+
+    def recommended_strength(self, layer: int, feature: int, method: str = "add") -> float | None:
+        """The steering evaluation's recommended strength for the feature (``steering.parquet``'s
+        row marked ``recommended``), or ``None``: not evaluated, no readable strength beat the
+        default, or a store without the table."""
+        with self._lock:
+            if self._recommended is None:
+                self._recommended = {}
+                if STEERING in self._files:
+                    pf = self._files[STEERING]
+                    t = self._read(STEERING, "the steering evaluation", lambda: pf.read())
+                    d = t.filter(t["recommended"]).to_pydict()
+                    keys = zip(d["layer"], d["feature"], d["method"], strict=True)
+                    for (n, f, m), s in zip(keys, d["strength"], strict=True):
+                        self._recommended[(int(n), int(f), str(m))] = float(s)
+            return self._recommended.get((int(layer), int(feature), method))
 
     def features(self, layer: int, columns: list[str] | None = None) -> pd.DataFrame:
         """The features table of ``layer`` (one row per feature) for search and sort."""

@@ -23,6 +23,8 @@ KIND = "store"
 MANIFEST = "manifest.json"
 TOKENS = "tokens.parquet"
 VOCAB = "vocab.parquet"
+STEERING = "steering.parquet"
+"""Optional: the steering evaluation's rows (``python -m precompute steer-eval --write-store``)."""
 TOP = "top"
 REBUILD = "rebuild with `python -m precompute run …`"
 # Columns compared by :meth:`Store.check_bundle` for each layer, as the manifest names them.
@@ -195,6 +197,35 @@ def vocab_schema() -> pa.Schema:
         [
             _col("token_id", pa.int32()),
             _col("text", pa.string()),
+        ]
+    )
+
+
+@functools.cache
+def steering_schema() -> pa.Schema:
+    """``steering.parquet`` (optional): one row per evaluated (layer, feature, method, strength),
+    sorted by (layer, feature, method, strength); method ``none`` with strength 0 is the
+    unsteered default. ``multiple`` is the strength in units of the feature's max activation;
+    ``concept`` the feature's mean read-back activation on the continuation over its max,
+    ``lift`` the rise of P(top promoted tokens), ``perplexity`` and ``repetition`` the fluency
+    measures (:mod:`precompute.steer_eval`), means over ``n`` continuations. ``recommended``
+    marks the best trade-off per (layer, feature, method): the app's default strength.
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            _col("layer", pa.int16()),
+            _col("feature", pa.int32()),
+            _col("method", pa.string()),
+            _col("multiple", pa.float32()),
+            _col("strength", pa.float32()),
+            _col("concept", pa.float32()),
+            _col("lift", pa.float32()),
+            _col("perplexity", pa.float32()),
+            _col("repetition", pa.float32()),
+            _col("n", pa.int16()),
+            _col("recommended", pa.bool_()),
         ]
     )
 
