@@ -4,6 +4,7 @@ on a text)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,28 @@ KEY = 1 << 32  # (layer, feature) as one int64: layer * KEY + feature
 
 def _keys(layers: Any, features: Any) -> np.ndarray:
     return np.asarray(layers, dtype=np.int64) * KEY + np.asarray(features, dtype=np.int64)
+
+
+_TEXT: dict[tuple[int, str], tuple[pd.DataFrame, str, np.ndarray]] = {}
+
+
+def _text_hits(df: pd.DataFrame, column: str, q: str) -> np.ndarray:
+    """Rows whose ``column`` (text) contains ``q`` (lower case): one substring scan over all
+    rows' text joined once per summary (a per-row loop took 0.5 s over 425,984 features)."""
+    cached = _TEXT.get((id(df), column))
+    if cached is None or cached[0] is not df:
+        texts = df[column].str.lower().str.replace("\n", " ", regex=False).tolist()
+        starts = np.cumsum([0] + [len(t) + 1 for t in texts])[:-1]
+        cached = (df, "\n".join(texts), starts)
+        for key in [k for k in _TEXT if k[1] == column]:
+            del _TEXT[key]
+        _TEXT[(id(df), column)] = cached
+    _, text, starts = cached
+    q = q.replace("\n", " ")  # rows are joined by newlines: a match never spans two
+    found = np.array([m.start() for m in re.finditer(re.escape(q), text)], dtype=np.int64)
+    hits = np.zeros(len(df), dtype=bool)
+    hits[np.searchsorted(starts, found, side="right") - 1] = True
+    return hits
 
 
 def select(
@@ -81,10 +104,7 @@ def select(
         hit = (rank < len(ranked)) | np.isin(
             keys, _keys([k[0] for k in said], [k[1] for k in said])
         )
-        for column in ("description", "top_tokens"):
-            rows = np.flatnonzero(mask & ~hit)
-            texts = df[column].to_numpy()[rows].astype(str)
-            hit[rows[np.char.find(np.char.lower(texts), q) >= 0]] = True
+        hit |= _text_hits(df, "description", q) | _text_hits(df, "top_tokens", q)
         rows = np.flatnonzero(mask & hit)
         # lexsort is stable: ties keep the summary's (layer, feature) order
         order = rows[np.lexsort((-values[rows] if descending else values[rows], rank[rows]))]
