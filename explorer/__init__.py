@@ -6,6 +6,7 @@ The library and the app. Rooms (each folder's ``__init__`` says more):
   ``gguf_model`` (the embedded model), ``hooks`` (per-call routed hooks), ``encode``, ``steer``;
 - ``store/``: the artifact formats (the feature store and the SAE-set manifest), one owner;
 - ``labels/``: human labels in SQLite;
+- ``explanations/``: machine explanations (LLM-generated and scored, or imported), in SQLite;
 - ``app/``: the Gradio app, one module per tab;
 - shared names: ``paths`` (where assets are), ``files`` (atomic writes, sha256).
 

@@ -79,6 +79,12 @@ def _app_args(parser: argparse.ArgumentParser) -> None:
         help="label database (env GSE_LABELS; default: /data/labels.sqlite on a "
         "Space with persistent storage, else ~/.local/share/gemma-scope-explorer/)",
     )
+    g.add_argument(
+        "--explanations",
+        default=_env("GSE_EXPLANATIONS", None),
+        help="explanations file (env GSE_EXPLANATIONS; default: the store's "
+        "explanations.sqlite when it has one)",
+    )
     # A Space sets GRADIO_SERVER_NAME=0.0.0.0 (and the port): Gradio's own variables count too.
     g.add_argument(
         "--host",
@@ -118,6 +124,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         args.labels,
         args.app_cache_dir,
         public=True if (args.public or args.share) else None,  # a gradio.live link is public
+        explanations_path=args.explanations,
     )
     demo = build_app(ctx)
     print(f"Gemma Scope Explorer: http://{args.host}:{args.port}", flush=True)

@@ -11,12 +11,45 @@ cache instead of ``HookedTransformer.generate``, which re-embeds the whole seque
 ran at 1.2 tok/s on the embedded model.
 
 Methods, for feature ``f`` with decoder direction ``d_f`` (what one unit of ``f`` adds to the
-SAE's reconstruction) at every position but BOS:
+SAE's reconstruction), at every position but BOS (``GenerationConfig.steer_prompt``, the
+default) or only at the positions that predict new tokens (``steer_prompt=False``):
 
 - ``add``: ``resid += strength * d_f``, as if ``f`` fired ``strength`` more.
 - ``clamp``: ``resid += (strength - a_f(resid)) * d_f``: ``f`` reads exactly ``strength``; the
   SAE's error term is kept.
 - ``ablate``: clamp to 0.
+
+**Units.** ``strength`` is in the feature's own activation units: the shipped SAEs' decoder rows
+have unit norm (0.9987 to 1.0017 on every layer), so adding ``strength`` moves the residual by
+``strength`` in norm. The app's default is the steering evaluation's recommended strength
+(:mod:`precompute.steer_eval`, stored in the store's ``steering.parquet``), else the feature's
+max activation in the store. For scale: on the embedded model the residual's median norm at
+non-BOS tokens is about 3,400 / 6,600 / 14,900 / 26,800 at layers 5 / 9 / 12 / 15 (BOS: 43k to
+101k), and the live features' maxima have medians 80 / 259 / 1,370 / 2,582 (10th to 90th
+percentile at layer 15: 1,076 to 4,378): a median feature's max is 2-10% of the residual's norm.
+
+**Why steering looked broken.** Not the units, the decoder norms or the positions: steering only
+the generated positions degenerates the same way (measured with ``--no-steer-prompt``). Many
+features are *input* features: they fire on a word but their decoder direction does not make the
+model write it (12:1013, "nationality adjectives", promotes '人在', ' Moderna', ' politic'):
+their read-back concept score stays 0.000 from 0.5x to 8x their max while the text degrades
+into repetition. *Output* features, whose top promoted tokens are the concept (15:3282 promotes
+church, school, groceries), do pull the text toward it. Steering demos are therefore chosen by
+the evaluation among output features, each at its measured best strength.
+
+**Compared with Neuronpedia's steering** (``apps/inference``, ``SIMPLE_ADDITIVE``):
+
+- the same vector: the SAE's ``W_dec`` row (here through ``decode``, so any output scaling is
+  included; equal to ``W_dec`` for these SAEs), unnormalized unless Neuronpedia's
+  ``normalize_steering``;
+- the same coefficient: ``strength`` (Neuronpedia: ``strength_multiplier * strength``), in
+  activation units, added at the SAE's hook (``resid_post``);
+- the same positions by default: every prompt and generated position; Neuronpedia's
+  ``steer_special_tokens`` (chat) decides BOS and chat tokens, here BOS is never steered;
+- Neuronpedia's ``ORTHOGONAL_DECOMP`` has no counterpart; ``clamp`` and ``ablate`` (the SAE's
+  reading of the feature set to a value) have none there;
+- the default row: Neuronpedia generates it separately with the same seed; here it is a row of
+  the same batch with its own seeded sampler (the plain completion, exactly).
 """
 
 from __future__ import annotations
@@ -43,7 +76,7 @@ MAX_PROMPT_TOKENS = 256
 """Prompt tokens kept (the last ones): prompt + completion stay in Gemma 3's 512-token window."""
 MAX_SECONDS = 60.0
 """Wall-clock bound of one generation; it stops early and says so."""
-MAX_STRENGTH = 10_000.0
+MAX_STRENGTH = 100_000.0
 MAX_TEMPERATURE = 5.0
 MAX_FREQ_PENALTY = 10.0
 MAX_SEED = 2**63 - 1
@@ -101,6 +134,9 @@ class GenerationConfig:
         freq_penalty: subtracted from a token's logit once per time it already occurs in the
             row (prompt included), as in OpenAI's API and transformer-lens's ``freq_penalty``.
         time_limit_s: wall-clock bound; generation stops early when it is reached.
+        steer_prompt: steer the prompt's positions too (BOS excepted), as Neuronpedia does;
+            ``False`` steers only the positions that predict new tokens (the prompt's last
+            position and every generated one).
     """
 
     max_new_tokens: int = 40
@@ -108,6 +144,7 @@ class GenerationConfig:
     seed: int = 0
     freq_penalty: float = 0.0
     time_limit_s: float = MAX_SECONDS
+    steer_prompt: bool = True
 
     def __post_init__(self) -> None:
         n = self.max_new_tokens
@@ -214,6 +251,20 @@ def generate_pair(
     return _generate_rows(bundle, prompt, cfg, [(), tuple(steers)])
 
 
+def generate_rows(
+    bundle: Bundle, prompt: str, cfg: GenerationConfig, rows: Sequence[Sequence[Steer]]
+) -> Iterator[Completion]:
+    """Completions of ``prompt`` for several rows of steers (``()``: the default) in one batch,
+    each row sampled with its own generator seeded with ``cfg.seed``: a steering sweep."""
+    return _generate_rows(bundle, prompt, cfg, [tuple(row) for row in rows])
+
+
+def steering_hooks(bundle: Bundle, steers: Sequence[Steer], skip: int = 1) -> dict[str, Any]:
+    """The hooks that steer a single-row forward pass (positions from ``skip`` on), for a
+    teacher-forced pass over a text (:mod:`precompute.steer_eval` reads its logits)."""
+    return _steering_hooks(bundle, [tuple(steers)], [skip])
+
+
 def _directions(bundle: Bundle, steers: Sequence[Steer]) -> dict[tuple[int, int], torch.Tensor]:
     """``{(layer, feature): d_f}``: what one unit of the feature adds to the reconstruction.
 
@@ -289,6 +340,8 @@ def _generate_rows(
     model, n_rows = bundle.model, len(rows)
     device = bundle.device
     skip = [1 if bundle.tokenizer.bos_token_id is not None else 0]
+    if not cfg.steer_prompt:
+        skip[0] = len(ids) - 1
     hooks = _steering_hooks(bundle, rows, skip)
     gens = [torch.Generator(device="cpu").manual_seed(cfg.seed) for _ in rows]
     stop = _stop_ids(bundle)

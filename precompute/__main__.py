@@ -10,16 +10,21 @@ unwritable output directory, ``ClusterError`` such as an unreachable Ray cluster
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from explorer.paths import ASSETS_CORPUS, REPO_ROOT
+from explorer.paths import ASSETS_CORPUS, ASSETS_STORE, REPO_ROOT
+from precompute import steer_eval
 from precompute.accumulate import ReduceConfig
 from precompute.cluster import ClusterError
 from precompute.corpus_build import build_corpus
+from precompute.describe import add_descriptions
+from precompute.explain.cli import EXPLAIN_COMMANDS
 from precompute.job import RunConfig, run_preset
 from precompute.train import TrainConfig, train_preset
 
@@ -229,10 +234,115 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_describe(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "describe",
+        help="add automatic descriptions to a store written without them",
+        description="Derive each live feature's description from the store itself (its "
+        "examples' most frequent tokens, the token before or after them when one dominates, "
+        "its top promoted tokens) and add descriptions/ to the store. Only the descriptions "
+        "files and the manifest are written; `run` does this by itself.",
+    )
+    p.add_argument("--store", type=Path, required=True, help="the store directory")
+    p.set_defaults(func=_cmd_describe)
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    described = add_descriptions(args.store)
+    for layer, n in described.items():
+        print(f"layer {layer}: {n:,} features described")
+    return 0
+
+
+def _add_steer_eval(sub: _SubParsers) -> None:
+    d = steer_eval.EvalConfig()
+    p = sub.add_parser(
+        "steer-eval",
+        help="measure steering: concept read back by the SAE vs fluency, per strength",
+        description="For each feature, method and strength (in units of the feature's max "
+        "activation), over prompts and seeds: the steered feature's activation on the "
+        "continuation (read back by the SAE, unsteered), the lift of its promoted tokens, the "
+        "continuation's perplexity under the unsteered model and its repetition rate. Marks "
+        "the best readable strength; --write-store adds it to the store as steering.parquet.",
+    )
+    p.add_argument("--preset", default="default")
+    p.add_argument("--store", type=Path, default=ASSETS_STORE, help="the bundle's feature store")
+    p.add_argument("--features", nargs="+", default=[], help="LAYER:ID, e.g. 12:1013 15:557")
+    p.add_argument(
+        "--from-report", type=Path, default=None,
+        help="take the rows from a report an earlier run wrote with --out (no generation)",
+    )  # fmt: skip
+    p.add_argument("--methods", nargs="+", default=list(d.methods), choices=["add", "clamp"])
+    p.add_argument(
+        "--strengths", type=float, nargs="+", default=list(d.multiples),
+        help="strengths in units of the feature's max activation",
+    )  # fmt: skip
+    p.add_argument("--prompts", nargs="+", default=list(d.prompts))
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    p.add_argument("--tokens", type=int, default=d.tokens, help="new tokens per continuation")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument(
+        "--steer-prompt", action=argparse.BooleanOptionalAction, default=d.steer_prompt,
+        help="steer the prompt's positions too (default), or only the generated ones",
+    )  # fmt: skip
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-dir", default=None, help="embedded model cache directory")
+    p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    p.add_argument(
+        "--write-store", action="store_true",
+        help="add the rows to the store as steering.parquet (other files unchanged)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_steer_eval)
+
+
+def _cmd_steer_eval(args: argparse.Namespace) -> int:
+    from explorer.bundle import build_bundle, bundle_identity, preset
+    from explorer.store import Store
+    from precompute.write import write_steering
+
+    features = [steer_eval.parse_feature(f) for f in args.features]
+    cfg = steer_eval.EvalConfig(
+        methods=tuple(args.methods),
+        multiples=tuple(args.strengths),
+        prompts=tuple(args.prompts),
+        seeds=tuple(args.seeds),
+        tokens=args.tokens,
+        temperature=args.temperature,
+        steer_prompt=args.steer_prompt,
+    )
+    if not 1 <= cfg.tokens <= 128:
+        raise ValueError("--tokens must be from 1 to 128")
+    if any(not 0 < x <= 64 for x in cfg.multiples):
+        raise ValueError("--strengths are multiples of the max activation, above 0 and at most 64")
+    spec = preset(args.preset)
+    store = Store.open(args.store)
+    ident = bundle_identity(spec)
+    store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
+    if args.from_report is not None:
+        rows = steer_eval.rows_from_report(json.loads(args.from_report.read_text()))
+    elif not features:
+        raise ValueError("name the features to evaluate (--features 12:1013 …) or --from-report")
+    else:
+        bundle = build_bundle(spec, device=args.device, cache_dir=args.cache_dir)
+        rows = steer_eval.evaluate(bundle, store, features, cfg)
+    print("\n".join(steer_eval.report_lines(rows)))
+    if args.out is not None:
+        report = {"config": asdict(cfg), "rows": [r.to_dict() for r in rows]}
+        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {args.out}")
+    if args.write_store:
+        entry = write_steering(args.store, steer_eval.steering_table(rows))
+        print(f"wrote {args.store / 'steering.parquet'} ({entry['rows']} rows)")
+    return 0
+
+
 _COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_build_corpus,
     _add_train_saes,
     _add_run,
+    _add_describe,
+    *EXPLAIN_COMMANDS,
+    _add_steer_eval,
 )
 
 

@@ -40,6 +40,7 @@ from explorer.encode import residuals
 from explorer.paths import ASSETS_SAES
 from explorer.store.codec import (
     FeatureColumns,
+    TokenContext,
     examples_table,
     features_table,
     tokens_table,
@@ -50,6 +51,7 @@ from explorer.store.schema import StoreLayer, StoreManifest, sae_ref
 from precompute.accumulate import Examples, LayerStats, ReduceConfig
 from precompute.blocks import BYTES_PER_RECORD, reduce_blocks
 from precompute.corpus import corpus_sha256, pad_windows, run_documents, token_windows
+from precompute.describe import describe_layer
 from precompute.features import logit_effects, neighbours
 from precompute.records import Records, TokenTable
 from precompute.shards import SHARD_FORMAT, ShardReader, save_shard, shard_meta
@@ -376,6 +378,11 @@ class Job:
         tokens = store_tokens(table)
         used = tokens.column("token_ids").combine_chunks().flatten().to_numpy()
         vocab = vocab_table(np.concatenate([used, *logit_ids]), self._token_text)
+        context = TokenContext.from_tables(self.out_dir, tokens, vocab)
+        descriptions = {
+            layer: describe_layer(features[layer], example_tables[layer], context)
+            for layer in self.layers
+        }
         self.timing["reduce_s"] = round(time.perf_counter() - t0, 2)
         manifest = StoreManifest(
             layers=tuple(layer_meta),
@@ -398,7 +405,15 @@ class Job:
             reduce=asdict(self.cfg.reduce),
             timing=self.timing,
         )
-        return write_store(self.out_dir, manifest, features, example_tables, tokens, vocab)
+        return write_store(
+            self.out_dir,
+            manifest,
+            features,
+            example_tables,
+            tokens,
+            vocab,
+            descriptions=descriptions,
+        )
 
     _cache: dict[int, str] = field(default_factory=dict, repr=False)
 

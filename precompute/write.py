@@ -33,15 +33,20 @@ from explorer.store.schema import (
     KIND,
     MANIFEST,
     SCHEMA_VERSION,
+    STEERING,
     TOKENS,
     VOCAB,
     StoreError,
     StoreManifest,
+    descriptions_path,
+    descriptions_schema,
     examples_path,
     examples_schema,
     features_path,
     features_schema,
     group_order,
+    read_manifest,
+    steering_schema,
     tokens_schema,
     vocab_schema,
 )
@@ -60,7 +65,7 @@ COMPRESSION = "brotli"
 COMPRESSION_LEVEL = 11
 # Sorted, distinct ids (the vocabulary's) cost 0.7 MB dictionary-encoded, a tenth of that as deltas.
 DELTA_COLUMNS = {VOCAB: ["token_id"]}
-STORE_ENTRIES = {MANIFEST, TOKENS, VOCAB, "features", "examples"}
+STORE_ENTRIES = {MANIFEST, TOKENS, VOCAB, "features", "examples", "descriptions"}
 
 
 class WriteError(ValueError):
@@ -75,6 +80,7 @@ def write_store(
     tokens: pa.Table | pd.DataFrame,
     vocab: pa.Table | pd.DataFrame,
     rows_per_group: int = ROWS_PER_GROUP,
+    descriptions: Mapping[int, pa.Table] | None = None,
 ) -> Path:
     """Write a store to ``out_dir`` atomically and return ``out_dir``.
 
@@ -92,6 +98,8 @@ def write_store(
         vocab: the text of every token id of ``tokens`` and of the features' logit columns
             (:func:`explorer.store.vocab_schema`).
         rows_per_group: minimum examples per Parquet row group (a feature is never split).
+        descriptions: optional, per layer (all of them), the automatic descriptions
+            (:func:`explorer.store.descriptions_schema`, ``precompute.describe``).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -116,6 +124,14 @@ def write_store(
             )
         exs = _conform(examples[layer], examples_schema(), f"layer {layer} examples")
         tables[layer] = (feats, _sort_examples(exs, feats, window_len, layer))
+    described: dict[int, pa.Table] = {}
+    if descriptions:
+        if set(descriptions) != set(tables):
+            raise WriteError("descriptions must be given for every layer of the store or none")
+        for layer, table in descriptions.items():
+            described[layer] = _conform(table, descriptions_schema(), f"layer {layer} descriptions")
+            if described[layer].num_rows != tables[layer][0].num_rows:
+                raise WriteError(f"layer {layer} descriptions need one row per feature")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
@@ -123,17 +139,21 @@ def write_store(
         (tmp / "features").mkdir(parents=True)
         (tmp / "examples").mkdir()
         files: dict[str, dict[str, Any]] = {
-            TOKENS: _write_parquet(tmp, TOKENS, [windows]),
-            VOCAB: _write_parquet(tmp, VOCAB, [vocab_table]),
+            TOKENS: write_parquet(tmp, TOKENS, [windows]),
+            VOCAB: write_parquet(tmp, VOCAB, [vocab_table]),
         }
         for layer, (feats, exs) in tables.items():
-            files[features_path(layer)] = _write_parquet(tmp, features_path(layer), [feats])
-            files[examples_path(layer)] = _write_parquet(
+            files[features_path(layer)] = write_parquet(tmp, features_path(layer), [feats])
+            files[examples_path(layer)] = write_parquet(
                 tmp, examples_path(layer), _feature_aligned_chunks(exs, rows_per_group)
             )
+        if described:
+            (tmp / "descriptions").mkdir()
+        for layer, table in described.items():
+            files[descriptions_path(layer)] = write_parquet(tmp, descriptions_path(layer), [table])
         text = json.dumps(manifest.with_files(files).to_dict(), indent=2, ensure_ascii=False)
         atomic_write_text(tmp / MANIFEST, text + "\n")
-        for sub in ("features", "examples", "."):
+        for sub in ("features", "examples", *(["descriptions"] if described else []), "."):
             fsync_dir(tmp / sub)
         replace_dir(tmp, out_dir)
     except BaseException:
@@ -346,7 +366,7 @@ def _feature_aligned_chunks(table: pa.Table, rows_per_group: int) -> list[pa.Tab
     return [table.slice(a, b - a) for a, b in itertools.pairwise(cuts)]
 
 
-def _write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, Any]:
+def write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, Any]:
     """Write ``chunks`` as one row group each; fsync; return the manifest's entry for the file."""
     path = root / name
     schema = chunks[0].schema
@@ -374,6 +394,35 @@ def _write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, A
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
     }
+
+
+def write_steering(store_dir: Path, table: pa.Table | pd.DataFrame) -> dict[str, Any]:
+    """Add (or replace) a store's optional ``steering.parquet`` and list it in the manifest.
+
+    Nothing else in the store changes: the other files keep their bytes and manifest entries.
+    The table is written beside its final name, then moved over it, and the manifest rewritten
+    atomically; returns the file's manifest entry.
+    """
+    store_dir = Path(store_dir)
+    try:
+        manifest = read_manifest(store_dir)
+    except StoreError as err:
+        raise WriteError(str(err)) from None
+    rows = _conform(table, steering_schema(), "steering")
+    rows = rows.sort_by([(c, "ascending") for c in ("layer", "feature", "method", "strength")])
+    tmp = store_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        entry = write_parquet(tmp, STEERING, [rows])
+        os.replace(tmp / STEERING, store_dir / STEERING)
+    finally:
+        _cleanup(tmp)
+    # The manifest as it is, keys in its order, with one more file: nothing else changes.
+    data = json.loads((store_dir / MANIFEST).read_text(encoding="utf-8"))
+    data["files"] = {**manifest.files, STEERING: entry}
+    atomic_write_text(store_dir / MANIFEST, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    fsync_dir(store_dir)
+    return entry
 
 
 def _cleanup(tmp: Path) -> None:

@@ -33,15 +33,23 @@ from helpers import (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--online", action="store_true", help="run tests that need the hub")
+    parser.addoption(
+        "--llm", action="store_true", help="run tests that serve the embedded GGUF with llama.cpp"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--online"):
-        return
-    skip = pytest.mark.skip(reason="needs the Hugging Face hub; run with --online")
+    gates = {
+        "online": (config.getoption("--online"), "needs the Hugging Face hub; run with --online"),
+        "llm": (
+            config.getoption("--llm") or os.environ.get("GSE_LLM_TESTS") == "1",
+            "serves the embedded GGUF with llama-cpp-python[server]; run with --llm",
+        ),
+    }
     for item in items:
-        if "online" in item.keywords:
-            item.add_marker(skip)
+        for marker, (enabled, reason) in gates.items():
+            if marker in item.keywords and not enabled:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import random
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import live_feature
 
@@ -89,7 +90,9 @@ def test_browse_sorts_filters_and_searches_top_tokens(ctx: Context) -> None:
     assert (table["n_fires"] > 0).all()
     token = table["top_tokens"].iat[0].split()[0]
     hits = browse.features(ctx, "all", token, hide_dense=False)
-    assert len(hits) and all(token.lower() in t.lower() for t in hits["top_tokens"])
+    found = hits["top_tokens"] + " " + hits[browse.AUTO_COLUMN]  # searched: both, and labels
+    assert len(hits) and all(token.lower() in t.lower() for t in found)
+    assert (hits["top_tokens"].str.lower().str.contains(token.lower(), regex=False)).any()
     layer, feature = dashboard.random_feature(ctx, "2", random.Random(3))
     assert layer == 2 and not ctx.store.feature(2, feature).dead  # type: ignore[union-attr]
 
@@ -254,3 +257,28 @@ def test_curated_labels_show_until_someone_labels_the_feature(ctx: Context) -> N
     ex.save_label(1, feature, "a person's label", "", "medium", "")
     assert "a person&#x27;s label" in dashboard.view(ex, 1, feature).header
     assert "curated label" not in dashboard.view(ex, 1, feature).header
+
+
+def test_browse_pages_cover_every_match_once_in_order(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = browse.features(ctx, "all", "", "n_fires", True, False, False)
+    assert len(whole) == 96  # 2 layers x 48: one page of 500 holds them all
+    monkeypatch.setattr(browse, "BROWSE_ROWS", 10)
+    pages = [browse.select(ctx, "all", "", "n_fires", True, False, False, p) for p in range(1, 11)]
+    assert [len(t) for t, _, _ in pages] == [10] * 9 + [6]
+    assert {total for _, total, _ in pages} == {96}
+    joined = pd.concat([t for t, _, _ in pages], ignore_index=True)
+    pd.testing.assert_frame_equal(joined, whole)
+    # ties in the sort key keep (layer, feature) order
+    keys = list(zip(-joined["n_fires"], joined["layer"], joined["feature"], strict=True))
+    assert keys == sorted(keys)
+    table, total, page = browse.select(ctx, "all", "", "n_fires", True, False, False, 99)
+    assert page == 10 and table.equals(pages[-1][0])  # past the end: the last page
+    assert browse.page_caption(total, page) == (
+        "Features 91–96 of 96 (page 10 of 10; click a row to open)"
+    )
+    ascending = browse.features(ctx, "2", "", "feature", False, False, False)
+    assert ascending["feature"].tolist() == list(range(10))
+    with pytest.raises(UserError, match="page"):
+        browse.features(ctx, "all", "", "density", True, True, True, 0)

@@ -98,6 +98,7 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
     expect(page.locator("#browse-table [role=grid]")).to_have_attribute("aria-rowcount", "2")
     expect(ui.cell("browse-table", 0, 1)).to_have_text(str(feature))
     expect(ui.cell("browse-table", 0, 2)).to_have_text(label)
+    expect(ui.panel().get_by_text("Features 1–1 of 1 (page 1 of 1")).to_be_visible()
     ui.shot("05-browse")
     ui.cell("browse-table", 0, 1).click()
     ui.expect_tab("dashboard")

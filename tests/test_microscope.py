@@ -236,3 +236,18 @@ def test_a_weak_raw_feature_survives_a_small_top_k(
     view = microscope.view(ctx, TEXT, ["1", "2"], max_density_pct=100)
     table = microscope.token_features(ctx, view.encoding, pos_b, 100)
     assert len(table) == 6 and pairs(table)[0] == (layer_b, feat_b)
+
+
+def test_default_layers_fit_the_sae_cache(ctx: Context) -> None:
+    from dataclasses import replace
+
+    assert microscope.default_layers(ctx) == [1, 2]  # the cache holds both: all ticked
+    many = replace(
+        ctx.bundle,
+        spec=replace(
+            ctx.bundle.spec, saes=tuple((n, ctx.bundle.spec.saes[0][1]) for n in range(26))
+        ),
+        max_saes=8,
+    )
+    picked = microscope.default_layers(replace(ctx, bundle=many))
+    assert picked == [0, 4, 7, 11, 14, 18, 21, 25]

@@ -59,17 +59,17 @@ BAD_TABLES: list[tuple[str, Any, str]] = [
     (
         "NaN strength",
         [[2, 3, "nan", "add"]],
-        "row 1: strength must be a number from -10000 to 10000, not 'nan'",
+        "row 1: strength must be a number from -100000 to 100000, not 'nan'",
     ),
     (
         "infinite strength",
         [[2, 3, "-inf", "add"]],
-        "row 1: strength must be a number from -10000 to 10000, not '-inf'",
+        "row 1: strength must be a number from -100000 to 100000, not '-inf'",
     ),
     (
         "huge strength",
         [[2, 3, 1e30, "add"]],
-        "row 1: strength must be a number from -10000 to 10000, not 1e+30",
+        "row 1: strength must be a number from -100000 to 100000, not 1e+30",
     ),
     ("integer past float", [[2, 3, 10**400, "add"]], "row 1: strength is far too large: 1000"),
     ("id past 64 bits", [[2, 10**30, S, "add"]], "row 1: feature is far too large: 1000"),
@@ -120,7 +120,7 @@ SURROGATE_TABLES: list[tuple[str, Any, str]] = [
     (
         "surrogate strength",
         [[2, 3, "1\udfff"]],
-        "row 1: strength must be a number from -10000 to 10000, not '1\\udfff'",
+        "row 1: strength must be a number from -100000 to 100000, not '1\\udfff'",
     ),
     (
         "surrogate method",
@@ -166,7 +166,7 @@ def _status(message: str) -> str:
     + [
         pytest.param(
             [[2, 3, float("nan"), "add"]],
-            "row 1: strength must be a number from -10000 to 10000, not nan",
+            "row 1: strength must be a number from -100000 to 100000, not nan",
             id="NaN number strength",
         )
     ],

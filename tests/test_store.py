@@ -460,7 +460,7 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 
 
 def _fail_after_first_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = write._write_parquet
+    real = write.write_parquet
     calls: list[int] = []
 
     def flaky(*args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -469,7 +469,7 @@ def _fail_after_first_file(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(write, "_write_parquet", flaky)
+    monkeypatch.setattr(write, "write_parquet", flaky)
 
 
 def test_interrupted_write_leaves_nothing(

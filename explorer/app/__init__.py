@@ -14,11 +14,11 @@ Modules:
     ui           the Gradio-facing wrappers: a :class:`UserError` becomes a message
     layout       ``build_app(ctx) -> gr.Blocks``: composes the tabs; the wiring between tabs only
 
-May import: ``explorer``'s library modules (bundle, encode, steer, labels, store, paths), never
-``explorer.__main__`` nor ``precompute``. Gradio is imported only by ``ui``, ``layout`` and the tab
-modules; ``context`` and ``render`` stay free of it, and so does importing this package: the
-command line (``python -m explorer encode``) imports :func:`open_explorer` without Gradio, and
-:func:`build_app` loads it on first use.
+May import: ``explorer``'s library modules (bundle, encode, steer, labels, explanations, store,
+paths), never ``explorer.__main__`` nor ``precompute``. Gradio is imported only by ``ui``,
+``layout`` and the tab modules; ``context`` and ``render`` stay free of it, and so does importing
+this package: the command line (``python -m explorer encode``) imports :func:`open_explorer`
+without Gradio, and :func:`build_app` loads it on first use.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""The Browse & search tab: the store's features as a table (filtered, searched by label or top
-token, sorted), and search by inference (the features most active on a text)."""
+"""The Browse & search tab: the store's features as a table (filtered, searched by label,
+automatic description or top token, sorted), and search by inference (the features most active
+on a text)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from explorer.app import microscope, render
@@ -15,10 +18,40 @@ from explorer.app.ui import ui
 from explorer.labels import LabelError
 
 TAB_ID = "browse"
-BROWSE_ROWS = 500  # rows shown by the browse table (the search narrows it)
+BROWSE_ROWS = 500  # rows a page of the browse table shows (never the whole store)
+AUTO_COLUMN = "automatic description"
 
 
-def features(
+KEY = 1 << 32  # (layer, feature) as one int64: layer * KEY + feature
+
+
+def _keys(layers: Any, features: Any) -> np.ndarray:
+    return np.asarray(layers, dtype=np.int64) * KEY + np.asarray(features, dtype=np.int64)
+
+
+_TEXT: dict[tuple[int, str], tuple[pd.DataFrame, str, np.ndarray]] = {}
+
+
+def _text_hits(df: pd.DataFrame, column: str, q: str) -> np.ndarray:
+    """Rows whose ``column`` (text) contains ``q`` (lower case): one substring scan over all
+    rows' text joined once per summary (a per-row loop took 0.5 s over 425,984 features)."""
+    cached = _TEXT.get((id(df), column))
+    if cached is None or cached[0] is not df:
+        texts = df[column].str.lower().str.replace("\n", " ", regex=False).tolist()
+        starts = np.cumsum([0] + [len(t) + 1 for t in texts])[:-1]
+        cached = (df, "\n".join(texts), starts)
+        for key in [k for k in _TEXT if k[1] == column]:
+            del _TEXT[key]
+        _TEXT[(id(df), column)] = cached
+    _, text, starts = cached
+    q = q.replace("\n", " ")  # rows are joined by newlines: a match never spans two
+    found = np.array([m.start() for m in re.finditer(re.escape(q), text)], dtype=np.int64)
+    hits = np.zeros(len(df), dtype=bool)
+    hits[np.searchsorted(starts, found, side="right") - 1] = True
+    return hits
+
+
+def select(
     ctx: Context,
     layer: Any = "all",
     query: str = "",
@@ -26,61 +59,109 @@ def features(
     descending: bool = True,
     hide_dense: bool = True,
     hide_dead: bool = True,
-) -> pd.DataFrame:
-    """Features of the store as a table: filtered, searched by label or top token, sorted.
+    page: Any = 1,
+) -> tuple[pd.DataFrame, int, int]:
+    """One page of :func:`features` (``BROWSE_ROWS`` rows), the number of matching features,
+    and the page number shown (a page past the end shows the last one).
+
+    Vectorized over the store's features (425,984 for Gemma Scope's 26 x 16k): masks, one stable
+    sort of row numbers, and per-row Python only for the rows of the page.
+    """
+    df = ctx.summary()
+    mask = np.ones(len(df), dtype=bool)
+    layers = df["layer"].to_numpy()
+    if layer not in (None, "", "all"):
+        layer_n = parse_int(layer, "layer")
+        if layer_n not in ctx.layers:
+            raise UserError(f"layer {layer_n} has no SAE here")
+        mask &= layers == layer_n
+    if hide_dense:
+        mask &= ~df["dense"].to_numpy(dtype=bool)
+    if hide_dead:
+        mask &= ~df["dead"].to_numpy(dtype=bool)
+    page_n = parse_int(page if page not in (None, "") else 1, "page", 1)
+    q = (query or "").strip().lower()
+    if len(q) > 200:
+        raise UserError("the search text is too long (200 characters at most)")
+    if sort_by not in df.columns or sort_by in ("layer", "top_tokens", "description"):
+        raise UserError(f"cannot sort by {sort_by!r}")
+    values = df[sort_by].to_numpy(dtype=float)
+    labels = ctx.labels.current_all()
+    keys = _keys(layers, df["feature"].to_numpy())
+    if q:
+        # People's labels and notes through the label database's full-text index (FTS5, ranked
+        # by bm25); curated labels, automatic descriptions and top tokens as plain substrings.
+        # Label hits come first, in rank order, then the rest in the chosen order.
+        try:
+            found = ctx.labels.search(query.strip(), limit=BROWSE_ROWS)
+        except LabelError as e:
+            raise UserError(str(e)) from None
+        ranked = pd.Index(_keys([h.layer for h in found], [h.feature for h in found]))
+        rank = ranked.get_indexer(keys)
+        rank[rank < 0] = len(ranked)
+        labelled = {**ctx.curated, **{k: v.label for k, v in labels.items()}}
+        said = [k for k, text in labelled.items() if q in text.lower()]
+        hit = (rank < len(ranked)) | np.isin(
+            keys, _keys([k[0] for k in said], [k[1] for k in said])
+        )
+        hit |= _text_hits(df, "description", q) | _text_hits(df, "top_tokens", q)
+        rows = np.flatnonzero(mask & hit)
+        # lexsort is stable: ties keep the summary's (layer, feature) order
+        order = rows[np.lexsort((-values[rows] if descending else values[rows], rank[rows]))]
+    else:
+        rows = np.flatnonzero(mask)
+        order = rows[np.argsort(-values[rows] if descending else values[rows], kind="stable")]
+    n_pages = max(1, -(-len(order) // BROWSE_ROWS))
+    page_n = min(page_n, n_pages)
+    shown = df.iloc[order[(page_n - 1) * BROWSE_ROWS : page_n * BROWSE_ROWS]]
+    shown = shown.assign(
+        label=[
+            ctx.label_text(labels, int(a), int(b))
+            for a, b in zip(shown["layer"], shown["feature"], strict=True)
+        ]
+    )
+    cols = [
+        "layer", "feature", "label", "description", "density", "max_act", "n_fires", "top_tokens"
+    ]  # fmt: skip
+    out = pd.DataFrame(shown[cols]).reset_index(drop=True)
+    out["density"] = (100 * out["density"]).round(4)
+    out["max_act"] = out["max_act"].astype(float).round(3)
+    out = out.rename(
+        columns={"density": "density %", "max_act": "max act", "description": AUTO_COLUMN}
+    )
+    return out, len(order), page_n
+
+
+def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
+    """Features of the store as a table: filtered, searched by label, automatic description or
+    top token, sorted, one page of ``BROWSE_ROWS`` at a time (page 1 first); the arguments are
+    :func:`select`'s.
 
     The defaults show the interesting ones first: dense features (firing on more than the
     store's threshold of tokens, rarely interpretable) and dead ones are hidden, and the rest
     are sorted by density, the most frequent first.
     """
-    df = ctx.summary()
-    if layer not in (None, "", "all"):
-        layer_n = parse_int(layer, "layer")
-        if layer_n not in ctx.layers:
-            raise UserError(f"layer {layer_n} has no SAE here")
-        df = df[df["layer"] == layer_n]
-    if hide_dense:
-        df = df[~df["dense"]]
-    if hide_dead:
-        df = df[~df["dead"]]
-    labels = ctx.labels.current_all()
-    label_col = [
-        ctx.label_text(labels, int(a), int(b))
-        for a, b in zip(df["layer"], df["feature"], strict=True)
-    ]
-    df = df.assign(label=pd.Series(label_col, index=df.index, dtype=object))
-    q = (query or "").strip().lower()
-    if len(q) > 200:
-        raise UserError("the search text is too long (200 characters at most)")
-    if sort_by not in df.columns:
-        raise UserError(f"cannot sort by {sort_by!r}")
-    if q:
-        # People's labels and notes through the label database's full-text index (FTS5, ranked
-        # by bm25); curated labels and top tokens as plain substrings. Label hits come first, in
-        # rank order, then the rest in the chosen order.
-        try:
-            found = ctx.labels.search(query.strip(), limit=BROWSE_ROWS)
-        except LabelError as e:
-            raise UserError(str(e)) from None
-        ranked = {(hit.layer, hit.feature): i for i, hit in enumerate(found)}
-        keys = zip(df["layer"].tolist(), df["feature"].tolist(), strict=True)
-        rank = pd.Series([ranked.get((a, b), len(ranked)) for a, b in keys], index=df.index)
-        hit = (
-            (rank < len(ranked))
-            | df["label"].str.lower().str.contains(q, regex=False)
-            | df["top_tokens"].str.lower().str.contains(q, regex=False)
-        )
-        df = df.assign(_rank=rank)[hit]
-        df = df.sort_values(
-            ["_rank", sort_by, "layer", "feature"], ascending=[True, not descending, True, True]
-        )
-    else:
-        df = df.sort_values([sort_by, "layer", "feature"], ascending=[not descending, True, True])
-    cols = ["layer", "feature", "label", "density", "max_act", "n_fires", "top_tokens"]
-    out = pd.DataFrame(df[cols].head(BROWSE_ROWS)).reset_index(drop=True)
-    out["density"] = (100 * out["density"]).round(4)
-    out["max_act"] = out["max_act"].astype(float).round(3)
-    return out.rename(columns={"density": "density %", "max_act": "max act"})
+    return select(ctx, *criteria, **named)[0]
+
+
+def page_caption(total: int, page: int) -> str:
+    """The table's caption: which rows of how many are shown."""
+    if total == 0:
+        return "Features: none match (click a row to open)"
+    first = (page - 1) * BROWSE_ROWS + 1
+    last = min(page * BROWSE_ROWS, total)
+    n_pages = -(-total // BROWSE_ROWS)
+    return (
+        f"Features {first:,}–{last:,} of {total:,} (page {page:,} of {n_pages:,}; "
+        "click a row to open)"
+    )
+
+
+def table_update(ctx: Context, *args: Any) -> Any:
+    """The browse table as the page shows it: one page, its caption saying which rows of how
+    many (the API returns the table alone)."""
+    table, total, page = select(ctx, *args)
+    return gr.Dataframe(value=table, label=page_caption(total, page))
 
 
 SI_RANK = f"max {microscope.REL}"  # search by inference ranks by the microscope's "max"
@@ -102,6 +183,7 @@ class BrowseTab:
     dense: gr.Checkbox
     dead: gr.Checkbox
     btn: gr.Button
+    page: gr.Number
     table: gr.Dataframe
     si_text: gr.Textbox
     si_density: gr.Number
@@ -114,7 +196,9 @@ def layout(ctx: Context) -> BrowseTab:
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
         b_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
-        b_query = gr.Textbox(label="Search labels and top tokens", elem_id="b-query")
+        b_query = gr.Textbox(
+            label="Search labels, automatic descriptions and top tokens", elem_id="b-query"
+        )
         b_sort = gr.Dropdown(
             ["density", "max_act", "n_fires", "feature"],
             value="density",
@@ -123,7 +207,11 @@ def layout(ctx: Context) -> BrowseTab:
         b_desc = gr.Checkbox(True, label="Descending")
         b_dense = gr.Checkbox(True, label="Hide dense")
         b_dead = gr.Checkbox(True, label="Hide dead")
-    b_btn = gr.Button("Search", variant="primary", elem_id="browse-btn")
+    with gr.Row():
+        b_btn = gr.Button("Search", variant="primary", elem_id="browse-btn", scale=3)
+        b_prev = gr.Button("◀ Previous", elem_id="browse-prev", scale=1)
+        b_page = gr.Number(1, label="Page", minimum=1, precision=0, elem_id="browse-page", scale=1)
+        b_next = gr.Button("Next ▶", elem_id="browse-next", scale=1)
     b_table = gr.Dataframe(
         label="Features (click to open)", interactive=False, elem_id="browse-table"
     )
@@ -145,13 +233,34 @@ def layout(ctx: Context) -> BrowseTab:
         descending: bool = True,
         hide_dense: bool = True,
         hide_dead: bool = True,
+        page: Any = 1,
     ) -> pd.DataFrame:
-        """Features of the store as a table: filtered, searched by label or top token, sorted."""
-        return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead)
+        """Features of the store as a table: filtered, searched by label or top token, sorted;
+        one page of at most 500 rows (``page`` 1 first)."""
+        return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead, page)
 
-    inputs = [b_layer, b_query, b_sort, b_desc, b_dense, b_dead]
-    b_btn.click(ui(browse), inputs, b_table, api_name="browse")
-    b_query.submit(ui(browse), inputs, b_table)  # Enter searches too
+    def search(*args: Any) -> tuple[Any, int]:
+        return table_update(ctx, *args, 1), 1  # new criteria: back to the first page
+
+    def turn(step: int) -> Any:
+        def go(
+            layer: Any, query: str, sort_by: str, desc: bool, dense: bool, dead: bool, page: Any
+        ) -> tuple[Any, int]:
+            wanted = max(1, parse_int(page or 1, "page") + step)
+            table, total, shown = select(ctx, layer, query, sort_by, desc, dense, dead, wanted)
+            return gr.Dataframe(value=table, label=page_caption(total, shown)), shown
+
+        return go
+
+    criteria = [b_layer, b_query, b_sort, b_desc, b_dense, b_dead]
+    # The API's endpoint returns the table alone; the page's own events also set its caption
+    # (which rows of how many) and the page number.
+    api = gr.Button(visible=False)
+    api.click(ui(browse), [*criteria, b_page], b_table, api_name="browse")
+    for event in (b_btn.click, b_query.submit):  # new criteria: back to the first page
+        event(ui(search), criteria, [b_table, b_page], api_visibility="private")
+    for event, step in ((b_prev.click, -1), (b_next.click, 1), (b_page.submit, 0)):
+        event(ui(turn(step)), [*criteria, b_page], [b_table, b_page], api_visibility="private")
 
     def search_inference(t: str, d: Any) -> Any:
         return render.shade_column(search_by_inference(ctx, t, d), SI_RANK)
@@ -165,6 +274,7 @@ def layout(ctx: Context) -> BrowseTab:
         dense=b_dense,
         dead=b_dead,
         btn=b_btn,
+        page=b_page,
         table=b_table,
         si_text=si_text,
         si_density=si_density,

@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 from explorer.app.inputs import UserError, parse_float, parse_int
 from explorer.app.policy import WritePolicy
 from explorer.bundle import build_bundle, bundle_identity, preset
+from explorer.explanations import Explanations
 from explorer.labels import LabelError, Labels
 from explorer.paths import ASSETS_STORE, CURATED
 from explorer.store import Store
 from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
+
+AUTO = "[auto] "  # marks an automatic description wherever a table shows it in a label's place
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,18 +37,44 @@ if TYPE_CHECKING:
     from explorer.bundle import Bundle
 
 
+DEMO_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "prompt": str,
+    "layer": int,
+    "feature": int,
+    "strength": (int, float),
+    "method": str,
+    "seed": int,
+}
+"""The fields every steering demo has (``temperature``, ``max_new_tokens``, ``label`` and
+``why`` are optional)."""
+
+
 def load_curated(preset_name: str = "default", path: Path = CURATED) -> dict[str, Any]:
-    """The curated example texts and features of a preset (``{"texts": [...], "features":
-    [...]}``): what ``curated.json`` holds when its ``preset`` is this one, else nothing (the
-    default's features mean nothing in another SAE set)."""
-    empty: dict[str, Any] = {"texts": [], "features": []}
+    """The curated example texts, features and steering demos of a preset (``{"texts": [...],
+    "features": [...], "steering": [...]}``): what ``curated.json`` holds when its ``preset`` is
+    this one, else nothing (the default's features mean nothing in another SAE set). A steering
+    demo lacking a field of :data:`DEMO_FIELDS`, or with one of the wrong type, is left out."""
+    empty: dict[str, Any] = {"texts": [], "features": [], "steering": []}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return empty
     if not isinstance(data, dict) or data.get("preset", "default") != preset_name:
         return empty
-    return {"texts": list(data.get("texts", [])), "features": list(data.get("features", []))}
+    demos = [
+        d
+        for d in data.get("steering", [])
+        if isinstance(d, dict)
+        and all(
+            isinstance(d.get(k), t) and not isinstance(d.get(k), bool)
+            for k, t in DEMO_FIELDS.items()
+        )
+    ]
+    return {
+        "texts": list(data.get("texts", [])),
+        "features": list(data.get("features", [])),
+        "steering": demos,
+    }
 
 
 @dataclass
@@ -61,14 +90,18 @@ class Context:
         content: the curated example texts and features (the Start tab's table, the
             microscope's example texts).
         policy: who may write labels, import and retract (open unless published).
+        explanations: generated and imported explanations (``None``: none to show).
     """
 
     bundle: Bundle
     store: Store | None
     labels: Labels
     curated: dict[tuple[int, int], str] = field(default_factory=dict)
-    content: dict[str, Any] = field(default_factory=lambda: {"texts": [], "features": []})
+    content: dict[str, Any] = field(
+        default_factory=lambda: {"texts": [], "features": [], "steering": []}
+    )
     policy: WritePolicy = field(default_factory=WritePolicy)
+    explanations: Explanations | None = None
     _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
     _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _maxes: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -127,6 +160,7 @@ class Context:
             tokens = self.store.features(layer, ["top_logits_tokens"])["top_logits_tokens"]
             df.insert(0, "layer", layer)
             df["top_tokens"] = [" ".join(repr(t)[1:-1] for t in list(ts)[:5]) for ts in tokens]
+            df["description"] = self.store.descriptions(layer)
             frames.append(df)
         self._summary = pd.concat(frames, ignore_index=True)
         return self._summary
@@ -168,6 +202,21 @@ class Context:
         one, else ``""``."""
         found = labels.get((layer, feature))
         return found.label if found is not None else self.curated.get((layer, feature), "")
+
+    def description(self, layer: int, feature: int) -> str:
+        """The feature's automatic description from the store (``''`` when none)."""
+        if self.store is None or layer not in self.store.layers:
+            return ""
+        return self.store.description(layer, feature)
+
+    def shown_label(self, labels: dict[tuple[int, int], Any], layer: int, feature: int) -> str:
+        """What a table shows in a feature's label column: its label (:meth:`label_text`), else
+        its automatic description marked ``[auto]``, else ``""``."""
+        label = self.label_text(labels, layer, feature)
+        if label:
+            return label
+        auto = self.description(layer, feature)
+        return AUTO + auto if auto else ""
 
     def label_of(self, layer: int, feature: int) -> str:
         """The feature's current label, else its curated one, else ``""``."""
@@ -213,6 +262,7 @@ def open_explorer(
     labels_path: str | None,
     cache_dir: str | None = None,
     public: bool | None = None,
+    explanations_path: str | None = None,
 ) -> Context:
     """Build the bundle, open and check the store, open the labels: the app's context.
 
@@ -226,6 +276,7 @@ def open_explorer(
     store = Store.open(store_dir) if store_dir is not None else None
     widths = {n: store.n_features(n) for n in store.layers} if store is not None else None
     labels = Labels(labels_path or default_labels_path(), scope=spec.name, widths=widths)
+    explanations = open_explanations(explanations_path, store_dir)
     ident = bundle_identity(spec)
     if store is not None:
         store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
@@ -242,7 +293,17 @@ def open_explorer(
         curated=curated,
         content=content,
         policy=WritePolicy.from_env(public),
+        explanations=explanations,
     )
+
+
+def open_explanations(path: str | None, store_dir: str | None) -> Explanations | None:
+    """The explanations file given, else the store's ``explanations.sqlite`` if it has one
+    (never created here: the app only reads explanations)."""
+    if path is None and store_dir is not None:
+        beside = Path(store_dir) / "explanations.sqlite"
+        path = str(beside) if beside.exists() else None
+    return Explanations(path, create=False) if path is not None else None
 
 
 __all__ = ["Context", "UserError", "load_curated", "open_explorer", "parse_float", "parse_int"]

@@ -3,6 +3,7 @@ examples, interval samples), tested on a text, labelled quickly, or sent to stee
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,12 +15,15 @@ from explorer.app import render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import status, status_box, ui
 from explorer.encode import EncodeError, feature_activations
+from explorer.explanations import ExplanationError
 from explorer.store import StoreError
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from explorer.store import FeatureRecord
+
+logger = logging.getLogger(__name__)
 
 TAB_ID = "dashboard"
 
@@ -77,13 +81,33 @@ def header(ctx: Context, layer: Any, feature: Any) -> str:
     return _badges(ctx, rec)
 
 
+def explanation_line(ctx: Context, layer: int, feature: int) -> str:
+    """The feature's best explanation as plain text, with its score and source ('' if none).
+    Machine output, never a label: the header shows it apart, escaped."""
+    if ctx.explanations is None:
+        return ""
+    try:
+        best = ctx.explanations.best(layer, feature)
+    except ExplanationError as e:
+        logger.warning("explanations unavailable: %s", e)
+        return ""
+    return "" if best is None else f"Explanation: {best.describe()}"
+
+
 def _badges(ctx: Context, rec: FeatureRecord) -> str:
-    """The header: a person's label as is, a curated one marked as curated."""
+    """The header: a person's label as is, a curated one marked as curated; then the best
+    explanation, if any, on a line of its own."""
     human = ctx.labels.current(rec.layer, rec.feature)
+    auto = ctx.description(rec.layer, rec.feature)
+    line = explanation_line(ctx, rec.layer, rec.feature)
+    extra = f'<div class="gse-explanation gse-muted">{render.esc(line)}</div>' if line else ""
     if human is not None:
-        return render.badges_html(rec, human.label, ctx.dense_threshold)
+        return render.badges_html(rec, human.label, ctx.dense_threshold, auto=auto) + extra
     curated = ctx.curated.get((rec.layer, rec.feature))
-    return render.badges_html(rec, curated, ctx.dense_threshold, curated=curated is not None)
+    html = render.badges_html(
+        rec, curated, ctx.dense_threshold, curated=curated is not None, auto=auto
+    )
+    return html + extra
 
 
 def view(
@@ -111,7 +135,7 @@ def view(
         {
             "feature": rec.neighbours,
             "cosine": [round(float(c), 3) for c in rec.neighbour_cos],
-            "label": [ctx.label_text(labels, rec.layer, f) for f in rec.neighbours],
+            "label": [ctx.shown_label(labels, rec.layer, f) for f in rec.neighbours],
         }
     )
     return DashboardView(

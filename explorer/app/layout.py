@@ -43,6 +43,7 @@ _RUN_FROM_URL = (
 }"""
 )
 _ENCODE = "() => {" + _CLICK + " gseClick('#encode'); return []; }"
+_GENERATE = "() => {" + _CLICK + " gseClick('#generate'); return []; }"
 
 
 def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
@@ -98,6 +99,17 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         start_tab.texts_table.select(ui(open_text), None, [micro.text, tabs]).then(
             None, None, None, js=_ENCODE
         )
+
+        # A steering demo fills the Steering tab and generates (as if Generate were pressed).
+        def open_demo(evt: gr.SelectData) -> tuple[Any, ...]:
+            return (*steering.demo_values(ctx, evt.index[0]), gr.Tabs(selected=steering.TAB_ID))
+
+        demo_outputs = [
+            steer.prompt, steer.steer_table, steer.temperature, steer.max_new, steer.seed,
+            steer.freq, tabs,
+        ]  # fmt: skip
+        for table in (start_tab.demos_table, steer.demos_table):
+            table.select(ui(open_demo), None, demo_outputs).then(None, None, None, js=_GENERATE)
 
         # The dashboard's feature, added to the steering table, and the Steering tab opened.
         def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
@@ -171,7 +183,7 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             return (*dash_values, *micro_values, *steer_values, *label_values)
 
         demo.load(from_url, None, load_outputs).then(None, None, None, js=_RUN_FROM_URL)
-        demo.load(ui(lambda: browse.features(ctx)), None, found.table)
+        demo.load(ui(lambda: browse.table_update(ctx)), None, found.table)
 
         # The label API: label a feature by number (what the UI does for the feature shown).
         def label_feature(

@@ -104,6 +104,18 @@ def _layers(ctx: Context, layers: Sequence[Any] | None) -> list[int]:
     return [parse_int(n, "layer") for n in layers]
 
 
+def default_layers(ctx: Context) -> list[int]:
+    """The layers ticked when the page opens: all of them when the bundle's SAE cache holds them
+    (the default's 4), else as many as it holds, evenly spread (8 of Gemma Scope's 26, so the
+    first encoding does not reload SAEs; the others are one tick away)."""
+    have = ctx.layers
+    room = max(1, min(len(have), ctx.bundle.max_saes))
+    if room >= len(have):
+        return have
+    picks = sorted({round(i * (len(have) - 1) / max(room - 1, 1)) for i in range(room)})
+    return [have[i] for i in picks]
+
+
 def _density(max_density_pct: Any) -> float:
     return parse_float(max_density_pct, "density filter (%)", 0.0, 100.0) / 100.0
 
@@ -191,7 +203,7 @@ def _describe(ctx: Context, table: pd.DataFrame) -> None:
     labels = ctx.labels.current_all()
     dens = ctx.densities()
     pairs = list(zip(table["layer"].astype(int), table["feature"].astype(int), strict=True))
-    table["label"] = [ctx.label_text(labels, la, f) for la, f in pairs]
+    table["label"] = [ctx.shown_label(labels, la, f) for la, f in pairs]
     table["density %"] = [
         round(100 * float(dens[la][f]), 4) if la in dens else None for la, f in pairs
     ]
@@ -314,7 +326,8 @@ def layout(ctx: Context) -> MicroscopeTab:
     text = gr.Textbox(texts[0], lines=3, label="Text", elem_id="micro-text")
     gr.Examples([[t] for t in texts], inputs=text, label="Example texts")
     with gr.Row():
-        layers = gr.CheckboxGroup(layer_names, value=layer_names, label="Layers")
+        ticked = [str(n) for n in default_layers(ctx)]
+        layers = gr.CheckboxGroup(layer_names, value=ticked, label="Layers")
         metric = gr.Radio(
             [(name, value) for value, name in METRICS.items()],
             value="max activation",

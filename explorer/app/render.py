@@ -119,11 +119,22 @@ def intervals_html(rec: FeatureRecord) -> str:
     return "".join(parts)
 
 
+AUTO_NOTE = (
+    "Derived by the precompute job from this feature's stored examples (their most frequent "
+    "tokens, with counts) and its promoted tokens; not a person's label."
+)
+
+
 def badges_html(
-    rec: FeatureRecord, label: str | None, dense_threshold: float, curated: bool = False
+    rec: FeatureRecord,
+    label: str | None,
+    dense_threshold: float,
+    curated: bool = False,
+    auto: str = "",
 ) -> str:
     """The dashboard header: id, label (``curated`` marks one shipped with the app rather than a
-    person's here), density, max, mean and dead / dense badges."""
+    person's here), the automatic description ``auto`` (marked as such, below the label, never
+    in its place), density, max, mean and dead / dense badges."""
     badges = []
     if rec.dead:
         badges.append('<span class="gse-badge gse-dead">dead: never fired</span>')
@@ -135,9 +146,15 @@ def badges_html(
     shown = esc(label) if label else '<span class="gse-muted">unlabelled</span>'
     if label and curated:
         shown += ' <span class="gse-badge gse-curated">curated label</span>'
+    described = (
+        f'<div class="gse-auto"><span class="gse-badge gse-auto-badge" title="{AUTO_NOTE}">'
+        f"automatic</span> {esc(auto)}</div>"
+        if auto
+        else ""
+    )
     return (
         f'<div class="gse-header"><div class="gse-title">Layer {rec.layer} · feature '
-        f"{rec.feature}</div><div class='gse-label'>{shown}</div>"
+        f"{rec.feature}</div><div class='gse-label'>{shown}</div>{described}"
         f'<div class="gse-stats">density {100 * rec.density:.4f}% · {rec.n_fires:,} fires · '
         f"max {rec.max_act:.3f} · mean {rec.mean_act:.3f} {''.join(badges)}</div></div>"
     )
@@ -257,6 +274,8 @@ CSS = """
 .gse-dead { background: #eceff1; color: #37474f; }
 .gse-dense { background: #fff3e0; color: #e65100; }
 .gse-curated { background: #e3f2fd; color: #0d47a1; }
+.gse-auto { color: #555; font-size: 0.9em; margin: 2px 0 4px; }
+.gse-auto-badge { background: #eeeeee; color: #555; border: 1px dashed #999; }
 .gse-status { white-space: pre-wrap; }
 .gse-text { font-family: ui-monospace, monospace; line-height: 1.9; }
 """

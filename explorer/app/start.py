@@ -23,7 +23,8 @@ and what happens when you push the model along a feature's direction (*steering*
 **A guided path:** 1. click an example text below: it opens in the *Microscope*, encoded;
 2. click a token and open its strongest feature; 3. read the feature's top examples and interval
 samples on its page; 4. press **Steer with this feature** and compare the two completions.
-Or click a curated feature to open its page.
+Or click a curated feature to open its page, or a steering demo to see a feature pull the
+model's text toward its concept.
 """
 
 
@@ -35,10 +36,38 @@ def curated_rows(content: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+DEMO_HEADERS = ["steering demo (click: it opens in Steering and generates)", "prompt", "feature",
+                "strength", "method", "seed"]  # fmt: skip
+
+
+def demo_rows(content: dict[str, Any]) -> list[list[Any]]:
+    """The curated steering demos as table rows: label, prompt, ``layer:feature``, strength,
+    method, seed (the Start tab's and the Steering tab's demo tables)."""
+    return [
+        [d.get("label", ""), d["prompt"], f"{d['layer']}:{d['feature']}", d["strength"],
+         d["method"], d["seed"]]
+        for d in content.get("steering", [])
+    ]  # fmt: skip
+
+
+def demo_table(ctx: Context, elem_id: str) -> gr.Dataframe:
+    """The steering demos' table (hidden when the preset has none)."""
+    rows = demo_rows(ctx.content)
+    return gr.Dataframe(
+        rows,
+        headers=DEMO_HEADERS,
+        label="Steering demos, chosen by the steering evaluation (click a row)",
+        interactive=False,
+        visible=bool(rows),
+        elem_id=elem_id,
+    )
+
+
 @dataclass
 class StartTab:
     texts_table: gr.Dataframe
     curated_table: gr.Dataframe
+    demos_table: gr.Dataframe
 
 
 def layout(ctx: Context) -> StartTab:
@@ -62,4 +91,5 @@ def layout(ctx: Context) -> StartTab:
         visible=bool(ctx.content["features"]),
         elem_id="curated",
     )
-    return StartTab(texts_table=texts_table, curated_table=curated_table)
+    demos_table = demo_table(ctx, "start-demos")
+    return StartTab(texts_table=texts_table, curated_table=curated_table, demos_table=demos_table)

@@ -12,8 +12,9 @@ The rules, in one place:
 - ``layer`` and ``feature`` are whole numbers: a number (``3``, ``3.0``) or digits as text
   (``"3"``, and ``"3.0"``: a spreadsheet shows a number column that way). ``"1e3"``,
   ``"12abc"``, ``"3.5"`` are refused: an id is typed, not computed.
-- ``strength`` is a finite number within +-10,000; blank means the feature's max activation in
-  the store (blank for ``ablate``: 0). ``method`` is add, clamp or ablate (any case); blank
+- ``strength`` is a finite number within +-100,000; blank means the steering evaluation's
+  recommended strength for the feature when the store has one, else its max activation in the
+  store (blank for ``ablate``: 0). ``method`` is add, clamp or ablate (any case); blank
   means add. ``label`` is for reading only.
 - A row whose cells are all blank is skipped (the page keeps an empty row to type into); at most
   :data:`MAX_STEERS` others.
@@ -82,11 +83,16 @@ def number(value: Any, what: str, lo: float, hi: float) -> float:
         ) from None
 
 
-def default_strength(ctx: Context, layer: Any, feature: Any) -> float:
-    """A feature's max activation in the store: adding it once is a visible but sane push."""
+def default_strength(ctx: Context, layer: Any, feature: Any, method: str = "add") -> float:
+    """The steering evaluation's recommended strength for the feature and method when the store
+    has one (``steering.parquet``, :mod:`precompute.steer_eval`), else the feature's max
+    activation in the store (10 without a store)."""
     layer_n, feature_n = ctx.check_feature(layer, feature)
     if ctx.store is None:
         return 10.0
+    recommended = ctx.store.recommended_strength(layer_n, feature_n, method)
+    if recommended is not None:
+        return round(recommended, 2)
     value = float(ctx.summary_layer(layer_n)["max_act"].iat[feature_n])
     return round(value, 2) if value > 0 else 10.0
 
@@ -96,7 +102,8 @@ def parse_row(ctx: Context, cells: dict[str, Any], where: str) -> Steer:
     starting with ``where`` (``"row 2"``).
 
     ``layer`` and ``feature`` are required. A blank ``method`` is ``add``; a blank ``strength``
-    is the feature's max activation in the store (:func:`default_strength`), as in the Add form.
+    is the recommended strength, else the max activation (:func:`default_strength`), as in the
+    Add form.
     ``label`` is for reading only: labels are looked up again when the table is shown.
     """
     for name in ("layer", "feature"):
@@ -116,7 +123,7 @@ def parse_row(ctx: Context, cells: dict[str, Any], where: str) -> Steer:
             f"not {_shown(method_cell)}"
         )
     if _blank(cells.get("strength")):
-        strength = 0.0 if method == "ablate" else default_strength(ctx, layer, feature)
+        strength = 0.0 if method == "ablate" else default_strength(ctx, layer, feature, method)
     else:
         strength = number(cells["strength"], f"{where}: strength", -MAX_STRENGTH, MAX_STRENGTH)
     try:
@@ -218,7 +225,7 @@ def add_steer(
     strength: Any = None,
     method: Any = "add",
 ) -> list[Steer]:
-    """The table's steers with one more feature (blank strength: its max activation)."""
+    """The table's steers with one more feature (blank strength: :func:`default_strength`)."""
     current = parse_steers(ctx, steering)
     if len(current) >= MAX_STEERS:
         raise UserError(f"at most {MAX_STEERS} steering features at once: remove one first")

@@ -25,6 +25,7 @@ import pandas as pd
 
 from explorer.app.context import Context, UserError
 from explorer.app.render import esc
+from explorer.app.start import demo_table
 from explorer.app.steer_table import (
     MAX_STEERS,
     STEER_COLUMNS,
@@ -53,6 +54,7 @@ __all__ = [  # the table's functions too: callers of this tab need not know wher
     "SteeringTab",
     "add_steer",
     "default_strength",
+    "demo_values",
     "generate_view",
     "layout",
     "parse_steers",
@@ -73,6 +75,21 @@ def with_feature(
 ) -> pd.DataFrame:
     """:func:`add_steer`, as the page's table."""
     return to_table(ctx, add_steer(ctx, steering, layer, feature, strength, method))
+
+
+def demo_values(ctx: Context, index: Any) -> tuple[Any, ...]:
+    """The Steering tab's inputs for curated steering demo ``index`` (a row of the demo tables):
+    prompt, steering table, temperature, max new tokens, seed, frequency penalty."""
+    demos = ctx.content.get("steering", [])
+    i = whole_number(index, "demo", 0, max(len(demos) - 1, 0))
+    if not demos:
+        raise UserError("this preset has no steering demos")
+    d = demos[i]
+    table = with_feature(ctx, None, d["layer"], d["feature"], d["strength"], d["method"])
+    return (
+        d["prompt"], table, float(d.get("temperature", 0.7)), int(d.get("max_new_tokens", 32)),
+        int(d["seed"]), 0.0,
+    )  # fmt: skip
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -213,6 +230,7 @@ class SteeringTab:
     gen_status: gr.HTML
     default_out: gr.Textbox
     steered_out: gr.Textbox
+    demos_table: gr.Dataframe
 
 
 def layout(ctx: Context) -> SteeringTab:
@@ -226,7 +244,9 @@ def layout(ctx: Context) -> SteeringTab:
     with gr.Row():
         s_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
         s_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
-        s_strength = gr.Textbox(label="Strength (blank: the feature's max activation)")
+        s_strength = gr.Textbox(
+            label="Strength (blank: the recommended strength, else its max activation)"
+        )
         s_method = gr.Radio(list(METHODS), value="add", label="Method")
     with gr.Row():
         add_btn = gr.Button("Add feature", elem_id="add-steer")
@@ -252,6 +272,7 @@ def layout(ctx: Context) -> SteeringTab:
         default_out = gr.Textbox(label="Default", lines=8, elem_id="default-out")
         steered_out = gr.Textbox(label="Steered", lines=8, elem_id="steered-out")
     shown = gr.State(("", ""))
+    demos_table = demo_table(ctx, "steer-demos")
 
     def add_steer(steering: Any, layer: Any, feature: Any, strength: Any, method: Any) -> Any:
         try:
@@ -319,4 +340,5 @@ def layout(ctx: Context) -> SteeringTab:
         gen_status=gen_status,
         default_out=default_out,
         steered_out=steered_out,
+        demos_table=demos_table,
     )

@@ -34,16 +34,20 @@ from explorer.store.schema import (
     MANIFEST,
     REBUILD,
     SCHEMA_VERSION,
+    STEERING,
     TOKENS,
     VOCAB,
     StoreError,
     StoreManifest,
+    descriptions_path,
+    descriptions_schema,
     examples_path,
     examples_schema,
     features_path,
     features_schema,
     read_manifest,
     sae_ref,
+    steering_schema,
     tokens_schema,
     vocab_schema,
 )
@@ -71,6 +75,8 @@ class Store:
         self._features: dict[int, pa.Table] = {}
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._context: TokenContext | None = None
+        self._descriptions: dict[int, list[str]] = {}
+        self._recommended: dict[tuple[int, int, str], float] | None = None
         self._lock = threading.Lock()
         self._context_lock = threading.Lock()
         # One reader per file is not safe to share between threads: reads of a file take turns.
@@ -87,9 +93,14 @@ class Store:
         manifest = read_manifest(path)
         listed: dict[str, Any] = manifest.files
         schemas = {TOKENS: tokens_schema(), VOCAB: vocab_schema()}
+        optional = {STEERING: steering_schema()}
         for layer in manifest.layer_ids:
             schemas[features_path(layer)] = features_schema()
             schemas[examples_path(layer)] = examples_schema()
+        described = [descriptions_path(n) in listed for n in manifest.layer_ids]
+        if any(described):  # optional, but then for every layer
+            for layer in manifest.layer_ids:
+                schemas[descriptions_path(layer)] = descriptions_schema()
         for name in schemas:
             if name not in listed:
                 raise StoreError(f"store {path}: {MANIFEST} lists no {name}; {REBUILD}")
@@ -115,10 +126,11 @@ class Store:
                 raise StoreError(
                     f"store {path}: {name} is not a readable Parquet file ({first}); {REBUILD}"
                 ) from None
-            if name in schemas and not pf.schema_arrow.equals(schemas[name]):
+            expected = schemas.get(name, optional.get(name))
+            if expected is not None and not pf.schema_arrow.equals(expected):
                 raise StoreError(
                     f"store {path}: {name} has columns {pf.schema_arrow.names}, schema version "
-                    f"{SCHEMA_VERSION} has {schemas[name].names}; {REBUILD}"
+                    f"{SCHEMA_VERSION} has {expected.names}; {REBUILD}"
                 )
             rows = pf.metadata.num_rows
             if rows != info.get("rows"):
@@ -129,12 +141,15 @@ class Store:
             opened[name] = pf
         n_windows = opened[TOKENS].metadata.num_rows
         for entry in manifest.layers:
-            rows = opened[features_path(entry.layer)].metadata.num_rows
-            if isinstance(entry.d_sae, int) and rows != entry.d_sae:
-                raise StoreError(
-                    f"store {path}: {features_path(entry.layer)} has {rows} features, the "
-                    f"layer's SAE has d_sae {entry.d_sae}; {REBUILD}"
-                )
+            for per_feature in (features_path, descriptions_path):
+                if per_feature(entry.layer) not in opened:
+                    continue
+                rows = opened[per_feature(entry.layer)].metadata.num_rows
+                if isinstance(entry.d_sae, int) and rows != entry.d_sae:
+                    raise StoreError(
+                        f"store {path}: {per_feature(entry.layer)} has {rows} features, the "
+                        f"layer's SAE has d_sae {entry.d_sae}; {REBUILD}"
+                    )
             name = examples_path(entry.layer)
             lo, hi = _column_range(opened[name], "window")
             if lo < 0 or hi >= n_windows:
@@ -182,6 +197,41 @@ class Store:
                 self._features[layer] = self._load_context().with_logit_texts(table)
             return self._features[layer]
 
+    def features_arrow(self, layer: int) -> pa.Table:
+        """The features table of ``layer`` as Arrow, with the logits' texts (read once)."""
+        return self._features_table(layer)
+
+    def token_context(self) -> TokenContext:
+        """The store's windows and vocabulary (read once)."""
+        return self._load_context()
+
+    @property
+    def has_descriptions(self) -> bool:
+        """Whether the store carries automatic descriptions (``descriptions/``)."""
+        return bool(self.layers) and descriptions_path(self.layers[0]) in self._files
+
+    def descriptions(self, layer: int) -> list[str]:
+        """Every feature's automatic description on ``layer``, in feature order (read once);
+        all ``''`` for a store without descriptions."""
+        self._check_layer(layer)
+        with self._lock:
+            if layer not in self._descriptions:
+                name = descriptions_path(layer)
+                if name in self._files:
+                    pf = self._files[name]
+                    table = self._read(
+                        name, "the descriptions", lambda: pf.read(columns=["description"])
+                    )
+                    self._descriptions[layer] = table.column("description").to_pylist()
+                else:
+                    self._descriptions[layer] = [""] * self.n_features(layer)
+            return self._descriptions[layer]
+
+    def description(self, layer: int, feature: int) -> str:
+        """The automatic description of one feature (``''`` when none)."""
+        found = self.descriptions(layer)
+        return found[feature] if 0 <= feature < len(found) else ""
+
     def _load_context(self) -> TokenContext:
         """Tokens and vocab, read once."""
         with self._context_lock:
@@ -193,6 +243,22 @@ class Store:
         tokens = self._read(TOKENS, "the windows", lambda: self._files[TOKENS].read())
         vocab = self._read(VOCAB, "the vocabulary", lambda: self._files[VOCAB].read())
         return TokenContext.from_tables(self.path, tokens, vocab)
+
+    def recommended_strength(self, layer: int, feature: int, method: str = "add") -> float | None:
+        """The steering evaluation's recommended strength for the feature (``steering.parquet``'s
+        row marked ``recommended``), or ``None``: not evaluated, no readable strength beat the
+        default, or a store without the table."""
+        with self._lock:
+            if self._recommended is None:
+                self._recommended = {}
+                if STEERING in self._files:
+                    pf = self._files[STEERING]
+                    t = self._read(STEERING, "the steering evaluation", lambda: pf.read())
+                    d = t.filter(t["recommended"]).to_pydict()
+                    keys = zip(d["layer"], d["feature"], d["method"], strict=True)
+                    for (n, f, m), s in zip(keys, d["strength"], strict=True):
+                        self._recommended[(int(n), int(f), str(m))] = float(s)
+            return self._recommended.get((int(layer), int(feature), method))
 
     def features(self, layer: int, columns: list[str] | None = None) -> pd.DataFrame:
         """The features table of ``layer`` (one row per feature) for search and sort."""

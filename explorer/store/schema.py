@@ -23,6 +23,8 @@ KIND = "store"
 MANIFEST = "manifest.json"
 TOKENS = "tokens.parquet"
 VOCAB = "vocab.parquet"
+STEERING = "steering.parquet"
+"""Optional: the steering evaluation's rows (``python -m precompute steer-eval --write-store``)."""
 TOP = "top"
 REBUILD = "rebuild with `python -m precompute run …`"
 # Columns compared by :meth:`Store.check_bundle` for each layer, as the manifest names them.
@@ -42,6 +44,11 @@ def features_path(layer: int) -> str:
 def examples_path(layer: int) -> str:
     """The examples file of ``layer``, relative to the store: ``examples/layer=05.parquet``."""
     return f"examples/layer={layer:02d}.parquet"
+
+
+def descriptions_path(layer: int) -> str:
+    """The (optional) descriptions file of ``layer``: ``descriptions/layer=05.parquet``."""
+    return f"descriptions/layer={layer:02d}.parquet"
 
 
 def interval_group(k: int) -> str:
@@ -132,6 +139,36 @@ def examples_schema() -> pa.Schema:
 
 
 @functools.cache
+def descriptions_schema() -> pa.Schema:
+    """``descriptions/layer=NN.parquet`` (optional; all layers or none): one row per feature,
+    sorted by feature, the automatic description ``precompute`` derives from the store itself.
+
+    Over the centres of the feature's stored examples (top and interval samples; ``n_examples``
+    distinct positions): ``tokens`` are its most frequent tokens there with their ``counts``;
+    ``context`` is ``'after'`` when one token (``context_token``, seen ``context_count`` times)
+    precedes at least half of them, else ``'before'`` when one follows at least half of them,
+    else ``''`` (token -1);
+    ``promoted`` are its top promoted tokens (the first of ``top_logits``). ``description`` is the
+    line the app shows, ``''`` for a dead feature.
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            _col("feature", pa.int32()),
+            _col("description", pa.string()),
+            _col("n_examples", pa.int32()),
+            _col("tokens", pa.list_(pa.int32())),
+            _col("counts", pa.list_(pa.int32())),
+            _col("context", pa.string()),
+            _col("context_token", pa.int32()),
+            _col("context_count", pa.int32()),
+            _col("promoted", pa.list_(pa.int32())),
+        ]
+    )
+
+
+@functools.cache
 def tokens_schema() -> pa.Schema:
     """``tokens.parquet``: one row per window of the run, in run order (``window`` = 0..W-1).
 
@@ -160,6 +197,35 @@ def vocab_schema() -> pa.Schema:
         [
             _col("token_id", pa.int32()),
             _col("text", pa.string()),
+        ]
+    )
+
+
+@functools.cache
+def steering_schema() -> pa.Schema:
+    """``steering.parquet`` (optional): one row per evaluated (layer, feature, method, strength),
+    sorted by (layer, feature, method, strength); method ``none`` with strength 0 is the
+    unsteered default. ``multiple`` is the strength in units of the feature's max activation;
+    ``concept`` the feature's mean read-back activation on the continuation over its max,
+    ``lift`` the rise of P(top promoted tokens), ``perplexity`` and ``repetition`` the fluency
+    measures (:mod:`precompute.steer_eval`), means over ``n`` continuations. ``recommended``
+    marks the best trade-off per (layer, feature, method): the app's default strength.
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            _col("layer", pa.int16()),
+            _col("feature", pa.int32()),
+            _col("method", pa.string()),
+            _col("multiple", pa.float32()),
+            _col("strength", pa.float32()),
+            _col("concept", pa.float32()),
+            _col("lift", pa.float32()),
+            _col("perplexity", pa.float32()),
+            _col("repetition", pa.float32()),
+            _col("n", pa.int16()),
+            _col("recommended", pa.bool_()),
         ]
     )
 
