@@ -84,7 +84,7 @@ def test_hostile_values_never_become_markup(ui: UI, ctx: Context, tmp_path: Path
     # 4. Steering: a hostile prompt, and a hostile strength (an error path).
     ui.tab("steer")
     ui.box("steer-prompt").fill(EVIL_LINK)
-    page.get_by_label("Strength (blank: the feature's max activation)").fill(EVIL_IMG)
+    page.get_by_label("Strength (blank: the recommended").fill(EVIL_IMG)
     page.locator("#add-steer").click()
     _no_evil(ui, "steering strength error")
 

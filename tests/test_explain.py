@@ -4,7 +4,6 @@ the shipped store (scores, appends, resume, the CLI's errors)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import sqlite3
@@ -18,7 +17,7 @@ from explorer.paths import ASSETS_STORE
 from precompute.__main__ import main
 from precompute.explain import delphi_prompts as d
 from precompute.explain import prompts as P
-from precompute.explain.client import ChatClient, LLMConfig, LLMError
+from precompute.explain.client import ChatClient, LLMConfig, LLMError, run_sync
 from precompute.explain.run import ExplainConfig, run_explain
 
 LAYER = 9
@@ -89,7 +88,7 @@ def _chat(url: str, **kw: object) -> tuple[str, ChatClient]:
         async with ChatClient(cfg) as c:
             return await c.chat([{"role": "user", "content": "hi"}]), c
 
-    return asyncio.run(go())
+    return run_sync(go())
 
 
 def test_client_retries_429_and_5xx_then_succeeds() -> None:
@@ -121,7 +120,7 @@ def test_client_sends_the_key_from_the_named_variable(monkeypatch: pytest.Monkey
     cfg = LLMConfig(url="http://127.0.0.1:9/v1", model="m", api_key_env="MY_KEY")
     client = ChatClient(cfg)
     seen.append(client._http.headers.get("authorization", ""))
-    asyncio.run(client.__aexit__())
+    run_sync(client.__aexit__())
     assert seen == ["Bearer sk-test"]
 
 
@@ -229,6 +228,6 @@ def test_system_messages_folded_for_models_without_a_system_role() -> None:
             async with ChatClient(cfg) as c:
                 await c.chat(messages)
 
-        asyncio.run(go())
+        run_sync(go())
     assert script.bodies[-1]["messages"] == [{"role": "user", "content": "S\n\nU"}]
     assert messages[1]["content"] == "U"  # the caller's messages are left as they were

@@ -66,7 +66,9 @@ def test_a_refused_request_keeps_the_screen_and_stop_ends_a_generation(
     expect(ui.box("steered-out")).to_have_value(want[1])
 
     # A bad strength in the Add form: a warning, shown as text; the table stays as it was.
-    ui.panel().get_by_label("Strength (blank: the feature's max activation)").fill(HOSTILE)
+    ui.panel().get_by_label(
+        "Strength (blank: the recommended strength, else its max activation)"
+    ).fill(HOSTILE)
     page.locator("#add-steer").click()
     toast = page.locator('[data-testid="toast-body"]')
     expect(toast).to_contain_text("the new feature: strength must be a number from -10000")

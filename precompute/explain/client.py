@@ -10,13 +10,17 @@ exponential backoff and jitter (``Retry-After`` is honoured when the server send
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -179,3 +183,15 @@ def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
         else:
             first["content"] = f"{system}\n\n{first['content']}"
     return rest
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code, also where this thread already runs
+    an event loop (a notebook, Playwright's sync API, a Gradio handler): then on a thread of its
+    own, since :func:`asyncio.run` refuses to nest."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

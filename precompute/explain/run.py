@@ -21,7 +21,7 @@ from explorer.explanations import Explanations, NewExplanation
 from explorer.store import Store
 from explorer.store.codec import TokenContext
 from precompute.explain import prompts as P
-from precompute.explain.client import ChatClient, LLMConfig, LLMError, Usage
+from precompute.explain.client import ChatClient, LLMConfig, LLMError, Usage, run_sync
 from precompute.explain.samples import Context, FeatureSamples, feature_samples
 
 logger = logging.getLogger(__name__)
@@ -222,4 +222,4 @@ def run_explain(cfg: ExplainConfig, llm: LLMConfig, progress: bool = True) -> Ex
         raise ValueError("--n-test, --n-explain and --per-prompt must be at least 1")
     store = Store.open(cfg.store)
     db = Explanations(cfg.explanations_path)
-    return asyncio.run(_run(store, db, cfg, llm, progress))
+    return run_sync(_run(store, db, cfg, llm, progress))
