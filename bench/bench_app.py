@@ -32,8 +32,9 @@ def _pcts(xs: list[float]) -> tuple[float, float]:
     return statistics.median(s), s[int(0.95 * (len(s) - 1))]
 
 
-def _timed(fn, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
-    fn()  # warm-up
+def _timed(fn, runs: int, warmup: bool = True) -> list[float]:  # type: ignore[no-untyped-def]
+    if warmup:
+        fn()
     out = []
     for _ in range(runs):
         t = time.perf_counter()

@@ -32,12 +32,11 @@ def _pcts(xs: list[float]) -> str:
 
 
 def _timed(fn: Any, runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+    """``runs`` timings of ``fn``, without bench_app's warm-up run (a 26-layer microscope takes
+    ~40 s here)."""
+    from bench_app import _timed as timed
+
+    return list(timed(fn, runs, warmup=False))
 
 
 def measure_app(bundle: Any, store_dir: Path, runs: int = 30) -> None:

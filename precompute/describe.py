@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from explorer.files import atomic_write_text, fsync_dir
 from explorer.store.codec import TokenContext
 from explorer.store.reader import Store
 from explorer.store.schema import (
-    MANIFEST,
     descriptions_path,
     descriptions_schema,
     examples_path,
@@ -131,12 +127,13 @@ def describe_layer(features: pa.Table, examples: pa.Table, context: TokenContext
         ctx_kind[cf], ctx_token[cf], ctx_count[cf] = kind, cv, cc
 
     logits = features.column("top_logits").combine_chunks()
-    lens = np.diff(logits.offsets.to_numpy())
+    starts = logits.offsets.to_numpy()
+    lens = np.diff(starts)
     promoted = np.full((n, N_PROMOTED), -1, dtype=np.int64)
     flat_logits = logits.values.to_numpy().astype(np.int64)
     for j in range(N_PROMOTED):
         has = lens > j
-        promoted[has, j] = flat_logits[logits.offsets.to_numpy()[:-1][has] + j]
+        promoted[has, j] = flat_logits[starts[:-1][has] + j]
 
     # The line: token texts looked up once per distinct id, then joined column-wise.
     used = np.unique(np.concatenate([tok_ids.ravel(), ctx_token, promoted.ravel()]))
@@ -209,28 +206,22 @@ def add_descriptions(store_dir: Path) -> dict[int, int]:
     """
     import pyarrow.parquet as pq
 
-    from precompute.write import write_parquet
+    from precompute.write import add_to_store
 
     t0 = time.perf_counter()
+    store_dir = Path(store_dir)
     store = Store.open(store_dir, verify=True)
     context = store.token_context()
-    store_dir = Path(store_dir)
-    (store_dir / "descriptions").mkdir(exist_ok=True)
-    files = dict(store.manifest.files)
-    described: dict[int, int] = {}
-    for layer in store.layers:
-        features = store.features_arrow(layer)
-        examples = pq.read_table(store_dir / examples_path(layer))
-        table = describe_layer(features, examples, context)
-        name = descriptions_path(layer)
-        tmp = store_dir / f"{name}.tmp-{os.getpid()}"
-        info = write_parquet(store_dir, tmp.relative_to(store_dir).as_posix(), [table])
-        tmp.replace(store_dir / name)
-        files[name] = info
-        described[layer] = int(sum(1 for d in table.column("description").to_pylist() if d))
-    fsync_dir(store_dir / "descriptions")
-    manifest = replace(store.manifest, files=files)
-    text = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False)
-    atomic_write_text(store_dir / MANIFEST, text + "\n")
+    tables = {
+        descriptions_path(layer): describe_layer(
+            store.features_arrow(layer), pq.read_table(store_dir / examples_path(layer)), context
+        )
+        for layer in store.layers
+    }
+    add_to_store(store_dir, tables)
+    described = {
+        layer: int(sum(1 for d in tables[descriptions_path(layer)]["description"].to_pylist() if d))
+        for layer in store.layers
+    }
     logger.info("described %s in %.1f s", store_dir, time.perf_counter() - t0)
     return described

@@ -396,33 +396,47 @@ def write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, An
     }
 
 
-def write_steering(store_dir: Path, table: pa.Table | pd.DataFrame) -> dict[str, Any]:
-    """Add (or replace) a store's optional ``steering.parquet`` and list it in the manifest.
+def add_to_store(store_dir: Path, tables: Mapping[str, pa.Table]) -> dict[str, dict[str, Any]]:
+    """Add (or replace) optional tables of an existing store and list them in its manifest.
 
-    Nothing else in the store changes: the other files keep their bytes and manifest entries.
-    The table is written beside its final name, then moved over it, and the manifest rewritten
-    atomically; returns the file's manifest entry.
+    ``tables`` maps a file name relative to the store (``steering.parquet``,
+    ``descriptions/layer=05.parquet``) to its table. Nothing else in the store changes: the other
+    files keep their bytes and manifest entries, the manifest its keys in their order. Each table
+    is written beside the store, then moved over its final name, and the manifest rewritten
+    atomically last, so an interrupted call leaves a store that reads as before. Returns the new
+    files' manifest entries.
     """
     store_dir = Path(store_dir)
     try:
         manifest = read_manifest(store_dir)
     except StoreError as err:
         raise WriteError(str(err)) from None
-    rows = _conform(table, steering_schema(), "steering")
-    rows = rows.sort_by([(c, "ascending") for c in ("layer", "feature", "method", "strength")])
     tmp = store_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    entries: dict[str, dict[str, Any]] = {}
     try:
-        entry = write_parquet(tmp, STEERING, [rows])
-        os.replace(tmp / STEERING, store_dir / STEERING)
+        for name, table in tables.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            entries[name] = write_parquet(tmp, name, [table])
+        for name in tables:
+            final = store_dir / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / name, final)
+            fsync_dir(final.parent)
     finally:
         _cleanup(tmp)
-    # The manifest as it is, keys in its order, with one more file: nothing else changes.
     data = json.loads((store_dir / MANIFEST).read_text(encoding="utf-8"))
-    data["files"] = {**manifest.files, STEERING: entry}
+    data["files"] = {**manifest.files, **entries}
     atomic_write_text(store_dir / MANIFEST, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     fsync_dir(store_dir)
-    return entry
+    return entries
+
+
+def write_steering(store_dir: Path, table: pa.Table | pd.DataFrame) -> dict[str, Any]:
+    """Add (or replace) a store's optional ``steering.parquet`` (:func:`add_to_store`); returns
+    the file's manifest entry."""
+    rows = _conform(table, steering_schema(), "steering")
+    rows = rows.sort_by([(c, "ascending") for c in ("layer", "feature", "method", "strength")])
+    return add_to_store(store_dir, {STEERING: rows})[STEERING]
 
 
 def _cleanup(tmp: Path) -> None:
