@@ -27,6 +27,7 @@ from precompute.describe import add_descriptions
 from precompute.explain.cli import EXPLAIN_COMMANDS
 from precompute.job import RunConfig, run_preset
 from precompute.train import TrainConfig, train_preset
+from precompute.train.recipes import RECIPES, stage_configs
 
 _SubParsers = Any  # argparse's _SubParsersAction is private
 
@@ -96,6 +97,38 @@ def _add_train_saes(sub: _SubParsers) -> None:
     p.add_argument("--device", default=d.device)
     p.add_argument("--out", default=str(REPO_ROOT / d.out_dir), help="output directory")
     p.add_argument("--cache-dir", default=None, help="embedded model cache directory")
+    p.add_argument(
+        "--max-density",
+        type=float,
+        default=None,
+        help="cap every feature's firing rate at this fraction of tokens (e.g. 0.01)",
+    )
+    p.add_argument(
+        "--free-features",
+        type=int,
+        default=0,
+        help="how many of the densest features the cap leaves alone",
+    )
+    p.add_argument(
+        "--init", default=None, help="start from the trained SAEs in this directory (fine-tune)"
+    )
+    p.add_argument(
+        "--activation-cache",
+        default=None,
+        help="cache the training activations in this directory (worth it on a CPU)",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help="run a named multi-stage training; its stages set k, tokens, lr and the cap "
+        "(the shipped SAEs are --recipe default)",
+    )
+    p.add_argument(
+        "--work",
+        default=str(Path.home() / ".cache" / "gemma-scope-explorer" / "train"),
+        help="where a recipe's earlier stages are written",
+    )
     p.set_defaults(func=_cmd_train_saes)
 
 
@@ -115,8 +148,15 @@ def _cmd_train_saes(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         out_dir=args.out,
+        max_density=args.max_density,
+        free_features=args.free_features,
+        init=args.init,
+        activation_cache=args.activation_cache,
     )
-    results = train_preset(cfg, cache_dir=args.cache_dir)
+    stages = (
+        stage_configs(args.recipe, cfg, Path(args.work) / args.recipe) if args.recipe else [cfg]
+    )
+    results = train_preset(stages, cache_dir=args.cache_dir)
     print(
         f"{'layer':>5} {'EV':>6} {'L0':>6} {'dead':>6} {'CE clean':>9} {'spliced':>8} {'delta':>7}"
     )

@@ -28,6 +28,15 @@ class TrainConfig:
         seed: seeds torch, the buffer shuffling and the SAE init.
         device: ``auto``, ``cpu`` or ``cuda``.
         out_dir: where ``layer_N/`` directories and the manifest are written.
+        max_density: cap every feature's firing rate at this fraction of tokens
+            (:mod:`precompute.train.balanced`); ``None`` trains plain BatchTopK.
+        balance_rate: the cap's largest threshold change per step, in units of the threshold.
+        free_features: how many features the cap leaves alone (the densest ones).
+        init: a directory of trained SAEs (layer_N/ and a manifest) to start from instead of a
+            random init: a fine-tuning stage (:mod:`precompute.train.recipes`).
+        activation_cache: a directory where the training activations are cached on the first
+            pass and read from afterwards (:mod:`precompute.train.cache`): worth it where the
+            model's forward pass is the cost (a CPU); ``None`` streams them.
     """
 
     preset: str = "default"
@@ -45,6 +54,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     out_dir: str = "assets/saes"
+    max_density: float | None = None
+    balance_rate: float = 0.05
+    free_features: int = 0
+    init: str | None = None
+    activation_cache: str | None = None
 
     def __post_init__(self) -> None:
         if not self.layers or any(n < 0 for n in self.layers):
@@ -58,6 +72,12 @@ class TrainConfig:
             raise ValueError("context_size must be at least 2 (BOS and a token)")
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ValueError("lr must be a positive number")
+        if self.max_density is not None and not 0 < self.max_density < 1:
+            raise ValueError("max_density must be a fraction between 0 and 1")
+        if not 0 <= self.free_features < self.d_sae:
+            raise ValueError("free_features must be between 0 and d_sae - 1")
+        if self.balance_rate <= 0 or not math.isfinite(self.balance_rate):
+            raise ValueError("balance_rate must be a positive number")
 
     def hook_name(self, layer: int) -> str:
         """The hook the SAE of ``layer`` reads: the preset spec's (``blocks.9.hook_resid_post``).

@@ -63,6 +63,7 @@ def train_saes(
     from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 
     from explorer.bundle import resolve_device
+    from precompute.train.balanced import BalancedBatchTopKTrainingSAE
 
     meta = dict(model_meta or {})
     model_name = str(meta.pop("model", model.cfg.model_name))
@@ -91,9 +92,10 @@ def train_saes(
         seed=cfg.seed,
         device=device,
     )
-    batches = stream.batches(cfg.batch_size)
+    batches = _training_batches(cfg, stream, tokenizer, device)
     warm = [next(batches) for _ in range(max(1, min(64, 200_000 // cfg.batch_size)))]
     stats = mean_and_scale(warm, d_in)
+    init = _init_weights(cfg, todo)
     saes = {}
     for layer in todo:
         sae_cfg = BatchTopKTrainingSAEConfig(
@@ -110,10 +112,21 @@ def train_saes(
                 dataset_path=cfg.corpus,
             ),
         )
-        sae = BatchTopKTrainingSAE(sae_cfg)
         mean, scale = stats[layer]
-        with torch.no_grad():
-            sae.b_dec.copy_(mean.to(sae.b_dec.device) * scale)
+        sae: Any
+        if cfg.max_density is not None:
+            sae = BalancedBatchTopKTrainingSAE(
+                sae_cfg, cfg.max_density, rate=cfg.balance_rate, free=cfg.free_features
+            )
+        else:
+            sae = BatchTopKTrainingSAE(sae_cfg)
+        if layer in init:
+            if not isinstance(sae, BalancedBatchTopKTrainingSAE):
+                raise ValueError("starting from trained SAEs (init) needs max_density")
+            sae.load_inference_weights(init[layer], scale)
+        else:
+            with torch.no_grad():
+                sae.b_dec.copy_(mean.to(sae.b_dec.device) * scale)
         saes[keys[layer]] = sae
     steps = cfg.training_tokens // cfg.batch_size
     trainer_cfg = SAETrainerConfig(
@@ -167,6 +180,42 @@ def train_saes(
     return results
 
 
+def _training_batches(
+    cfg: TrainConfig, stream: ActivationStream, tokenizer: Any, device: str
+) -> Iterator[dict[int, Tensor]]:
+    """Shuffled training batches: from the stream, or from ``cfg.activation_cache`` (filled
+    first, or resumed, with ``cfg.training_tokens`` rows from an even sample of the windows)."""
+    if cfg.activation_cache is None:
+        return stream.batches(cfg.batch_size)
+    from precompute.train import cache
+
+    path = Path(cfg.activation_cache)
+    info = cache.read_info(path)
+    if info is None or (not info.complete and info.tokens < cfg.training_tokens):
+        n_windows = sum(1 for _ in window_ids(cfg, tokenizer, "train"))
+        per_window = cfg.context_size - 1
+        stride = max(1, n_windows * per_window // cfg.training_tokens)
+        key = {"corpus": cfg.corpus, "preset": cfg.preset, "context_size": cfg.context_size}
+        info = cache.fill(path, stream, cfg.training_tokens, stride, key)
+    return cache.batches(path, info, tuple(sorted(stream.hooks)), cfg.batch_size, cfg.seed, device)
+
+
+def _init_weights(cfg: TrainConfig, layers: list[int]) -> dict[int, dict[str, Tensor]]:
+    """The saved weights of ``cfg.init`` per layer (empty without one); a missing layer or
+    an unfinished directory is an error that names it."""
+    if cfg.init is None:
+        return {}
+    from safetensors.torch import load_file
+
+    out = {}
+    for layer in layers:
+        path = Path(cfg.init) / f"layer_{layer}"
+        if finished_metrics(path) is None:
+            raise ValueError(f"no finished SAE of layer {layer} to start from in {cfg.init}")
+        out[layer] = load_file(str(path / "sae_weights.safetensors"))
+    return out
+
+
 def _fmt(m: dict[str, Any]) -> str:
     return (
         f"EV {m['explained_variance']:.3f}  L0 {m['l0']:.1f}  dead {m['dead_fraction']:.3f}  "
@@ -213,6 +262,27 @@ def load_saved(path: Path, device: str = "cpu") -> SAE:
     return SAE.load_from_disk(str(path), device=device, dtype="float32")
 
 
+def architecture(cfg: TrainConfig) -> str:
+    """What the saved SAEs are, for the manifest."""
+    if cfg.max_density is None:
+        return ARCHITECTURE
+    return f"jumprelu (trained as batchtopk, firing rate capped at {cfg.max_density:.2%})"
+
+
+def train_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The config for the manifest; a fine-tuning stage also records the stage it started
+    from (its config and per-layer metrics, from its manifest), so the provenance is whole."""
+    out = cfg.to_dict()
+    if cfg.init is not None:
+        start = SaeManifest.read(Path(cfg.init))
+        out["init_stage"] = {
+            "architecture": start.architecture,
+            "train_config": start.train_config,
+            "layers": {str(x.layer): x.metrics for x in start.layers},
+        }
+    return out
+
+
 def write_manifest(
     cfg: TrainConfig, metrics: dict[int, dict[str, Any]], model: str, model_info: dict[str, Any]
 ) -> None:
@@ -229,10 +299,10 @@ def write_manifest(
         sae_lens_version=sae_lens.__version__,
         torch_version=torch.__version__,
         model=model,
-        architecture=ARCHITECTURE,
+        architecture=architecture(cfg),
         corpus=cfg.corpus,
         corpus_sha256=corpus_sha256(cfg.corpus),
-        train_config=cfg.to_dict(),
+        train_config=train_record(cfg),
         layers=tuple(
             SaeLayer(
                 layer=n,
@@ -245,17 +315,27 @@ def write_manifest(
     ).write(Path(cfg.out_dir))
 
 
-def train_preset(cfg: TrainConfig, cache_dir: str | None = None) -> dict[int, dict[str, Any]]:
-    """Load the preset's model and train its SAEs (the ``train-saes`` command)."""
+def train_preset(
+    cfg: TrainConfig | list[TrainConfig], cache_dir: str | None = None
+) -> dict[int, dict[str, Any]]:
+    """Load the preset's model and train its SAEs (the ``train-saes`` command): one config, or
+    the stages of a recipe in order (:mod:`precompute.train.recipes`), the model loaded once.
+    Returns the last stage's metrics."""
     from explorer.bundle import hooked_from_hf, load_hf_model, preset, resolve_device
     from explorer.gguf_model import embedded_identity
 
-    spec = preset(cfg.preset)
-    device = resolve_device(cfg.device)
+    stages = cfg if isinstance(cfg, list) else [cfg]
+    first = stages[0]
+    spec = preset(first.preset)
+    device = resolve_device(first.device)
     hf_model, tokenizer = load_hf_model(spec.model, cache_dir)
     model = hooked_from_hf(hf_model, tokenizer, device=device, dtype="float32")
     del hf_model
     meta: dict[str, Any] = (
         embedded_identity() if spec.model == "embedded" else {"model": spec.model}
     )
-    return train_saes(cfg, model, tokenizer, meta)
+    results: dict[int, dict[str, Any]] = {}
+    for stage in stages:
+        logger.info("Stage -> %s", stage.out_dir)
+        results = train_saes(stage, model, tokenizer, meta)
+    return results
