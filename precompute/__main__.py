@@ -122,7 +122,7 @@ def _add_train_saes(sub: _SubParsers) -> None:
         choices=sorted(RECIPES),
         default=None,
         help="run a named multi-stage training; its stages set k, tokens, lr and the cap "
-        "(the shipped SAEs are --recipe default)",
+        "(default: the k=64 SAEs shipped today, then a capped fine-tune)",
     )
     p.add_argument(
         "--work",
