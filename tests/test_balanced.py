@@ -145,6 +145,8 @@ def test_cap_validation() -> None:
         BalancedBatchTopKTrainingSAE(_cfg(), max_density=1.5)
     with pytest.raises(ValueError, match="max_density"):
         TrainConfig(max_density=0.0)
+    with pytest.raises(ValueError, match="init"):
+        TrainConfig(init="some/saes")
 
 
 def test_the_default_recipe_chains_its_stages(tmp_path: Path) -> None:

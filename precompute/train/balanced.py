@@ -79,13 +79,9 @@ class BalancedBatchTopKTrainingSAE(BatchTopKTrainingSAE):
     @torch.no_grad()
     def update_topk_threshold(self, acts_topk: torch.Tensor) -> None:
         """The global threshold tracks the smallest selected *score* (not value): a feature
-        fires where ``hidden_pre + select_bias`` exceeds it."""
-        if self._min_score is None:
-            return
-        lr = self.cfg.topk_threshold_lr
-        with torch.autocast(self.topk_threshold.device.type, enabled=False):
-            low = self._min_score.to(self.topk_threshold.dtype)
-            self.topk_threshold = (1 - lr) * self.topk_threshold + lr * low
+        fires where ``hidden_pre + select_bias`` exceeds it. sae-lens's update, fed that score."""
+        if self._min_score is not None:
+            super().update_topk_threshold(self._min_score.reshape(1))
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         output = super().training_forward_pass(step_input)

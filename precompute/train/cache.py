@@ -13,11 +13,12 @@ smaller than the corpus still sees every source.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,28 +55,11 @@ def read_info(path: Path) -> CacheInfo | None:
         data = json.loads((path / META).read_text())
     except (OSError, ValueError):
         return None
-    return CacheInfo(
-        layers=tuple(data["layers"]),
-        d_model=int(data["d_model"]),
-        tokens=int(data["tokens"]),
-        windows=int(data["windows"]),
-        stride=int(data["stride"]),
-        complete=bool(data["complete"]),
-        key=dict(data["key"]),
-    )
+    return CacheInfo(**{**data, "layers": tuple(data["layers"])})
 
 
 def _write_info(path: Path, info: CacheInfo) -> None:
-    data = {
-        "layers": list(info.layers),
-        "d_model": info.d_model,
-        "tokens": info.tokens,
-        "windows": info.windows,
-        "stride": info.stride,
-        "complete": info.complete,
-        "key": info.key,
-    }
-    atomic_write_text(path / META, json.dumps(data, indent=2))
+    atomic_write_text(path / META, json.dumps(asdict(info), indent=2))
 
 
 def fill(
@@ -111,13 +95,10 @@ def fill(
     tokens, windows = info.tokens, info.windows
     try:
         chunk: list[list[int]] = []
-        read = 0
         exhausted = True
-        for i, window in enumerate(stream.windows()):
-            if i % stride or i // stride < windows:
-                continue
+        # every stride-th window, after the ones already cached
+        for window in itertools.islice(stream.windows(), windows * stride, None, stride):
             chunk.append(window)
-            read += 1
             if len(chunk) == stream.model_batch:
                 tokens = _append(stream, chunk, files, tokens)
                 windows += len(chunk)

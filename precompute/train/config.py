@@ -74,6 +74,8 @@ class TrainConfig:
             raise ValueError("lr must be a positive number")
         if self.max_density is not None and not 0 < self.max_density < 1:
             raise ValueError("max_density must be a fraction between 0 and 1")
+        if self.init is not None and self.max_density is None:
+            raise ValueError("starting from trained SAEs (init) needs max_density")
         if not 0 <= self.free_features < self.d_sae:
             raise ValueError("free_features must be between 0 and d_sae - 1")
         if self.balance_rate <= 0 or not math.isfinite(self.balance_rate):

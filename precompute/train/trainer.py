@@ -120,9 +120,7 @@ def train_saes(
             )
         else:
             sae = BatchTopKTrainingSAE(sae_cfg)
-        if layer in init:
-            if not isinstance(sae, BalancedBatchTopKTrainingSAE):
-                raise ValueError("starting from trained SAEs (init) needs max_density")
+        if layer in init:  # TrainConfig checks that init comes with max_density
             sae.load_inference_weights(init[layer], scale)
         else:
             with torch.no_grad():
