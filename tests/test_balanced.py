@@ -207,6 +207,19 @@ def test_the_activation_cache_resumes_to_the_same_bytes_and_keeps_big_values(
         torch.testing.assert_close(got, first.to(torch.bfloat16).float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="another source"):
         cache.fill(tmp_path / "whole", stream, 600, 3, key)
+    # training reads a cache only if it was made from its own source, finished or not
+    from dataclasses import replace
+
+    from precompute.train.trainer import _training_batches
+
+    other = replace(cfg, activation_cache=str(tmp_path / "whole"), training_tokens=600)
+    with pytest.raises(ValueError, match="another source"):
+        _training_batches(other, stream, tokenizer, "cpu")
+    own = replace(other, activation_cache=str(tmp_path / "own"), batch_size=50)
+    batch = next(_training_batches(own, stream, tokenizer, "cpu"))
+    assert sorted(batch) == [1, 2] and batch[1].shape == (50, 32)
+    made = cache.read_info(tmp_path / "own")
+    assert made is not None and made.key["corpus"] == cfg.corpus
     # Gemma's residuals pass float16's 65,504; bfloat16 keeps them
     import numpy as np
 

@@ -188,13 +188,14 @@ def _training_batches(
     from precompute.train import cache
 
     path = Path(cfg.activation_cache)
-    info = cache.read_info(path)
-    if info is None or (not info.complete and info.tokens < cfg.training_tokens):
+    found = cache.read_info(path)
+    if found is not None:
+        stride = found.stride  # fill checks the rest of the source, finished cache or not
+    else:
         n_windows = sum(1 for _ in window_ids(cfg, tokenizer, "train"))
-        per_window = cfg.context_size - 1
-        stride = max(1, n_windows * per_window // cfg.training_tokens)
-        key = {"corpus": cfg.corpus, "preset": cfg.preset, "context_size": cfg.context_size}
-        info = cache.fill(path, stream, cfg.training_tokens, stride, key)
+        stride = max(1, n_windows * (cfg.context_size - 1) // cfg.training_tokens)
+    key = {"corpus": cfg.corpus, "preset": cfg.preset, "context_size": cfg.context_size}
+    info = cache.fill(path, stream, cfg.training_tokens, stride, key)
     return cache.batches(path, info, tuple(sorted(stream.hooks)), cfg.batch_size, cfg.seed, device)
 
 
