@@ -158,12 +158,14 @@ def _cmd_train_saes(args: argparse.Namespace) -> int:
     )
     results = train_preset(stages, cache_dir=args.cache_dir)
     print(
-        f"{'layer':>5} {'EV':>6} {'L0':>6} {'dead':>6} {'CE clean':>9} {'spliced':>8} {'delta':>7}"
+        f"{'layer':>5} {'EV':>6} {'L0':>6} {'dead':>6} {'dense':>6} {'CE clean':>9} {'spliced':>8} "
+        f"{'delta':>7}"
     )
     for layer, m in sorted(results.items()):
         print(
             f"{layer:>5} {m['explained_variance']:>6.3f} {m['l0']:>6.1f} "
-            f"{m['dead_fraction']:>6.3f} {m['ce_clean']:>9.3f} {m['ce_spliced']:>8.3f} "
+            f"{m['dead_fraction']:>6.3f} {m.get('dense_fraction', float('nan')):>6.3f} "
+            f"{m['ce_clean']:>9.3f} {m['ce_spliced']:>8.3f} "
             f"{m['ce_delta']:>7.3f}"
         )
     return 0

@@ -117,3 +117,19 @@ def test_resume_trains_only_the_missing_layers(setup) -> None:
 def test_config_validation(field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{field: value, "d_sae": 64})  # type: ignore[arg-type]
+
+
+def test_evaluate_counts_dead_and_dense_features(setup) -> None:
+    """Dead: never fired on the held-out tokens; dense: fired on more than 1% of them."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    cfg, model, tok = setup
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=32, d_sae=4))
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[:, 2] = torch.randn(32)  # fires on about half the tokens
+        sae.b_enc.copy_(torch.tensor([5.0, -5.0, 0.0, -5.0]))  # 0: always, 1 and 3: never
+        sae.threshold.zero_()
+    m = evaluate(cfg, model, tok, 1, sae, "cpu")
+    assert (m["dead_fraction"], m["dense_fraction"]) == (0.5, 0.5)
+    assert m["l0"] > 1.0  # feature 0 on every token, feature 2 on some

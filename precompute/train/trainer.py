@@ -218,6 +218,7 @@ def _init_weights(cfg: TrainConfig, layers: list[int]) -> dict[int, dict[str, Te
 def _fmt(m: dict[str, Any]) -> str:
     return (
         f"EV {m['explained_variance']:.3f}  L0 {m['l0']:.1f}  dead {m['dead_fraction']:.3f}  "
+        f"dense {m.get('dense_fraction', float('nan')):.3f}  "
         f"CE {m['ce_clean']:.3f} -> {m['ce_spliced']:.3f} (+{m['ce_delta']:.3f})"
     )
 
