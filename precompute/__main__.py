@@ -110,6 +110,18 @@ def _add_train_saes(sub: _SubParsers) -> None:
         help="how many of the densest features the cap leaves alone",
     )
     p.add_argument(
+        "--min-density",
+        type=float,
+        default=None,
+        help="with --max-density: a floor under every feature's firing rate (e.g. 0.0001)",
+    )
+    p.add_argument(
+        "--balance-rate",
+        type=float,
+        default=d.balance_rate,
+        help="with --max-density: the largest threshold change per step (x the threshold)",
+    )
+    p.add_argument(
         "--init", default=None, help="start from the trained SAEs in this directory (fine-tune)"
     )
     p.add_argument(
@@ -150,6 +162,8 @@ def _cmd_train_saes(args: argparse.Namespace) -> int:
         out_dir=args.out,
         max_density=args.max_density,
         free_features=args.free_features,
+        min_density=args.min_density,
+        balance_rate=args.balance_rate,
         init=args.init,
         activation_cache=args.activation_cache,
     )

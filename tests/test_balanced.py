@@ -140,6 +140,34 @@ def test_a_saved_sae_is_a_fine_tuning_start_that_changes_nothing(tmp_path: Path)
     torch.testing.assert_close(fb[same], fa[same], rtol=1e-2, atol=1e-2)
 
 
+def test_a_floor_revives_the_features_a_lower_k_starves(tmp_path: Path) -> None:
+    """From a trained SAE, a fine-tune at a lower k stops some features firing at all; a floor
+    under the firing rate (the same bias, raised) keeps them alive, and the cap still holds."""
+    x, held = _data(20_000, 0), _data(5_000, 1)
+    torch.manual_seed(0)
+    first = BalancedBatchTopKTrainingSAE(_cfg(), max_density=0.12, rate=0.05)
+    _train(first, x)
+    save_compact(first, tmp_path / "first")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "first" / "sae_weights.safetensors"))
+    low_k = BatchTopKTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, k=1, device="cpu", normalize_activations="expected_average_only_in"
+    )
+    dead = {}
+    for name, floor in (("no-floor", None), ("floor", 0.004)):
+        torch.manual_seed(0)
+        sae = BalancedBatchTopKTrainingSAE(low_k, max_density=0.12, rate=0.05, min_density=floor)
+        sae.load_inference_weights(weights, scale=SCALE)
+        _train(sae, x, steps=300)
+        save_compact(sae, tmp_path / name)
+        d = _densities(tmp_path / name, held)
+        dead[name] = int((d == 0).sum())
+        assert float(d.max()) < 0.14, name
+    assert dead["no-floor"] >= 3, dead
+    assert dead["floor"] == 0, dead
+
+
 def test_cap_validation() -> None:
     with pytest.raises(ValueError, match="max_density"):
         BalancedBatchTopKTrainingSAE(_cfg(), max_density=1.5)
@@ -147,6 +175,10 @@ def test_cap_validation() -> None:
         TrainConfig(max_density=0.0)
     with pytest.raises(ValueError, match="init"):
         TrainConfig(init="some/saes")
+    with pytest.raises(ValueError, match="min_density"):
+        BalancedBatchTopKTrainingSAE(_cfg(), max_density=0.01, min_density=0.02)
+    with pytest.raises(ValueError, match="min_density"):
+        TrainConfig(min_density=0.001)  # no cap
 
 
 def test_the_default_recipe_chains_its_stages(tmp_path: Path) -> None:
@@ -225,3 +257,20 @@ def test_the_activation_cache_resumes_to_the_same_bytes_and_keeps_big_values(
 
     big = torch.tensor([[70_000.0, -1e5, 1.5]]).to(torch.bfloat16)
     assert torch.equal(cache.rows(big.view(torch.uint16).numpy().astype(np.uint16)), big.float())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--min-density", "0.001"], "min_density needs max_density"),
+        (["--max-density", "0.01", "--min-density", "0.05"], "between 0 and it"),
+        (["--max-density", "0.01", "--balance-rate", "0"], "balance_rate must be a positive"),
+    ],
+)
+def test_train_saes_refuses_a_bad_cap_in_one_line(argv, message, capsys, tmp_path) -> None:
+    from precompute.__main__ import main
+
+    assert main(["train-saes", "--out", str(tmp_path / "saes"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "saes").exists()

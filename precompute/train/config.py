@@ -32,6 +32,8 @@ class TrainConfig:
             (:mod:`precompute.train.balanced`); ``None`` trains plain BatchTopK.
         balance_rate: the cap's largest threshold change per step, in units of the threshold.
         free_features: how many features the cap leaves alone (the densest ones).
+        min_density: a floor under every feature's firing rate (needs ``max_density``): a
+            feature firing less often is selected more until it does; ``None``: no floor.
         init: a directory of trained SAEs (layer_N/ and a manifest) to start from instead of a
             random init: a fine-tuning stage (:mod:`precompute.train.recipes`).
         activation_cache: a directory where the training activations are cached on the first
@@ -57,6 +59,7 @@ class TrainConfig:
     max_density: float | None = None
     balance_rate: float = 0.05
     free_features: int = 0
+    min_density: float | None = None
     init: str | None = None
     activation_cache: str | None = None
 
@@ -74,6 +77,10 @@ class TrainConfig:
             raise ValueError("lr must be a positive number")
         if self.max_density is not None and not 0 < self.max_density < 1:
             raise ValueError("max_density must be a fraction between 0 and 1")
+        if self.min_density is not None and not (
+            self.max_density is not None and 0 < self.min_density < self.max_density
+        ):
+            raise ValueError("min_density needs max_density, and must be between 0 and it")
         if self.init is not None and self.max_density is None:
             raise ValueError("starting from trained SAEs (init) needs max_density")
         if not 0 <= self.free_features < self.d_sae:

@@ -116,7 +116,11 @@ def train_saes(
         sae: Any
         if cfg.max_density is not None:
             sae = BalancedBatchTopKTrainingSAE(
-                sae_cfg, cfg.max_density, rate=cfg.balance_rate, free=cfg.free_features
+                sae_cfg,
+                cfg.max_density,
+                rate=cfg.balance_rate,
+                free=cfg.free_features,
+                min_density=cfg.min_density,
             )
         else:
             sae = BatchTopKTrainingSAE(sae_cfg)
@@ -266,7 +270,8 @@ def architecture(cfg: TrainConfig) -> str:
     """What the saved SAEs are, for the manifest."""
     if cfg.max_density is None:
         return ARCHITECTURE
-    return f"jumprelu (trained as batchtopk, firing rate capped at {cfg.max_density:.2%})"
+    floor = f", floor {cfg.min_density:.3%}" if cfg.min_density is not None else ""
+    return f"jumprelu (trained as batchtopk, firing rate capped at {cfg.max_density:.2%}{floor})"
 
 
 def train_record(cfg: TrainConfig) -> dict[str, Any]:
