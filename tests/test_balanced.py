@@ -201,6 +201,8 @@ def test_the_default_recipe_chains_its_stages(tmp_path: Path) -> None:
 def test_the_activation_cache_resumes_to_the_same_bytes_and_keeps_big_values(
     tmp_path: Path, gemma3_hf, tokenizer
 ) -> None:
+    from dataclasses import replace
+
     from test_train import _corpus
 
     from explorer.hooked import hooked_from_hf
@@ -239,9 +241,14 @@ def test_the_activation_cache_resumes_to_the_same_bytes_and_keeps_big_values(
         torch.testing.assert_close(got, first.to(torch.bfloat16).float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="another source"):
         cache.fill(tmp_path / "whole", stream, 600, 3, key)
+    # a finished cache serves a stream of fewer layers; an unfinished one does not
+    one = replace(stream, hooks={2: stream.hooks[2]})
+    assert cache.fill(tmp_path / "whole", one, 600, 2, key) == whole
+    (tmp_path / "part2").mkdir()
+    cache.fill(tmp_path / "part2", stream, 100, 2, key)
+    with pytest.raises(ValueError, match="another source"):
+        cache.fill(tmp_path / "part2", one, 600, 2, key)
     # training reads a cache only if it was made from its own source, finished or not
-    from dataclasses import replace
-
     from precompute.train.trainer import _training_batches
 
     other = replace(cfg, activation_cache=str(tmp_path / "whole"), training_tokens=600)

@@ -72,18 +72,22 @@ def fill(
     """Fill (or resume filling) the cache at ``path`` with up to ``max_tokens`` rows per layer
     from every ``stride``-th window of ``stream``'s windows.
 
-    A cache made from another source (``key``, layers, stride) is an error, never mixed in.
+    A cache made from another source (``key``, layers, stride) is an error, never mixed in;
+    a finished one with more layers than ``stream``'s serves those it has (a one-layer trial
+    reads the recipe's four-layer cache).
     """
     path.mkdir(parents=True, exist_ok=True)
     layers = tuple(sorted(stream.hooks))
     d_model = int(stream.model.cfg.d_model)
     info = read_info(path) or CacheInfo(layers, d_model, 0, 0, stride, False, key)
-    if (info.layers, info.d_model, info.stride, info.key) != (layers, d_model, stride, key):
+    finished = info.complete or info.tokens >= max_tokens
+    has_layers = info.layers == layers or (finished and set(layers) <= set(info.layers))
+    if (info.d_model, info.stride, info.key) != (d_model, stride, key) or not has_layers:
         raise ValueError(
             f"the cache in {path} was made from another source ({info.key}, layers "
             f"{list(info.layers)}, stride {info.stride}); use a new directory"
         )
-    if info.complete or info.tokens >= max_tokens:  # nothing to add
+    if finished:  # nothing to add
         return info
     row_bytes = d_model * 2
     files = {}
