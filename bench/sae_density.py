@@ -1,0 +1,75 @@
+"""Issue 13's SAE targets for sets of trained SAEs, read over an activation cache.
+
+Run by hand (not a test):
+
+    python bench/sae_density.py --cache DIR [--tokens 200000] [--layers 5 9 12 15] \
+        --saes SAES_DIR...
+
+``--cache`` is a finished ``train-saes --activation-cache`` directory (bfloat16 residuals of the
+training split); each ``SAES_DIR`` holds ``layer_N/`` directories (``assets/saes``, or a
+``train-saes --out``). For each layer and SAE set, over the first ``--tokens`` cached rows:
+explained variance, L0, dead (never fired), dense (fired on more than 1% of the rows) and how
+many features fall in each density band. No model forward pass: a few seconds per layer. The
+rows are training tokens: a fine-tune has seen them once (EV in-sample; the held-out EV and CE
+are train-saes' own metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+BANDS = (0.0, 1e-5, 1e-4, 1e-3, 0.008, 0.01, 0.03, 0.1, 1.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--layers", type=int, nargs="+", default=None)
+    parser.add_argument("--saes", type=Path, nargs="+", required=True, help="SAE directories")
+    args = parser.parse_args()
+
+    import torch
+
+    from precompute.train import cache, load_saved
+
+    info = cache.read_info(args.cache)
+    if info is None:
+        raise SystemExit(f"error: no activation cache in {args.cache}")
+    n = min(args.tokens, info.tokens)
+    bands = " ".join(f"<{hi:g}" for hi in BANDS[1:])
+    print(f"{n} cached tokens; features per density band: {bands}")
+    print("| layer | SAEs | EV | L0 | dead | dense (>1%) | bands |")
+    print("|---|---|---|---|---|---|---|")
+    for layer in args.layers or list(info.layers):
+        x = cache.open_layer(args.cache, layer, info)
+        for saes in args.saes:
+            if not (saes / f"layer_{layer}").is_dir():
+                continue
+            sae = load_saved(saes / f"layer_{layer}")
+            fires = torch.zeros(sae.cfg.d_sae)
+            sse = total = 0.0
+            mean = cache.rows(x[:n]).mean(0)
+            with torch.inference_mode():
+                for s in range(0, n, 8192):
+                    a = cache.rows(x[s : min(n, s + 8192)])
+                    f = sae.encode(a)
+                    fires += (f > 0).sum(0)
+                    sse += float(((a - sae.decode(f)) ** 2).sum())
+                    total += float(((a - mean) ** 2).sum())
+            dens = fires / n
+            counts = [
+                int(((dens >= lo) & (dens < hi)).sum()) for lo, hi in itertools.pairwise(BANDS)
+            ]
+            print(
+                f"| {layer} | {saes} | {1 - sse / total:.3f} | {float(dens.sum()):.1f} "
+                f"| {float((fires == 0).float().mean()):.1%} "
+                f"| {float((dens > 0.01).float().mean()):.1%} | {' '.join(map(str, counts))} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
