@@ -186,12 +186,14 @@ def test_the_default_recipe_chains_its_stages(tmp_path: Path) -> None:
     first, last = stage_configs("default", base, tmp_path / "work")
     assert len(RECIPES["default"]) == 2
     assert first.out_dir == str(tmp_path / "work" / "batchtopk") and first.init is None
-    assert first.max_density is None and first.activation_cache is None and first.k == 64
+    assert first.max_density is None and first.min_density is None
+    assert first.activation_cache is None and first.k == 64
     assert last.out_dir == str(tmp_path / "out") and last.init == first.out_dir
     assert (
         last.max_density == 0.008
         and last.free_features == 200
-        and last.k == 32
+        and last.min_density == 0.0001
+        and last.k == 48
         and last.activation_cache == base.activation_cache
     )
     with pytest.raises(ValueError, match="unknown recipe"):
