@@ -33,6 +33,7 @@ def main() -> None:
 
     import torch
 
+    from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
     from precompute.train import cache, load_saved
 
     info = cache.read_info(args.cache)
@@ -45,13 +46,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for layer in args.layers or list(info.layers):
         x = cache.open_layer(args.cache, layer, info)
+        mean = cache.rows(x[:n]).mean(0)  # once per layer: every SAE set reads the same rows
         for saes in args.saes:
             if not (saes / f"layer_{layer}").is_dir():
                 continue
             sae = load_saved(saes / f"layer_{layer}")
             fires = torch.zeros(sae.cfg.d_sae)
             sse = total = 0.0
-            mean = cache.rows(x[:n]).mean(0)
             with torch.inference_mode():
                 for s in range(0, n, 8192):
                     a = cache.rows(x[s : min(n, s + 8192)])
@@ -66,7 +67,8 @@ def main() -> None:
             print(
                 f"| {layer} | {saes} | {1 - sse / total:.3f} | {float(dens.sum()):.1f} "
                 f"| {float((fires == 0).float().mean()):.1%} "
-                f"| {float((dens > 0.01).float().mean()):.1%} | {' '.join(map(str, counts))} |",
+                f"| {float((dens > DEFAULT_DENSE_THRESHOLD).float().mean()):.1%} "
+                f"| {' '.join(map(str, counts))} |",
                 flush=True,
             )
 

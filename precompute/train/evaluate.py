@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
 from precompute.train.activations import window_ids
-
-# A feature firing on more than this fraction of held-out tokens counts as dense (issue 13's
-# target: at most 10% of features; the microscope hides them by default).
-DENSE = 0.01
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
@@ -103,6 +100,8 @@ def evaluate(
         n_ce += int(valid.sum())
     if n_tok == 0:
         raise ValueError("the held-out split is empty: cannot evaluate")
+    # dense as the store flags it: on more than 1% of tokens (the microscope hides them)
+    dense = fires > DEFAULT_DENSE_THRESHOLD * n_tok
     mean = sum_x / n_tok
     total_var = float(sum_x2 - n_tok * (mean**2).sum())
     return {
@@ -112,7 +111,7 @@ def evaluate(
         "explained_variance": round(1.0 - float(sse) / total_var, 4),
         "l0": round(l0_sum / n_tok, 2),
         "dead_fraction": round(float((fires == 0).float().mean()), 4),
-        "dense_fraction": round(float((fires > DENSE * n_tok).float().mean()), 4),
+        "dense_fraction": round(float(dense.float().mean()), 4),
         "ce_clean": round(ce_clean / max(n_ce, 1), 4),
         "ce_spliced": round(ce_spliced / max(n_ce, 1), 4),
         "ce_delta": round((ce_spliced - ce_clean) / max(n_ce, 1), 4),
