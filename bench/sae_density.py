@@ -7,11 +7,13 @@ Run by hand (not a test):
 
 ``--cache`` is a finished ``train-saes --activation-cache`` directory (bfloat16 residuals of the
 training split); each ``SAES_DIR`` holds ``layer_N/`` directories (``assets/saes``, or a
-``train-saes --out``). For each layer and SAE set, over the first ``--tokens`` cached rows:
-explained variance, L0, dead (never fired), dense (fired on more than 1% of the rows) and how
-many features fall in each density band. No model forward pass: a few seconds per layer. The
-rows are training tokens: a fine-tune has seen them once (EV in-sample; the held-out EV and CE
-are train-saes' own metrics).
+``train-saes --out``). For each layer and SAE set, over ``--tokens`` cached rows read in blocks of
+8,192 spread evenly over the whole cache (the cache holds the training windows in corpus order, so
+its first rows are one part of the corpus: the first 200k rows of layer 9 counted 26% of a k = 48
+capped SAE's features above 1%, an even sample 10.9%): explained variance, L0, dead (never fired),
+dense (fired on more than 1% of the rows) and how many features fall in each density band. No model
+forward pass: a few seconds per layer. The rows are training tokens: a fine-tune has seen them once
+(EV in-sample; the held-out EV and CE are train-saes' own metrics).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for layer in args.layers or list(info.layers):
         x = cache.open_layer(args.cache, layer, info)
-        mean = cache.rows(x[:n]).mean(0)  # once per layer: every SAE set reads the same rows
+        blocks = _blocks(info.tokens, n)
+        mean = sum(cache.rows(x[a:b]).double().sum(0) for a, b in blocks) / n  # once per layer
+        mean = mean.float()
         for saes in args.saes:
             if not (saes / f"layer_{layer}").is_dir():
                 continue
@@ -54,8 +58,8 @@ def main() -> None:
             fires = torch.zeros(sae.cfg.d_sae)
             sse = total = 0.0
             with torch.inference_mode():
-                for s in range(0, n, 8192):
-                    a = cache.rows(x[s : min(n, s + 8192)])
+                for lo, hi in blocks:
+                    a = cache.rows(x[lo:hi])
                     f = sae.encode(a)
                     fires += (f > 0).sum(0)
                     sse += float(((a - sae.decode(f)) ** 2).sum())
@@ -71,6 +75,18 @@ def main() -> None:
                 f"| {' '.join(map(str, counts))} |",
                 flush=True,
             )
+
+
+def _blocks(total: int, n: int, size: int = 8192) -> list[tuple[int, int]]:
+    """Row ranges of ``size`` (the last one shorter) that add up to ``n`` rows, their starts
+    spread evenly over ``total`` rows."""
+    count = -(-n // size)
+    step = (total - size) / max(1, count - 1) if count > 1 else 0
+    out = []
+    for i in range(count):
+        lo = int(i * step)
+        out.append((lo, lo + min(size, n - i * size)))
+    return out
 
 
 if __name__ == "__main__":

@@ -133,3 +133,26 @@ def test_evaluate_counts_dead_and_dense_features(setup) -> None:
     m = evaluate(cfg, model, tok, 1, sae, "cpu")
     assert (m["dead_fraction"], m["dense_fraction"]) == (0.5, 0.5)
     assert m["l0"] > 1.0  # feature 0 on every token, feature 2 on some
+
+
+def test_held_out_windows_mix_the_sources(tmp_path: Path, tokenizer) -> None:
+    """A corpus file is ordered by source: the held-out evaluation reads its windows in the
+    representative order, so a few thousand eval tokens are not all one source."""
+    from precompute.train.activations import window_ids
+
+    path = tmp_path / "ordered.jsonl"
+    with path.open("w") as f:
+        for i in range(40):
+            word = WORDS[0] if i < 20 else WORDS[1]  # source A, then source B
+            text = " ".join([word] * 40)
+            f.write(json.dumps({"id": f"d{i}", "text": text, "split": "heldout"}) + "\n")
+    cfg = TrainConfig(layers=(1,), d_sae=64, k=4, context_size=32, corpus=str(path))
+    ids = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS[:2]}
+
+    def sources(mixed: bool) -> set[str]:
+        windows = window_ids(cfg, tokenizer, "heldout", mixed)
+        first = [w for _, w in zip(range(6), windows, strict=False)]
+        return {w for w, t in ids.items() if any(t in window for window in first)}
+
+    assert sources(mixed=False) == {WORDS[0]}  # file order: one source
+    assert sources(mixed=True) == set(WORDS[:2])

@@ -114,11 +114,17 @@ class ActivationStream:
                 )
 
 
-def window_ids(cfg: TrainConfig, tokenizer: Any, split: str) -> Iterator[list[int]]:
-    """Token-id windows (BOS first) of the configured corpus split."""
-    from precompute.corpus import iter_documents, token_windows
+def window_ids(
+    cfg: TrainConfig, tokenizer: Any, split: str, mixed: bool = False
+) -> Iterator[list[int]]:
+    """Token-id windows (BOS first) of the configured corpus split: in file order, or with
+    ``mixed`` in the documents' representative order (``precompute.corpus.run_documents``: a
+    corpus file is ordered by source, so a prefix in file order is one source)."""
+    from precompute.corpus import iter_documents, run_documents, token_windows
 
-    for window in token_windows(iter_documents(cfg.corpus, split), tokenizer, cfg.context_size):
+    spec = cfg.corpus
+    docs = run_documents(spec, split, cfg.seed) if mixed else iter_documents(spec, split)
+    for window in token_windows(docs, tokenizer, cfg.context_size):
         yield list(window.token_ids)
 
 

@@ -50,7 +50,8 @@ def evaluate(
     fires = torch.zeros(sae.cfg.d_sae, dtype=torch.int64)  # tokens each feature fired on
     ce_clean = ce_spliced = 0.0
     n_tok = n_ce = 0
-    windows = window_ids(cfg, tokenizer, "heldout")
+    # mixed: the first eval_tokens of the held-out split in file order are one source
+    windows = window_ids(cfg, tokenizer, "heldout", mixed=True)
     while n_tok < cfg.eval_tokens:
         # small batches: two [batch, pos, vocab] logit tensors are held at once
         chunk = [w for _, w in zip(range(min(cfg.model_batch, 16)), windows, strict=False)]
