@@ -22,7 +22,7 @@ import argparse
 import itertools
 from pathlib import Path
 
-BANDS = (0.0, 1e-5, 1e-4, 1e-3, 0.008, 0.01, 0.03, 0.1, 1.01)
+BANDS = (0.0, 1e-5, 1e-4, 1e-3, 0.007, 0.01, 0.03, 0.1, 1.01)
 
 
 def main() -> None:

@@ -20,13 +20,13 @@ default) or only at the positions that predict new tokens (``steer_prompt=False`
 - ``ablate``: clamp to 0.
 
 **Units.** ``strength`` is in the feature's own activation units: the shipped SAEs' decoder rows
-have unit norm (0.9987 to 1.0017 on every layer), so adding ``strength`` moves the residual by
+have unit norm (0.9982 to 1.0015 on every layer), so adding ``strength`` moves the residual by
 ``strength`` in norm. The app's default is the steering evaluation's recommended strength
 (:mod:`precompute.steer_eval`, stored in the store's ``steering.parquet``), else the feature's
 max activation in the store. For scale: on the embedded model the residual's median norm at
 non-BOS tokens is about 3,400 / 6,600 / 14,900 / 26,800 at layers 5 / 9 / 12 / 15 (BOS: 43k to
-101k), and the live features' maxima have medians 80 / 259 / 1,370 / 2,582 (10th to 90th
-percentile at layer 15: 1,076 to 4,378): a median feature's max is 2-10% of the residual's norm.
+101k), and the live features' maxima have medians 99 / 281 / 1,513 / 2,833 (10th to 90th
+percentile at layer 15: 1,340 to 4,554): a median feature's max is 3-11% of the residual's norm.
 
 **Why steering looked broken.** Not the units, the decoder norms or the positions: steering only
 the generated positions degenerates the same way (measured with ``--no-steer-prompt``). Many

@@ -134,7 +134,7 @@ def _add_train_saes(sub: _SubParsers) -> None:
         choices=sorted(RECIPES),
         default=None,
         help="run a named multi-stage training; its stages set k, tokens, lr and the cap "
-        "(default: the k=64 SAEs shipped today, then a capped fine-tune)",
+        "(default: BatchTopK k=64, then the capped k=48 fine-tune shipped in assets/saes)",
     )
     p.add_argument(
         "--work",

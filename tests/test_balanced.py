@@ -190,7 +190,7 @@ def test_the_default_recipe_chains_its_stages(tmp_path: Path) -> None:
     assert first.activation_cache is None and first.k == 64
     assert last.out_dir == str(tmp_path / "out") and last.init == first.out_dir
     assert (
-        last.max_density == 0.008
+        last.max_density == 0.007
         and last.free_features == 200
         and last.min_density == 0.0001
         and last.k == 48
