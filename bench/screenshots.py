@@ -4,8 +4,8 @@
 
 Starts the app in-process on 127.0.0.1 (a temporary label database), then, as a user would:
 encodes the first curated text, opens the strongest feature of a token, tests it on the text,
-steers with it, browses, and opens the labelling queue; one PNG per tab. Needs Debian chromium
-and the playwright package (``pip install -e ".[test]"``).
+runs the first steering demo, browses, and opens the labelling queue; one PNG per tab. Needs
+Debian chromium and the playwright package (``pip install -e ".[test]"``).
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ def main() -> None:
             page.goto(f"{url}?layer={steer['layer']}&feature={steer['feature']}")
             expect(page.locator("#dash-header")).to_contain_text(f"feature {steer['feature']}")
             page.locator("#to-steer").click()
-            page.locator("#steer-prompt").get_by_role("textbox").fill("After breakfast we all")
-            page.locator("#generate").click()
+            # The Steering tab as a teacher uses it: one click on the first curated steering
+            # demo fills it and generates.
+            page.locator("#steer-demos [data-testid='cell-0-1']").click()
+            prompt = page.locator("#steer-prompt textarea")
+            expect(prompt).to_have_value(curated["steering"][0]["prompt"])
             expect(page.locator("#gen-status")).to_contain_text("stopped", timeout=300_000)
             shot("4-steering")
             tab("browse")
