@@ -176,6 +176,8 @@ def test_the_app_opens_on_the_embedded_default(cache: Path, tmp_path: Path) -> N
     """``python -m explorer``'s own start-up path: model, SAEs, shipped store, labels; then each
     tab's main handler on real text."""
     from explorer.app import browse, dashboard, microscope, open_explorer, steering
+    from explorer.app.steer_table import to_table
+    from explorer.steer import Steer
 
     ctx = open_explorer("default", None, str(tmp_path / "labels.sqlite"), str(cache))
     view = microscope.view(ctx, "The cat sat on the mat.")
@@ -188,6 +190,14 @@ def test_the_app_opens_on_the_embedded_default(cache: Path, tmp_path: Path) -> N
     default, steered, status = list(steering.steer(ctx, "The cat", steers, 0.0, 4, 0, 0.0))[-1]
     assert default and steered and "stopped" in status
     assert not browse.features(ctx, "all", "").empty
+    # Each steering demo's feature is named (the Steering tab's table, the dashboard); a curated
+    # feature keeps its own label.
+    named = {(f["layer"], f["feature"]): f["label"] for f in ctx.content["features"]}
+    for d in ctx.content["steering"]:
+        want = named.get((d["layer"], d["feature"]), d["label"])
+        assert ctx.label_of(d["layer"], d["feature"]) == want
+        row = to_table(ctx, [Steer(d["layer"], d["feature"], d["strength"], d["method"])])
+        assert row["label"].iat[0] == want
 
 
 # --- the microscope compares layers fairly on the embedded default ------------------------------

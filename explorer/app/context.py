@@ -285,16 +285,28 @@ def open_explorer(
         layers = {n: {"d_sae": bundle.width(n)} for n in store.layers}
         store.check_bundle(ident["model"], None, layers)
     content = load_curated(spec.name)
-    curated = {(f["layer"], f["feature"]): f["label"] for f in content["features"]}
     return Context(
         bundle=bundle,
         store=store,
         labels=labels,
-        curated=curated,
+        curated=curated_labels(content),
         content=content,
         policy=WritePolicy.from_env(public),
         explanations=explanations,
     )
+
+
+def curated_labels(content: dict[str, Any]) -> dict[tuple[int, int], str]:
+    """The labels shipped in ``curated.json``: each curated feature's, and each steering demo's
+    for a feature that is not a curated one (so the Steering tab's table and the dashboard name
+    a demo's feature); a curated feature's own label wins."""
+    out = {
+        (d["layer"], d["feature"]): d["label"]
+        for d in content.get("steering", [])
+        if d.get("label")
+    }
+    out.update({(f["layer"], f["feature"]): f["label"] for f in content["features"]})
+    return out
 
 
 def open_explanations(path: str | None, store_dir: str | None) -> Explanations | None:
