@@ -208,7 +208,7 @@ def _add_run(sub: _SubParsers) -> None:
         help="records the reduce holds at once (a longer run takes more feature blocks)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dense-threshold", type=float, default=0.01)
+    p.add_argument("--dense-threshold", type=float, default=ReduceConfig.dense_threshold)
     p.add_argument("--top-k", type=int, default=20, help="top examples per feature")
     p.add_argument("--per-interval", type=int, default=5, help="examples per interval")
     p.add_argument("--before", type=int, default=24, help="context tokens before the max")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
 from precompute.records import (
     MAX_FEATURES,
     POS_BITS,
@@ -77,7 +78,7 @@ class ReduceConfig:
     before: int = 24
     after: int = 8
     seed: int = 0
-    dense_threshold: float = 0.01
+    dense_threshold: float = DEFAULT_DENSE_THRESHOLD
 
     def __post_init__(self) -> None:
         limits = {
