@@ -46,9 +46,9 @@ def main() -> None:
     print(f"{n} cached tokens; features per density band: {bands}")
     print("| layer | SAEs | EV | L0 | dead | dense (>1%) | bands |")
     print("|---|---|---|---|---|---|---|")
+    blocks = _blocks(info.tokens, n)  # the same rows for every layer and SAE set
     for layer in args.layers or list(info.layers):
         x = cache.open_layer(args.cache, layer, info)
-        blocks = _blocks(info.tokens, n)
         mean = sum(cache.rows(x[a:b]).double().sum(0) for a, b in blocks) / n  # once per layer
         mean = mean.float()
         for saes in args.saes:

@@ -302,8 +302,8 @@ def curated_labels(content: dict[str, Any]) -> dict[tuple[int, int], str]:
     a demo's feature); a curated feature's own label wins."""
     out = {
         (d["layer"], d["feature"]): d["label"]
-        for d in content.get("steering", [])
-        if d.get("label")
+        for d in content["steering"]
+        if isinstance(d.get("label"), str) and d["label"]
     }
     out.update({(f["layer"], f["feature"]): f["label"] for f in content["features"]})
     return out
