@@ -33,9 +33,12 @@ def _edit_cell(ui: UI, row: int, col: int, text: str) -> None:
 
     cell = ui.cell("steer-table", row, col)
     cell.dblclick()
-    ui.page.keyboard.press("Control+A")
-    ui.page.keyboard.type(text)
-    ui.page.keyboard.press("Enter")
+    # Type only once the cell's editor is open: keys sent before it has focus went to the cell,
+    # and "Control+A" then selected nothing, so the text was appended to the old one (CI, stop 18).
+    editor = cell.locator("textarea")
+    expect(editor).to_be_focused()
+    editor.fill(text)
+    editor.press("Enter")
     # The selected cell also shows its menu button, so not to_have_text; and not to_contain_text
     # either: "1" is in the old "12abc…", which let a click go out before the edit had landed.
     expect(cell).to_have_text(re.compile(r"^\s*" + re.escape(text) + r"(?![\w<])"))
