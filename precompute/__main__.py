@@ -27,6 +27,7 @@ from precompute.describe import add_descriptions
 from precompute.explain.cli import EXPLAIN_COMMANDS
 from precompute.job import RunConfig, run_preset
 from precompute.train import TrainConfig, train_preset
+from precompute.train.evaluate import metrics_table
 from precompute.train.recipes import RECIPES, stage_configs
 
 _SubParsers = Any  # argparse's _SubParsersAction is private
@@ -171,17 +172,7 @@ def _cmd_train_saes(args: argparse.Namespace) -> int:
         stage_configs(args.recipe, cfg, Path(args.work) / args.recipe) if args.recipe else [cfg]
     )
     results = train_preset(stages, cache_dir=args.cache_dir)
-    print(
-        f"{'layer':>5} {'EV':>6} {'L0':>6} {'dead':>6} {'dense':>6} {'CE clean':>9} {'spliced':>8} "
-        f"{'delta':>7}"
-    )
-    for layer, m in sorted(results.items()):
-        print(
-            f"{layer:>5} {m['explained_variance']:>6.3f} {m['l0']:>6.1f} "
-            f"{m['dead_fraction']:>6.3f} {m.get('dense_fraction', float('nan')):>6.3f} "
-            f"{m['ce_clean']:>9.3f} {m['ce_spliced']:>8.3f} "
-            f"{m['ce_delta']:>7.3f}"
-        )
+    print(metrics_table(results))
     return 0
 
 

@@ -156,3 +156,20 @@ def test_held_out_windows_mix_the_sources(tmp_path: Path, tokenizer) -> None:
 
     assert sources(mixed=False) == {WORDS[0]}  # file order: one source
     assert sources(mixed=True) == set(WORDS[:2])
+
+
+def test_metrics_are_reported_as_one_table_and_one_log_line() -> None:
+    from precompute.train.evaluate import metrics_line, metrics_table
+
+    m = {"explained_variance": 0.951, "l0": 49.6, "dead_fraction": 0.003, "dense_fraction": 0.078,
+         "ce_clean": 3.582, "ce_spliced": 3.77, "ce_delta": 0.188}  # fmt: skip
+    older = {k: v for k, v in m.items() if k != "dense_fraction"}  # metrics written before it
+    lines = metrics_table({15: older, 9: m}).splitlines()
+    assert lines[0].split() == ["layer", "EV", "L0", "dead", "dense", "CE", "clean", "spliced",
+                                "delta"]  # fmt: skip
+    assert lines[1].split() == ["9", "0.951", "49.6", "0.003", "0.078", "3.582", "3.770", "+0.188"]
+    assert lines[2].split()[0] == "15" and lines[2].split()[4] == "nan"
+    assert len({len(line) for line in lines}) == 1  # columns line up
+    assert metrics_line(m) == (
+        "EV 0.951  L0 49.6  dead 0.003  dense 0.078  CE clean 3.582  spliced 3.770  delta +0.188"
+    )

@@ -117,3 +117,36 @@ def evaluate(
         "ce_spliced": round(ce_spliced / max(n_ce, 1), 4),
         "ce_delta": round((ce_spliced - ce_clean) / max(n_ce, 1), 4),
     }
+
+
+# The metrics a training run reports, in the log (a line a layer) and the CLI's table:
+# (heading, key of evaluate's dict, table width, format).
+METRIC_COLUMNS = (
+    ("EV", "explained_variance", 6, ".3f"),
+    ("L0", "l0", 6, ".1f"),
+    ("dead", "dead_fraction", 6, ".3f"),
+    ("dense", "dense_fraction", 6, ".3f"),
+    ("CE clean", "ce_clean", 9, ".3f"),
+    ("spliced", "ce_spliced", 8, ".3f"),
+    ("delta", "ce_delta", 7, "+.3f"),
+)
+
+
+def _metric(m: dict[str, Any], key: str) -> float:
+    return float(m.get(key, float("nan")))  # dense_fraction: absent from older metrics files
+
+
+def metrics_line(m: dict[str, Any]) -> str:
+    """One layer's metrics on one line (the training log)."""
+    return "  ".join(f"{name} {_metric(m, key):{fmt}}" for name, key, _, fmt in METRIC_COLUMNS)
+
+
+def metrics_table(results: dict[int, dict[str, Any]]) -> str:
+    """Every layer's metrics as a table, a row a layer (``train-saes``' output)."""
+    head = f"{'layer':>5} " + " ".join(f"{name:>{w}}" for name, _, w, _ in METRIC_COLUMNS)
+    rows = [
+        f"{layer:>5} "
+        + " ".join(format(_metric(m, key), fmt).rjust(w) for _, key, w, fmt in METRIC_COLUMNS)
+        for layer, m in sorted(results.items())
+    ]
+    return "\n".join([head, *rows])

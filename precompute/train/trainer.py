@@ -32,7 +32,7 @@ from explorer.files import atomic_write_text, replace_dir
 from explorer.store.saes import SaeLayer, SaeManifest
 from precompute.train.activations import ActivationStream, mean_and_scale, window_ids
 from precompute.train.config import TrainConfig
-from precompute.train.evaluate import evaluate
+from precompute.train.evaluate import evaluate, metrics_line
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
@@ -177,7 +177,7 @@ def train_saes(
         )
         atomic_write_text(path / METRICS, json.dumps(metrics, indent=2))
         results[layer] = metrics
-        logger.info("layer %d: %s", layer, _fmt(metrics))
+        logger.info("layer %d: %s", layer, metrics_line(metrics))
     write_manifest(cfg, results, model_name, meta)
     return results
 
@@ -217,14 +217,6 @@ def _init_weights(cfg: TrainConfig, layers: list[int]) -> dict[int, dict[str, Te
             raise ValueError(f"no finished SAE of layer {layer} to start from in {cfg.init}")
         out[layer] = load_file(str(path / "sae_weights.safetensors"))
     return out
-
-
-def _fmt(m: dict[str, Any]) -> str:
-    return (
-        f"EV {m['explained_variance']:.3f}  L0 {m['l0']:.1f}  dead {m['dead_fraction']:.3f}  "
-        f"dense {m.get('dense_fraction', float('nan')):.3f}  "
-        f"CE {m['ce_clean']:.3f} -> {m['ce_spliced']:.3f} (+{m['ce_delta']:.3f})"
-    )
 
 
 def finished_metrics(path: Path) -> dict[str, Any] | None:
