@@ -18,6 +18,7 @@ from browser_ui import UI, title
 from helpers import live_feature
 
 from explorer.app import Context, dashboard
+from explorer.explanations import Explanations, NewExplanation
 
 # Every hostile value carries a marker attribute or host: any element built from one is found.
 EVIL_LINK = '<a data-evil="1" href="https://evil.example/">LOG IN</a>'
@@ -88,11 +89,23 @@ def test_hostile_values_never_become_markup(ui: UI, ctx: Context, tmp_path: Path
     page.locator("#add-steer").click()
     _no_evil(ui, "steering strength error")
 
-    # 5. Browse: a hostile query.
+    # 5. Browse: a hostile query; hostile explanations (an imported file's), found by a search.
     ui.tab("browse")
     ui.box("b-query").fill(EVIL_FORM)
     ui.box("b-query").press("Enter")
     _no_evil(ui, "browse")
+    ctx.explanations = Explanations(tmp_path / "explanations.sqlite")
+    evil_text = f"zebra crossings {EVIL_LINK} {EVIL_IMG}"
+    ctx.explanations.add(
+        [NewExplanation(layer=2, feature=feature, text=evil_text, source="neuronpedia",
+                        method="np", model="x")]
+    )  # fmt: skip
+    page.get_by_label("Hide dense").uncheck()  # the tiny store's live features are all dense
+    ui.box("b-query").fill("zebra")
+    ui.box("b-query").press("Enter")
+    expect(page.locator("#browse-table")).to_contain_text(evil_text)
+    _no_evil(ui, "browse explanations")
+    ui.shot("14-hostile-explanation")
 
     # 6. The Label tab: hostile notes, labeller; a label file whose header and cells hold markup.
     ui.tab("label")

@@ -75,6 +75,12 @@ def test_search_is_literal_and_ranked(tmp_path: Path) -> None:
     assert [r.feature for r in db.search('"and" <b>')] == [2]
     assert [r.feature for r in db.search("Py")] == [1]  # under 3 characters: a scan
     assert db.search("nothing like this") == []
+    # The features alone, once each, at their best match: bm25 ranks the shorter text first.
+    db.add([_row(3, "print print", 0.5), _row(1, "print again", 0.5), _row(4, "pr_nt", None)])
+    assert [r.feature for r in db.search("print")][:1] == [3]
+    assert db.search_features("print") == [(3, 3), (3, 1)]
+    assert db.search_features("_n") == [(3, 4)]  # a scan, with LIKE's wildcards escaped
+    assert db.search_features("  ") == []
 
 
 def test_foreign_files_are_left_untouched(tmp_path: Path) -> None:
@@ -134,3 +140,71 @@ def test_the_app_opens_the_stores_explanations_only_when_there(tmp_path: Path) -
     with pytest.raises(ExplanationError, match="no explanations database"):
         open_explanations(str(tmp_path / "missing.sqlite"), None)
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def _pairs(table: Any) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in zip(table["layer"], table["feature"], strict=True)]
+
+
+def test_browse_finds_features_by_their_explanations(ctx: Any, tmp_path: Path) -> None:
+    from helpers import live_feature
+
+    from explorer.app import browse
+
+    plain = browse.features(ctx, "all", "", hide_dense=False)
+    assert "explanation" not in plain.columns  # no explanations file: no column
+    f1, f2 = live_feature(ctx, 1), live_feature(ctx, 2)
+    db = Explanations(tmp_path / "e.sqlite")
+    ctx.explanations = db
+    hostile = "<b>Towns</b> in Minnesota & Wisconsin"
+    db.add(
+        [
+            NewExplanation(layer=1, feature=f1, text="weekdays", source="llm", method="m",
+                           model="x", score=0.9),
+            NewExplanation(layer=1, feature=f1, text="minnesota, once", source="llm",
+                           method="m", model="x", score=0.2),  # found, but not the best
+            NewExplanation(layer=2, feature=f2, text=hostile, source="neuronpedia", method="np",
+                           model="y"),
+            NewExplanation(layer=7, feature=1, text="minnesota elsewhere", source="llm",
+                           method="m", model="x"),  # a layer the store has not: ignored
+        ]
+    )  # fmt: skip
+    hits = browse.features(ctx, "all", "Minnesota", hide_dense=False, hide_dead=False)
+    assert set(_pairs(hits)) == {(1, f1), (2, f2)}
+    shown = dict(zip(_pairs(hits), hits["explanation"], strict=True))
+    assert shown[(1, f1)] == "weekdays"  # the column holds the best explanation
+    assert shown[(2, f2)] == hostile  # verbatim: the table shows text
+    assert list(hits.columns[:4]) == ["layer", "feature", "label", "explanation"]
+    # Explanation hits rank before plain top-token hits, labels before both, whatever the sort.
+    token = next(t for t in plain["top_tokens"] if len(t.split()[0].strip()) >= 3).split()[0]
+    by_token = browse.features(ctx, "all", token, "n_fires", True, False, False)
+    assert len(by_token) >= 2
+    last = _pairs(by_token)[-1]
+    db.add([NewExplanation(layer=last[0], feature=last[1], text=f"says {token}", source="llm",
+                           method="m", model="x")])  # fmt: skip
+    ranked = browse.features(ctx, "all", token, "n_fires", True, False, False)
+    assert _pairs(ranked)[0] == last
+    assert len(ranked) == len(by_token)
+    ascending = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False)
+    bottom = _pairs(ascending)[-1]
+    ctx.labels.add(*bottom, "Minnesota, by a person")
+    ranked = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False)
+    assert _pairs(ranked)[0] == bottom
+    # An unreadable explanations file leaves the rest of the search working.
+    db.path.write_bytes(b"not a database, any more")
+    left = browse.features(ctx, "all", "minnesota", hide_dense=False, hide_dead=False)
+    assert _pairs(left) == [bottom]
+    assert left["explanation"].tolist() == [""]
+
+
+def test_best_many_reads_a_page_of_features_in_chunks(tmp_path: Path) -> None:
+    from explorer.explanations import db as xdb
+
+    db = Explanations(tmp_path / "e.sqlite")
+    db.add([_row(f, f"feature {f}", 0.5) for f in range(0, 900, 2)])
+    db.add([_row(4, "better", 0.9), _row(6, "unscored", None)])
+    best = db.best_many((3, f) for f in range(900))
+    assert len(best) == 450 > xdb.PAIRS_PER_QUERY
+    assert best[(3, 4)].text == "better" and best[(3, 6)].text == "feature 6"
+    assert (3, 5) not in best and db.best_many([]) == {}
+    assert all(best[(3, f)] == db.best(3, f) for f in range(0, 900, 2))

@@ -1,9 +1,10 @@
 """The Browse & search tab: the store's features as a table (filtered, searched by label,
-automatic description or top token, sorted), and search by inference (the features most active
-on a text)."""
+explanation, automatic description or top token, sorted), and search by inference (the features
+most active on a text)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,13 @@ import pandas as pd
 from explorer.app import microscope, render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import ui
+from explorer.explanations import Explanation, ExplanationError
 from explorer.labels import LabelError
 
+logger = logging.getLogger(__name__)
 TAB_ID = "browse"
 BROWSE_ROWS = 500  # rows a page of the browse table shows (never the whole store)
+EXPLANATION_HITS = 5000  # explanations a search takes from the full-text index, best first
 AUTO_COLUMN = "automatic description"
 
 
@@ -49,6 +53,31 @@ def _text_hits(df: pd.DataFrame, column: str, q: str) -> np.ndarray:
     hits = np.zeros(len(df), dtype=bool)
     hits[np.searchsorted(starts, found, side="right") - 1] = True
     return hits
+
+
+def _explained(ctx: Context, query: str) -> list[tuple[int, int]]:
+    """The features with an explanation containing ``query``, best match first (none without an
+    explanations file, or when it cannot be read: that is logged, and the rest of the search
+    still answers)."""
+    if ctx.explanations is None:
+        return []
+    try:
+        return ctx.explanations.search_features(query, limit=EXPLANATION_HITS)
+    except ExplanationError as e:
+        logger.warning("explanations unavailable: %s", e)
+        return []
+
+
+def _best_explanations(
+    ctx: Context, pairs: list[tuple[int, int]]
+) -> dict[tuple[int, int], Explanation]:
+    if ctx.explanations is None:
+        return {}
+    try:
+        return ctx.explanations.best_many(pairs)
+    except ExplanationError as e:
+        logger.warning("explanations unavailable: %s", e)
+        return {}
 
 
 def select(
@@ -89,14 +118,18 @@ def select(
     labels = ctx.labels.current_all()
     keys = _keys(layers, df["feature"].to_numpy())
     if q:
-        # People's labels and notes through the label database's full-text index (FTS5, ranked
-        # by bm25); curated labels, automatic descriptions and top tokens as plain substrings.
-        # Label hits come first, in rank order, then the rest in the chosen order.
+        # People's labels and notes, then machine explanations (any of a feature's), each
+        # through its database's full-text index (FTS5, ranked by bm25); curated labels,
+        # automatic descriptions and top tokens as plain substrings. Label hits come first, in
+        # rank order, then explanation hits, then the rest in the chosen order.
         try:
             found = ctx.labels.search(query.strip(), limit=BROWSE_ROWS)
         except LabelError as e:
             raise UserError(str(e)) from None
-        ranked = pd.Index(_keys([h.layer for h in found], [h.feature for h in found]))
+        pairs = [(h.layer, h.feature) for h in found]
+        pairs += _explained(ctx, query.strip())
+        found_keys = _keys([a for a, _ in pairs], [b for _, b in pairs])
+        ranked = pd.Index(list(dict.fromkeys(found_keys.tolist())), dtype=np.int64)
         rank = ranked.get_indexer(keys)
         rank[rank < 0] = len(ranked)
         labelled = {**ctx.curated, **{k: v.label for k, v in labels.items()}}
@@ -123,6 +156,15 @@ def select(
     cols = [
         "layer", "feature", "label", "description", "density", "max_act", "n_fires", "top_tokens"
     ]  # fmt: skip
+    if ctx.explanations is not None:  # the best explanation of each row shown
+        best = _best_explanations(ctx, list(zip(shown["layer"], shown["feature"], strict=True)))
+        shown = shown.assign(
+            explanation=[
+                best[(int(a), int(b))].text if (int(a), int(b)) in best else ""
+                for a, b in zip(shown["layer"], shown["feature"], strict=True)
+            ]
+        )
+        cols.insert(3, "explanation")
     out = pd.DataFrame(shown[cols]).reset_index(drop=True)
     out["density"] = (100 * out["density"]).round(4)
     out["max_act"] = out["max_act"].astype(float).round(3)
@@ -133,9 +175,10 @@ def select(
 
 
 def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
-    """Features of the store as a table: filtered, searched by label, automatic description or
-    top token, sorted, one page of ``BROWSE_ROWS`` at a time (page 1 first); the arguments are
-    :func:`select`'s.
+    """Features of the store as a table: filtered, searched by label, explanation, automatic
+    description or top token, sorted, one page of ``BROWSE_ROWS`` at a time (page 1 first); the
+    arguments are :func:`select`'s. With an explanations file, an ``explanation`` column holds
+    each row's best explanation.
 
     The defaults show the interesting ones first: dense features (firing on more than the
     store's threshold of tokens, rarely interpretable) and dead ones are hidden, and the rest
@@ -196,8 +239,9 @@ def layout(ctx: Context) -> BrowseTab:
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
         b_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
+        searched = "labels, explanations," if ctx.explanations is not None else "labels,"
         b_query = gr.Textbox(
-            label="Search labels, automatic descriptions and top tokens", elem_id="b-query"
+            label=f"Search {searched} automatic descriptions and top tokens", elem_id="b-query"
         )
         b_sort = gr.Dropdown(
             ["density", "max_act", "n_fires", "feature"],
@@ -235,8 +279,9 @@ def layout(ctx: Context) -> BrowseTab:
         hide_dead: bool = True,
         page: Any = 1,
     ) -> pd.DataFrame:
-        """Features of the store as a table: filtered, searched by label or top token, sorted;
-        one page of at most 500 rows (``page`` 1 first)."""
+        """Features of the store as a table: filtered, searched by label, explanation,
+        automatic description or top token, sorted; one page of at most 500 rows (``page`` 1
+        first)."""
         return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead, page)
 
     def search(*args: Any) -> tuple[Any, int]:

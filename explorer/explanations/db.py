@@ -15,6 +15,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0
 MAX_TEXT_CHARS = 2000
+PAIRS_PER_QUERY = 400  # best_many: 800 parameters a statement (SQLite allows 32,766)
 _MAGIC = b"SQLite format 3\x00"
 _APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'explanations are append-only'); END"
 _SCHEMA = (
@@ -287,6 +288,25 @@ class Explanations:
             best.setdefault(r.feature, r)
         return best
 
+    def best_many(self, pairs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], Explanation]:
+        """``{(layer, feature): best explanation}`` for the pairs that have one (a page of the
+        browse table), in one query per :data:`PAIRS_PER_QUERY` pairs."""
+        want = sorted({(int(a), int(b)) for a, b in pairs})
+        best: dict[tuple[int, int], Explanation] = {}
+        with self._connect() as conn:
+            for i in range(0, len(want), PAIRS_PER_QUERY):
+                chunk = want[i : i + PAIRS_PER_QUERY]
+                rows = conn.execute(
+                    f"WITH want(l, f) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))}) "
+                    f"SELECT {_COLUMNS} FROM explanations JOIN want ON layer = l AND feature = f "
+                    f"ORDER BY layer, feature, {_BEST_ORDER}",
+                    [v for pair in chunk for v in pair],
+                ).fetchall()
+                for r in rows:
+                    found = _row(r)
+                    best.setdefault((found.layer, found.feature), found)
+        return best
+
     def done(self, method: str, model: str, prompt_version: str) -> set[tuple[int, int]]:
         """The ``(layer, feature)`` pairs that have a row of this method, model and prompt."""
         with self._connect() as conn:
@@ -297,21 +317,36 @@ class Explanations:
             ).fetchall()
         return {(int(a), int(b)) for a, b in rows}
 
-    def search(self, query: str, limit: int = 50) -> list[Explanation]:
-        """Explanations whose text contains ``query`` (a literal, 3+ characters: the trigram
-        index), ranked by bm25; shorter queries scan with LIKE."""
+    def _match(self, query: str, columns: str, limit: int) -> list[tuple[Any, ...]]:
+        """``columns`` of the rows whose text contains ``query`` (a literal; 3+ characters: the
+        trigram index, ranked by bm25; shorter ones scan with LIKE, in id order)."""
         q = " ".join(str(query).split())
         if not q:
             return []
-        if len(q) < 3:
-            like = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            return self._select("text LIKE ? ESCAPE '\\'", (f"%{like}%",), f"LIMIT {int(limit)}")
-        phrase = '"' + q.replace('"', '""') + '"'
         with self._connect() as conn:
-            rows = conn.execute(
-                f"SELECT {', '.join('e.' + c.strip() for c in _COLUMNS.split(','))} "
-                "FROM explanations_fts f JOIN explanations e ON e.id = f.rowid "
+            if len(q) < 3:
+                like = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                return conn.execute(
+                    f"SELECT {columns} FROM explanations e WHERE text LIKE ? ESCAPE '\\' "
+                    "ORDER BY id LIMIT ?",
+                    (f"%{like}%", int(limit)),
+                ).fetchall()
+            phrase = '"' + q.replace('"', '""') + '"'
+            return conn.execute(
+                f"SELECT {columns} FROM explanations_fts f JOIN explanations e ON e.id = f.rowid "
                 "WHERE explanations_fts MATCH ? ORDER BY bm25(explanations_fts) LIMIT ?",
                 (phrase, int(limit)),
             ).fetchall()
-        return [_row(r) for r in rows]
+
+    def search(self, query: str, limit: int = 50) -> list[Explanation]:
+        """Explanations whose text contains ``query`` (a literal, 3+ characters: the trigram
+        index), ranked by bm25; shorter queries scan with LIKE."""
+        columns = ", ".join("e." + c.strip() for c in _COLUMNS.split(","))
+        return [_row(r) for r in self._match(query, columns, limit)]
+
+    def search_features(self, query: str, limit: int = 50) -> list[tuple[int, int]]:
+        """The ``(layer, feature)`` of the explanations :meth:`search` finds, in its order (a
+        feature once, at its best match): what a search over many features needs, without
+        reading whole rows."""
+        rows = self._match(query, "e.layer, e.feature", limit)
+        return list(dict.fromkeys((int(a), int(b)) for a, b in rows))

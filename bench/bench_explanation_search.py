@@ -1,0 +1,130 @@
+"""Browse & search with an explanations file at Gemma Scope's size: one explanation per feature of
+26 x 16,384 = 425,984 (Neuronpedia's gemma-2-2b export has about one a feature), in a real SQLite
+file with its FTS5 trigram index.
+
+    python bench/bench_explanation_search.py [--features 425984] [--runs 30] [--work DIR]
+
+Prints p50/p95 of the two calls a browse search adds: the full-text search (``search``, up to
+``browse.EXPLANATION_HITS`` hits ranked by bm25) and a page's best explanations (``best_many``,
+500 features), then of the whole ``browse.select`` on the embedded default's store (4 x 4,096)
+with and without one explanation per feature. The texts are 6-12 words drawn from the embedded
+corpus's 5,000 most frequent words, as often as their rank says (Zipf), so queries hit from a
+handful to most rows. Target: a browse search p95 <= 300 ms (README, the app at scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import lzma
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _pcts(xs: list[float]) -> str:
+    s = sorted(xs)
+    return (
+        f"p50 {statistics.median(s) * 1e3:.1f} ms, p95 {s[int(0.95 * (len(s) - 1))] * 1e3:.1f} ms"
+    )
+
+
+def _words(n: int = 5000) -> list[str]:
+    """The ``n`` most frequent lower-case words of the embedded corpus (3+ letters)."""
+    counts: collections.Counter[str] = collections.Counter()
+    with lzma.open(ROOT / "assets" / "corpus" / "corpus.jsonl.xz", "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i >= 3000:
+                break
+            text = str(json.loads(line).get("text", ""))
+            counts.update(w for w in text.lower().split() if w.isalpha() and len(w) >= 3)
+    return [w for w, _ in counts.most_common(n)]
+
+
+def _text(words: list[str], weights: list[float], rng: random.Random) -> str:
+    return " ".join(rng.choices(words, weights, k=rng.randint(6, 12)))
+
+
+def _fill(db: Any, layers: list[int], width: int, words: list[str], rng: random.Random) -> float:
+    from explorer.explanations import NewExplanation
+
+    zipf = [1 / (rank + 1) for rank in range(len(words))]  # words as often as in text
+    t = time.perf_counter()
+    for layer in layers:
+        db.add(
+            NewExplanation(
+                layer=layer, feature=f, text=_text(words, zipf, rng),
+                source="neuronpedia", method="np", model="gpt-4o-mini",
+            )
+            for f in range(width)
+        )  # fmt: skip
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--features", type=int, default=26 * 16384)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--work", type=Path, default=None)
+    args = p.parse_args()
+    from explorer.app import browse
+    from explorer.explanations import Explanations
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="gse-xsearch-"))
+    rng = random.Random(0)
+    words = _words()
+    # Queries from frequent to rare words, and one that matches nothing.
+    queries = [words[i] for i in (0, 10, 100, 1000, 4000)] + ["zzzq-none"]
+
+    width = 16384
+    n_layers = max(1, args.features // width)
+    big = Explanations(work / "scale.sqlite")
+    took = _fill(big, list(range(n_layers)), width, words, rng)
+    size = big.path.stat().st_size / 2**20
+    print(f"{big.count():,} explanations written in {took:.0f} s ({size:.0f} MiB with FTS5)")
+    for q in queries:
+        n = len(big.search(q, limit=browse.EXPLANATION_HITS))
+        times = [0.0] * args.runs
+        for i in range(args.runs):
+            t = time.perf_counter()
+            big.search(q, limit=browse.EXPLANATION_HITS)
+            times[i] = time.perf_counter() - t
+        print(f"search {q!r}: {n:,} hits, {_pcts(times)}")
+    pages = []
+    for _ in range(args.runs):
+        layer = rng.randrange(n_layers)
+        start = rng.randrange(width - 500)
+        t = time.perf_counter()
+        best = big.best_many((layer, f) for f in range(start, start + 500))
+        pages.append(time.perf_counter() - t)
+        assert len(best) == 500
+    print(f"best_many, 500 features: {_pcts(pages)}")
+
+    # The whole browse search on the embedded store, without then with explanations.
+    from explorer.app import open_explorer  # the app's own start-up (the model too)
+
+    ctx = open_explorer("default", None, str(work / "labels.sqlite"))
+    assert ctx.store is not None
+    small = Explanations(work / "embedded.sqlite")
+    _fill(small, list(ctx.layers), max(ctx.store.n_features(n) for n in ctx.layers), words, rng)
+    for label, xdb in (("without explanations", None), ("with one a feature", small)):
+        ctx.explanations = xdb
+        times = []
+        for _ in range(max(1, args.runs // len(queries))):
+            for q in queries:
+                t = time.perf_counter()
+                browse.select(ctx, "all", q, "density", True, True, True, 1)
+                times.append(time.perf_counter() - t)
+        print(f"browse search on the embedded store, {label}: {_pcts(times)}")
+
+
+if __name__ == "__main__":
+    main()
