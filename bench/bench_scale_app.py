@@ -83,7 +83,7 @@ def measure_app(bundle: Any, store_dir: Path, runs: int = 30) -> None:
     for _ in range(max(1, runs // len(queries))):
         for q in queries:
             t = time.perf_counter()
-            _, total, _ = browse.select(ctx, "all", q, "density", True, True, True, 1)
+            total = browse.select(ctx, "all", q, "density", True, True, True, 1).total
             search.append(time.perf_counter() - t)
             hits.append(total)
     print(

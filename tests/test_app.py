@@ -266,15 +266,15 @@ def test_browse_pages_cover_every_match_once_in_order(
     assert len(whole) == 96  # 2 layers x 48: one page of 500 holds them all
     monkeypatch.setattr(browse, "BROWSE_ROWS", 10)
     pages = [browse.select(ctx, "all", "", "n_fires", True, False, False, p) for p in range(1, 11)]
-    assert [len(t) for t, _, _ in pages] == [10] * 9 + [6]
-    assert {total for _, total, _ in pages} == {96}
-    joined = pd.concat([t for t, _, _ in pages], ignore_index=True)
+    assert [len(p.table) for p in pages] == [10] * 9 + [6]
+    assert {p.total for p in pages} == {96} and {p.hidden for p in pages} == {0}
+    joined = pd.concat([p.table for p in pages], ignore_index=True)
     pd.testing.assert_frame_equal(joined, whole)
     # ties in the sort key keep (layer, feature) order
     keys = list(zip(-joined["n_fires"], joined["layer"], joined["feature"], strict=True))
     assert keys == sorted(keys)
-    table, total, page = browse.select(ctx, "all", "", "n_fires", True, False, False, 99)
-    assert page == 10 and table.equals(pages[-1][0])  # past the end: the last page
+    table, total, page, _ = browse.select(ctx, "all", "", "n_fires", True, False, False, 99)
+    assert page == 10 and table.equals(pages[-1].table)  # past the end: the last page
     assert browse.page_caption(total, page) == (
         "Features 91–96 of 96 (page 10 of 10; click a row to open)"
     )
@@ -282,3 +282,28 @@ def test_browse_pages_cover_every_match_once_in_order(
     assert ascending["feature"].tolist() == list(range(10))
     with pytest.raises(UserError, match="page"):
         browse.features(ctx, "all", "", "density", True, True, True, 0)
+
+
+def test_a_search_says_how_many_matches_the_filters_hide(ctx: Context) -> None:
+    everything = browse.features(ctx, "all", "", hide_dense=False, hide_dead=False)
+    df = ctx.summary()
+    token = everything["top_tokens"].iat[0].split()[0]
+    found = browse.select(ctx, "all", token, hide_dense=False, hide_dead=False)
+    shown = browse.select(ctx, "all", token, hide_dense=True, hide_dead=True)
+    assert found.hidden == 0 and found.total > 0
+    hits = set(zip(found.table["layer"], found.table["feature"], strict=True))
+    dense_or_dead = {
+        (a, b) for a, b, x, y in zip(df["layer"], df["feature"], df["dense"], df["dead"],
+                                     strict=True) if x or y
+    }  # fmt: skip
+    assert shown.hidden == len(hits & dense_or_dead) > 0  # the tiny store's live ones are dense
+    assert shown.total == found.total - shown.hidden
+    caption = browse.page_caption(*shown[1:])
+    if shown.total == 0:
+        assert caption == (
+            f"Features: none shown; {shown.hidden} match among the hidden dense or dead "
+            "(untick Hide dense or Hide dead to see them)"
+        )
+    else:
+        assert f"; {shown.hidden} more among the hidden dense or dead: untick" in caption
+    assert browse.select(ctx, "all", "", hide_dense=True, hide_dead=True).hidden == 0  # no search

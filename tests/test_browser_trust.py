@@ -100,9 +100,13 @@ def test_hostile_values_never_become_markup(ui: UI, ctx: Context, tmp_path: Path
         [NewExplanation(layer=2, feature=feature, text=evil_text, source="neuronpedia",
                         method="np", model="x")]
     )  # fmt: skip
-    page.get_by_label("Hide dense").uncheck()  # the tiny store's live features are all dense
     ui.box("b-query").fill("zebra")
-    ui.box("b-query").press("Enter")
+    ui.box("b-query").press("Enter")  # the tiny store's live features are all dense: hidden
+    expect(page.locator("#browse-table")).to_contain_text(
+        "Features: none shown; 1 match among the hidden dense or dead (untick Hide dense"
+    )
+    page.get_by_role("checkbox", name="Hide dense").uncheck()
+    page.locator("#browse-btn").click()
     expect(page.locator("#browse-table")).to_contain_text(evil_text)
     _no_evil(ui, "browse explanations")
     ui.shot("14-hostile-explanation")

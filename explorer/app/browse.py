@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 import numpy as np
@@ -80,6 +80,13 @@ def _best_explanations(
         return {}
 
 
+class BrowsePage(NamedTuple):
+    table: pd.DataFrame
+    total: int  # the features that match and are shown by the filters, on every page
+    page: int  # the page shown (1 first)
+    hidden: int = 0  # features a search matches that the Hide dense / Hide dead boxes leave out
+
+
 def select(
     ctx: Context,
     layer: Any = "all",
@@ -89,25 +96,28 @@ def select(
     hide_dense: bool = True,
     hide_dead: bool = True,
     page: Any = 1,
-) -> tuple[pd.DataFrame, int, int]:
+) -> BrowsePage:
     """One page of :func:`features` (``BROWSE_ROWS`` rows), the number of matching features,
-    and the page number shown (a page past the end shows the last one).
+    the page number shown (a page past the end shows the last one) and, for a search, how many
+    more features match among those Hide dense / Hide dead leave out.
 
     Vectorized over the store's features (425,984 for Gemma Scope's 26 x 16k): masks, one stable
     sort of row numbers, and per-row Python only for the rows of the page.
     """
     df = ctx.summary()
-    mask = np.ones(len(df), dtype=bool)
+    in_layer = np.ones(len(df), dtype=bool)
     layers = df["layer"].to_numpy()
     if layer not in (None, "", "all"):
         layer_n = parse_int(layer, "layer")
         if layer_n not in ctx.layers:
             raise UserError(f"layer {layer_n} has no SAE here")
-        mask &= layers == layer_n
+        in_layer &= layers == layer_n
+    mask = in_layer.copy()
     if hide_dense:
         mask &= ~df["dense"].to_numpy(dtype=bool)
     if hide_dead:
         mask &= ~df["dead"].to_numpy(dtype=bool)
+    hidden = 0
     page_n = parse_int(page if page not in (None, "") else 1, "page", 1)
     q = (query or "").strip().lower()
     if len(q) > 200:
@@ -139,6 +149,7 @@ def select(
         )
         hit |= _text_hits(df, "description", q) | _text_hits(df, "top_tokens", q)
         rows = np.flatnonzero(mask & hit)
+        hidden = int(np.count_nonzero(in_layer & ~mask & hit))
         # lexsort is stable: ties keep the summary's (layer, feature) order
         order = rows[np.lexsort((-values[rows] if descending else values[rows], rank[rows]))]
     else:
@@ -171,7 +182,7 @@ def select(
     out = out.rename(
         columns={"density": "density %", "max_act": "max act", "description": AUTO_COLUMN}
     )
-    return out, len(order), page_n
+    return BrowsePage(out, len(order), page_n, hidden)
 
 
 def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
@@ -187,15 +198,20 @@ def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
     return select(ctx, *criteria, **named)[0]
 
 
-def page_caption(total: int, page: int) -> str:
-    """The table's caption: which rows of how many are shown."""
+def page_caption(total: int, page: int, hidden: int = 0) -> str:
+    """The table's caption: which rows of how many are shown, and how many more a search found
+    among the hidden dense or dead features."""
+    untick = "untick Hide dense or Hide dead to see them"
+    if total == 0 and hidden:
+        return f"Features: none shown; {hidden:,} match among the hidden dense or dead ({untick})"
     if total == 0:
         return "Features: none match (click a row to open)"
+    more = f"; {hidden:,} more among the hidden dense or dead: {untick}" if hidden else ""
     first = (page - 1) * BROWSE_ROWS + 1
     last = min(page * BROWSE_ROWS, total)
     n_pages = -(-total // BROWSE_ROWS)
     return (
-        f"Features {first:,}–{last:,} of {total:,} (page {page:,} of {n_pages:,}; "
+        f"Features {first:,}–{last:,} of {total:,} (page {page:,} of {n_pages:,}{more}; "
         "click a row to open)"
     )
 
@@ -203,8 +219,8 @@ def page_caption(total: int, page: int) -> str:
 def table_update(ctx: Context, *args: Any) -> Any:
     """The browse table as the page shows it: one page, its caption saying which rows of how
     many (the API returns the table alone)."""
-    table, total, page = select(ctx, *args)
-    return gr.Dataframe(value=table, label=page_caption(total, page))
+    found = select(ctx, *args)
+    return gr.Dataframe(value=found.table, label=page_caption(*found[1:]))
 
 
 SI_RANK = f"max {microscope.REL}"  # search by inference ranks by the microscope's "max"
@@ -292,8 +308,8 @@ def layout(ctx: Context) -> BrowseTab:
             layer: Any, query: str, sort_by: str, desc: bool, dense: bool, dead: bool, page: Any
         ) -> tuple[Any, int]:
             wanted = max(1, parse_int(page or 1, "page") + step)
-            table, total, shown = select(ctx, layer, query, sort_by, desc, dense, dead, wanted)
-            return gr.Dataframe(value=table, label=page_caption(total, shown)), shown
+            found = select(ctx, layer, query, sort_by, desc, dense, dead, wanted)
+            return gr.Dataframe(value=found.table, label=page_caption(*found[1:])), found.page
 
         return go
 
