@@ -273,7 +273,7 @@ def test_browse_pages_cover_every_match_once_in_order(
     # ties in the sort key keep (layer, feature) order
     keys = list(zip(-joined["n_fires"], joined["layer"], joined["feature"], strict=True))
     assert keys == sorted(keys)
-    table, total, page, _ = browse.select(ctx, "all", "", "n_fires", True, False, False, 99)
+    table, total, page, *_ = browse.select(ctx, "all", "", "n_fires", True, False, False, 99)
     assert page == 10 and table.equals(pages[-1].table)  # past the end: the last page
     assert browse.page_caption(total, page) == (
         "Features 91–96 of 96 (page 10 of 10; click a row to open)"

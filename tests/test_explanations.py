@@ -78,9 +78,13 @@ def test_search_is_literal_and_ranked(tmp_path: Path) -> None:
     # The features alone, once each, at their best match: bm25 ranks the shorter text first.
     db.add([_row(3, "print print", 0.5), _row(1, "print again", 0.5), _row(4, "pr_nt", None)])
     assert [r.feature for r in db.search("print")][:1] == [3]
-    assert db.search_features("print") == [(3, 3), (3, 1)]
-    assert db.search_features("_n") == [(3, 4)]  # a scan, with LIKE's wildcards escaped
-    assert db.search_features("  ") == []
+    assert db.search_features("print") == ([(3, 3), (3, 1)], 3, True)
+    assert db.search_features("_n") == ([(3, 4)], 1, True)  # a scan, LIKE's wildcards escaped
+    assert db.search_features("  ") == ([], 0, True)
+    # More matches than the limit: the first ones by id, unranked, and the hits say so.
+    assert db.search_features("print", limit=2) == ([(3, 1), (3, 3)], 3, False)
+    assert db.search_features("pr", limit=2) == ([(3, 1), (3, 3)], None, False)  # not counted
+    assert db.search_features("pr", limit=4) == ([(3, 1), (3, 3), (3, 4)], 4, True)
 
 
 def test_foreign_files_are_left_untouched(tmp_path: Path) -> None:
@@ -146,7 +150,9 @@ def _pairs(table: Any) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(table["layer"], table["feature"], strict=True)]
 
 
-def test_browse_finds_features_by_their_explanations(ctx: Any, tmp_path: Path) -> None:
+def test_browse_finds_features_by_their_explanations(
+    ctx: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from helpers import live_feature
 
     from explorer.app import browse
@@ -190,6 +196,15 @@ def test_browse_finds_features_by_their_explanations(ctx: Any, tmp_path: Path) -
     ctx.labels.add(*bottom, "Minnesota, by a person")
     ranked = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False)
     assert _pairs(ranked)[0] == bottom
+    # A search that takes only the first explanations that match says so in the caption.
+    assert browse.select(ctx, "all", "minnesota", hide_dense=False).partial == ""
+    monkeypatch.setattr(browse, "EXPLANATION_HITS", 1)
+    cut = browse.select(ctx, "all", "minnesota", hide_dense=False)
+    assert cut.partial == "only the first 1 of 3 matching explanations searched"
+    assert "; only the first 1 of 3 matching explanations searched: refine the search; " in (
+        browse.page_caption(*cut[1:])
+    )
+    monkeypatch.undo()
     # An unreadable explanations file leaves the rest of the search working.
     db.path.write_bytes(b"not a database, any more")
     left = browse.features(ctx, "all", "minnesota", hide_dense=False, hide_dead=False)

@@ -16,7 +16,7 @@ import pandas as pd
 from explorer.app import microscope, render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import ui
-from explorer.explanations import Explanation, ExplanationError
+from explorer.explanations import Explanation, ExplanationError, FeatureHits
 from explorer.labels import LabelError
 
 logger = logging.getLogger(__name__)
@@ -55,17 +55,26 @@ def _text_hits(df: pd.DataFrame, column: str, q: str) -> np.ndarray:
     return hits
 
 
-def _explained(ctx: Context, query: str) -> list[tuple[int, int]]:
+def _explained(ctx: Context, query: str) -> FeatureHits:
     """The features with an explanation containing ``query``, best match first (none without an
     explanations file, or when it cannot be read: that is logged, and the rest of the search
     still answers)."""
+    none = FeatureHits([], 0, True)
     if ctx.explanations is None:
-        return []
+        return none
     try:
         return ctx.explanations.search_features(query, limit=EXPLANATION_HITS)
     except ExplanationError as e:
         logger.warning("explanations unavailable: %s", e)
-        return []
+        return none
+
+
+def _partial(hits: FeatureHits) -> str:
+    """What the caption says when a search took only the first explanations that matched."""
+    if hits.complete:
+        return ""
+    of = f"{hits.matched:,}" if hits.matched is not None else "more"
+    return f"only the first {EXPLANATION_HITS:,} of {of} matching explanations searched"
 
 
 def _best_explanations(
@@ -85,6 +94,7 @@ class BrowsePage(NamedTuple):
     total: int  # the features that match and are shown by the filters, on every page
     page: int  # the page shown (1 first)
     hidden: int = 0  # features a search matches that the Hide dense / Hide dead boxes leave out
+    partial: str = ""  # how a search was cut short ("" when it was not)
 
 
 def select(
@@ -118,6 +128,7 @@ def select(
     if hide_dead:
         mask &= ~df["dead"].to_numpy(dtype=bool)
     hidden = 0
+    partial = ""
     page_n = parse_int(page if page not in (None, "") else 1, "page", 1)
     q = (query or "").strip().lower()
     if len(q) > 200:
@@ -137,7 +148,9 @@ def select(
         except LabelError as e:
             raise UserError(str(e)) from None
         pairs = [(h.layer, h.feature) for h in found]
-        pairs += _explained(ctx, query.strip())
+        explained = _explained(ctx, query.strip())
+        pairs += explained.features
+        partial = _partial(explained)
         found_keys = _keys([a for a, _ in pairs], [b for _, b in pairs])
         ranked = pd.Index(list(dict.fromkeys(found_keys.tolist())), dtype=np.int64)
         rank = ranked.get_indexer(keys)
@@ -182,7 +195,7 @@ def select(
     out = out.rename(
         columns={"density": "density %", "max_act": "max act", "description": AUTO_COLUMN}
     )
-    return BrowsePage(out, len(order), page_n, hidden)
+    return BrowsePage(out, len(order), page_n, hidden, partial)
 
 
 def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
@@ -198,20 +211,24 @@ def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
     return select(ctx, *criteria, **named)[0]
 
 
-def page_caption(total: int, page: int, hidden: int = 0) -> str:
-    """The table's caption: which rows of how many are shown, and how many more a search found
-    among the hidden dense or dead features."""
+def page_caption(total: int, page: int, hidden: int = 0, partial: str = "") -> str:
+    """The table's caption: which rows of how many are shown, how many more a search found
+    among the hidden dense or dead features, and whether it was cut short."""
     untick = "untick Hide dense or Hide dead to see them"
+    cut = f"; {partial}: refine the search" if partial else ""
     if total == 0 and hidden:
-        return f"Features: none shown; {hidden:,} match among the hidden dense or dead ({untick})"
+        return (
+            f"Features: none shown; {hidden:,} match among the hidden dense or dead ({untick})"
+            + cut
+        )
     if total == 0:
-        return "Features: none match (click a row to open)"
+        return f"Features: none match{cut} (click a row to open)"
     more = f"; {hidden:,} more among the hidden dense or dead: {untick}" if hidden else ""
     first = (page - 1) * BROWSE_ROWS + 1
     last = min(page * BROWSE_ROWS, total)
     n_pages = -(-total // BROWSE_ROWS)
     return (
-        f"Features {first:,}–{last:,} of {total:,} (page {page:,} of {n_pages:,}{more}; "
+        f"Features {first:,}–{last:,} of {total:,} (page {page:,} of {n_pages:,}{more}{cut}; "
         "click a row to open)"
     )
 

@@ -20,7 +20,15 @@ from explorer.explanations.db import (
     Explanation,
     ExplanationError,
     Explanations,
+    FeatureHits,
     NewExplanation,
 )
 
-__all__ = ["SCHEMA_VERSION", "Explanation", "ExplanationError", "Explanations", "NewExplanation"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Explanation",
+    "ExplanationError",
+    "Explanations",
+    "FeatureHits",
+    "NewExplanation",
+]
