@@ -30,6 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def _pcts(xs: list[float]) -> str:
@@ -37,15 +38,6 @@ def _pcts(xs: list[float]) -> str:
     return (
         f"p50 {statistics.median(s) * 1e3:.1f} ms, p95 {s[int(0.95 * (len(s) - 1))] * 1e3:.1f} ms"
     )
-
-
-def _timed(fn: Any, runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def _words(n: int = 5000) -> list[str]:
@@ -86,6 +78,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--work", type=Path, default=None)
     args = p.parse_args()
+    from bench_app import _timed
+
     from explorer.app import browse
     from explorer.explanations import Explanations
 
