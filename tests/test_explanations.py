@@ -196,13 +196,20 @@ def test_browse_finds_features_by_their_explanations(
     ctx.labels.add(*bottom, "Minnesota, by a person")
     ranked = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False)
     assert _pairs(ranked)[0] == bottom
+    # A long explanation is cut short in the table, at a word.
+    db.add([NewExplanation(layer=1, feature=f1, text="Minnesota " + "lakes and rivers " * 20,
+                           source="llm", method="m", model="x", score=0.95)])  # fmt: skip
+    long = browse.features(ctx, "all", "minnesota", hide_dense=False, hide_dead=False)
+    cut = dict(zip(_pairs(long), long["explanation"], strict=True))[(1, f1)]
+    assert len(cut) <= browse.EXPLANATION_CHARS and cut.endswith(" rivers …")
+    assert cut.startswith("Minnesota lakes and rivers lakes")
     # A search that takes only the first explanations that match says so in the caption.
     assert browse.select(ctx, "all", "minnesota", hide_dense=False).partial == ""
     monkeypatch.setattr(browse, "EXPLANATION_HITS", 1)
-    cut = browse.select(ctx, "all", "minnesota", hide_dense=False)
-    assert cut.partial == "only the first 1 of 3 matching explanations searched"
-    assert "; only the first 1 of 3 matching explanations searched: refine the search; " in (
-        browse.page_caption(*cut[1:])
+    first = browse.select(ctx, "all", "minnesota", hide_dense=False)
+    assert first.partial == "only the first 1 of 4 matching explanations searched"
+    assert "; only the first 1 of 4 matching explanations searched: refine the search; " in (
+        browse.page_caption(*first[1:])
     )
     monkeypatch.undo()
     # An unreadable explanations file leaves the rest of the search working.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 TAB_ID = "browse"
 BROWSE_ROWS = 500  # rows a page of the browse table shows (never the whole store)
 EXPLANATION_HITS = 5000  # explanations a search takes from the full-text index, best first
+# An explanation in the table is cut to this many characters, at a word (the dashboard shows it
+# whole): a 300-character one pushed density and max far off the screen's right edge.
+EXPLANATION_CHARS = 80
 AUTO_COLUMN = "automatic description"
 
 
@@ -180,11 +184,13 @@ def select(
     cols = [
         "layer", "feature", "label", "description", "density", "max_act", "n_fires", "top_tokens"
     ]  # fmt: skip
-    if ctx.explanations is not None:  # the best explanation of each row shown
+    if ctx.explanations is not None:  # the best explanation of each row shown, cut short
         best = _best_explanations(ctx, list(zip(shown["layer"], shown["feature"], strict=True)))
         shown = shown.assign(
             explanation=[
-                best[(int(a), int(b))].text if (int(a), int(b)) in best else ""
+                textwrap.shorten(best[(int(a), int(b))].text, EXPLANATION_CHARS, placeholder=" …")
+                if (int(a), int(b)) in best
+                else ""
                 for a, b in zip(shown["layer"], shown["feature"], strict=True)
             ]
         )
