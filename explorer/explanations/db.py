@@ -161,6 +161,11 @@ def _contains(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _phrase(q: str) -> str:
+    """``q`` as one FTS5 phrase: a literal, whatever its quotes and operators."""
+    return '"' + q.replace('"', '""') + '"'
+
+
 def _row(values: tuple[Any, ...]) -> Explanation:
     fields = list(values)
     fields[-1] = json.loads(fields[-1])
@@ -312,7 +317,8 @@ class Explanations:
                 rows = conn.execute(
                     f"WITH want(l, f) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))}) "
                     # Without INDEXED BY, SQLite built an automatic index over the whole table
-                    # for each query (535 ms for 500 features of 425,984; 2 ms with it).
+                    # for each query: a 500-feature page of 425,984 explanations took 535 ms,
+                    # 8.6 ms with it (bench/bench_explanation_search.py).
                     f"SELECT {_COLUMNS} FROM want CROSS JOIN explanations "
                     "INDEXED BY explanations_by_feature ON layer = l AND feature = f "
                     f"ORDER BY layer, feature, {_BEST_ORDER}",
@@ -333,31 +339,25 @@ class Explanations:
             ).fetchall()
         return {(int(a), int(b)) for a, b in rows}
 
-    def _match(self, query: str, columns: str, limit: int) -> list[tuple[Any, ...]]:
-        """``columns`` of the rows whose text contains ``query`` (a literal; 3+ characters: the
-        trigram index, ranked by bm25; shorter ones scan with LIKE, in id order)."""
+    def search(self, query: str, limit: int = 50) -> list[Explanation]:
+        """Explanations whose text contains ``query`` (a literal, 3+ characters: the trigram
+        index), ranked by bm25; shorter queries scan with LIKE, in id order."""
         q = " ".join(str(query).split())
         if not q:
             return []
+        if len(q) < 3:
+            return self._select(
+                "text LIKE ? ESCAPE '\\'", (_contains(q),), f"ORDER BY id LIMIT {int(limit)}"
+            )
+        phrase = _phrase(q)
         with self._connect() as conn:
-            if len(q) < 3:
-                return conn.execute(
-                    f"SELECT {columns} FROM explanations e WHERE text LIKE ? ESCAPE '\\' "
-                    "ORDER BY id LIMIT ?",
-                    (_contains(q), int(limit)),
-                ).fetchall()
-            phrase = '"' + q.replace('"', '""') + '"'
-            return conn.execute(
-                f"SELECT {columns} FROM explanations_fts f JOIN explanations e ON e.id = f.rowid "
+            rows = conn.execute(
+                f"SELECT {', '.join('e.' + c.strip() for c in _COLUMNS.split(','))} "
+                "FROM explanations_fts f JOIN explanations e ON e.id = f.rowid "
                 "WHERE explanations_fts MATCH ? ORDER BY bm25(explanations_fts) LIMIT ?",
                 (phrase, int(limit)),
             ).fetchall()
-
-    def search(self, query: str, limit: int = 50) -> list[Explanation]:
-        """Explanations whose text contains ``query`` (a literal, 3+ characters: the trigram
-        index), ranked by bm25; shorter queries scan with LIKE."""
-        columns = ", ".join("e." + c.strip() for c in _COLUMNS.split(","))
-        return [_row(r) for r in self._match(query, columns, limit)]
+        return [_row(r) for r in rows]
 
     def search_features(self, query: str, limit: int = 50) -> FeatureHits:
         """The features of the explanations containing ``query`` (a feature once, at its best
@@ -381,7 +381,7 @@ class Explanations:
                 matched = len(rows) if complete else None
                 rows = rows[:limit]
             else:
-                phrase = '"' + q.replace('"', '""') + '"'
+                phrase = _phrase(q)
                 match = "FROM explanations_fts f JOIN explanations e ON e.id = f.rowid WHERE "
                 match += "explanations_fts MATCH ?"
                 matched = int(
