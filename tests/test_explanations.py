@@ -217,6 +217,9 @@ def test_browse_finds_features_by_their_explanations(
     left = browse.features(ctx, "all", "minnesota", hide_dense=False, hide_dead=False)
     assert _pairs(left) == [bottom]
     assert left["explanation"].tolist() == [""]
+    from explorer.app import dashboard
+
+    assert dashboard.explanation_line(ctx, 1, f1) == ""  # the dashboard still opens
 
 
 def test_best_many_reads_a_page_of_features_in_chunks(tmp_path: Path) -> None:

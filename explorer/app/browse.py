@@ -4,7 +4,6 @@ most active on a text)."""
 
 from __future__ import annotations
 
-import logging
 import re
 import textwrap
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ import pandas as pd
 from explorer.app import microscope, render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import ui
-from explorer.explanations import Explanation, ExplanationError, FeatureHits
+from explorer.explanations import Explanation, FeatureHits
 from explorer.labels import LabelError
 
-logger = logging.getLogger(__name__)
 TAB_ID = "browse"
 BROWSE_ROWS = 500  # rows a page of the browse table shows (never the whole store)
 EXPLANATION_HITS = 5000  # explanations a search takes from the full-text index, best first
@@ -60,17 +58,11 @@ def _text_hits(df: pd.DataFrame, column: str, q: str) -> np.ndarray:
 
 
 def _explained(ctx: Context, query: str) -> FeatureHits:
-    """The features with an explanation containing ``query``, best match first (none without an
-    explanations file, or when it cannot be read: that is logged, and the rest of the search
-    still answers)."""
-    none = FeatureHits([], 0, True)
-    if ctx.explanations is None:
-        return none
-    try:
-        return ctx.explanations.search_features(query, limit=EXPLANATION_HITS)
-    except ExplanationError as e:
-        logger.warning("explanations unavailable: %s", e)
-        return none
+    """The features with an explanation containing ``query``, best match first (none without
+    readable explanations: the rest of the search still answers)."""
+    return ctx.read_explanations(
+        lambda x: x.search_features(query, limit=EXPLANATION_HITS), FeatureHits([], 0, True)
+    )
 
 
 def _partial(hits: FeatureHits) -> str:
@@ -79,18 +71,6 @@ def _partial(hits: FeatureHits) -> str:
         return ""
     of = f"{hits.matched:,}" if hits.matched is not None else "more"
     return f"only the first {EXPLANATION_HITS:,} of {of} matching explanations searched"
-
-
-def _best_explanations(
-    ctx: Context, pairs: list[tuple[int, int]]
-) -> dict[tuple[int, int], Explanation]:
-    if ctx.explanations is None:
-        return {}
-    try:
-        return ctx.explanations.best_many(pairs)
-    except ExplanationError as e:
-        logger.warning("explanations unavailable: %s", e)
-        return {}
 
 
 class BrowsePage(NamedTuple):
@@ -185,13 +165,16 @@ def select(
         "layer", "feature", "label", "description", "density", "max_act", "n_fires", "top_tokens"
     ]  # fmt: skip
     if ctx.explanations is not None:  # the best explanation of each row shown, cut short
-        best = _best_explanations(ctx, list(zip(shown["layer"], shown["feature"], strict=True)))
+        pairs = [(int(a), int(b)) for a, b in zip(shown["layer"], shown["feature"], strict=True)]
+        best: dict[tuple[int, int], Explanation] = ctx.read_explanations(
+            lambda x: x.best_many(pairs), {}
+        )
         shown = shown.assign(
             explanation=[
-                textwrap.shorten(best[(int(a), int(b))].text, EXPLANATION_CHARS, placeholder=" …")
-                if (int(a), int(b)) in best
+                textwrap.shorten(best[p].text, EXPLANATION_CHARS, placeholder=" …")
+                if p in best
                 else ""
-                for a, b in zip(shown["layer"], shown["feature"], strict=True)
+                for p in pairs
             ]
         )
         cols.insert(3, "explanation")

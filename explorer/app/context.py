@@ -15,20 +15,24 @@ Every read of the store's manifest is here, behind :attr:`Context.dense_threshol
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from explorer.app.inputs import UserError, parse_float, parse_int
 from explorer.app.policy import WritePolicy
 from explorer.bundle import build_bundle, bundle_identity, preset
-from explorer.explanations import Explanations
+from explorer.explanations import ExplanationError, Explanations
 from explorer.labels import LabelError, Labels
 from explorer.paths import ASSETS_STORE, CURATED
 from explorer.store import Store
 from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 AUTO = "[auto] "  # marks an automatic description wherever a table shows it in a label's place
 
 if TYPE_CHECKING:
@@ -109,6 +113,17 @@ class Context:
     @property
     def layers(self) -> list[int]:
         return list(self.bundle.layers)
+
+    def read_explanations(self, read: Callable[[Explanations], T], default: T) -> T:
+        """``read(explanations)``, or ``default`` without an explanations file or when it cannot
+        be read (logged: explanations are an extra, the page still answers)."""
+        if self.explanations is None:
+            return default
+        try:
+            return read(self.explanations)
+        except ExplanationError as e:
+            logger.warning("explanations unavailable: %s", e)
+            return default
 
     # --- the store's manifest: read here only ----------------------------------------------------
 

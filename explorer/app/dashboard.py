@@ -3,7 +3,6 @@ examples, interval samples), tested on a text, labelled quickly, or sent to stee
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,6 @@ from explorer.app import render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import status, status_box, ui
 from explorer.encode import EncodeError, feature_activations
-from explorer.explanations import ExplanationError
 from explorer.store import StoreError
 
 if TYPE_CHECKING:
@@ -23,7 +21,6 @@ if TYPE_CHECKING:
 
     from explorer.store import FeatureRecord
 
-logger = logging.getLogger(__name__)
 
 TAB_ID = "dashboard"
 
@@ -84,13 +81,7 @@ def header(ctx: Context, layer: Any, feature: Any) -> str:
 def explanation_line(ctx: Context, layer: int, feature: int) -> str:
     """The feature's best explanation as plain text, with its score and source ('' if none).
     Machine output, never a label: the header shows it apart, escaped."""
-    if ctx.explanations is None:
-        return ""
-    try:
-        best = ctx.explanations.best(layer, feature)
-    except ExplanationError as e:
-        logger.warning("explanations unavailable: %s", e)
-        return ""
+    best = ctx.read_explanations(lambda x: x.best(layer, feature), None)
     return "" if best is None else f"Explanation: {best.describe()}"
 
 
