@@ -56,9 +56,18 @@ def _text(words: list[str], weights: list[float], rng: random.Random) -> str:
     return " ".join(rng.choices(words, weights, k=rng.randint(6, 12)))
 
 
-def _fill(db: Any, layers: list[int], width: int, words: list[str], rng: random.Random) -> float:
-    from explorer.explanations import NewExplanation
+def _filled(path: Path, layers: list[int], width: int, words: list[str], rng: random.Random) -> Any:
+    """The explanations file at ``path`` with one explanation a feature of ``layers``: written
+    unless an earlier run with the same ``--work`` left it so."""
+    from explorer.explanations import Explanations, NewExplanation
 
+    db = Explanations(path)
+    want = len(layers) * width
+    if db.count() == want:
+        print(f"{path.name}: {want:,} explanations, reused")
+        return db
+    if db.count():
+        raise SystemExit(f"{path} holds other explanations: choose another --work")
     zipf = [1 / (rank + 1) for rank in range(len(words))]  # words as often as in text
     t = time.perf_counter()
     for layer in layers:
@@ -69,7 +78,10 @@ def _fill(db: Any, layers: list[int], width: int, words: list[str], rng: random.
             )
             for f in range(width)
         )  # fmt: skip
-    return time.perf_counter() - t
+    size = path.stat().st_size / 2**20
+    took = time.perf_counter() - t
+    print(f"{path.name}: {want:,} explanations written in {took:.0f} s ({size:.0f} MiB with FTS5)")
+    return db
 
 
 def main() -> None:
@@ -81,7 +93,6 @@ def main() -> None:
     from bench_app import _timed
 
     from explorer.app import browse
-    from explorer.explanations import Explanations
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gse-xsearch-"))
     rng = random.Random(0)
@@ -91,15 +102,7 @@ def main() -> None:
 
     width = 16384
     n_layers = max(1, args.features // width)
-    big = Explanations(work / "scale.sqlite")
-    if big.count() == n_layers * width:  # written by an earlier run with the same --work
-        print(f"{big.count():,} explanations, reused")
-    else:
-        if big.count():
-            raise SystemExit(f"{big.path} holds other explanations: choose another --work")
-        took = _fill(big, list(range(n_layers)), width, words, rng)
-        size = big.path.stat().st_size / 2**20
-        print(f"{big.count():,} explanations written in {took:.0f} s ({size:.0f} MiB with FTS5)")
+    big = _filled(work / "scale.sqlite", list(range(n_layers)), width, words, rng)
     for q in queries:  # what a browse search asks, then the whole rows of the same search
         hits = big.search_features(q, limit=browse.EXPLANATION_HITS)
         keys = _timed(lambda q=q: big.search_features(q, limit=browse.EXPLANATION_HITS), args.runs)
@@ -124,8 +127,8 @@ def main() -> None:
 
     ctx = open_explorer("default", None, str(work / "labels.sqlite"))
     assert ctx.store is not None
-    small = Explanations(work / "embedded.sqlite")
-    _fill(small, list(ctx.layers), max(ctx.store.n_features(n) for n in ctx.layers), words, rng)
+    widest = max(ctx.store.n_features(n) for n in ctx.layers)
+    small = _filled(work / "embedded.sqlite", list(ctx.layers), widest, words, rng)
     for label, xdb in (("without explanations", None), ("with one a feature", small)):
         ctx.explanations = xdb
         times = []
