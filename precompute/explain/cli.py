@@ -111,25 +111,56 @@ def _cmd_neuronpedia_import(args: argparse.Namespace) -> int:
 
 
 def _add_neuronpedia_export(sub: _SubParsers) -> None:
+    from precompute.explain.neuronpedia import DEFAULT_CREATOR_ID, PUBLIC_ACTIVATIONS_USER_IDS
+
     p = sub.add_parser(
         "neuronpedia-export",
         help="write a store (features, activations, explanations) in Neuronpedia's format",
-        description="Write one folder per layer, <layer>-<source set>, as Neuronpedia's "
-        "SAEDashboard converter does: model/sourceset/source/release.jsonl and features/, "
-        "activations/, explanations/ batch-N.jsonl.gz (each feature's best explanation).",
+        description="Write one folder per layer, OUT/<model id>/<layer>-<source set>/, the "
+        "layout Neuronpedia's importer reads (v1/<modelId>/<sourceId>/) and their SAEDashboard "
+        "converter writes: model/sourceset/source/release.jsonl and features/, activations/, "
+        "explanations/ batch-N.jsonl.gz (each feature's best explanation). Every creatorId and "
+        "authorId is --creator-id, which must be a User of the target database. Explanation "
+        "types and explainer models must exist there too (ExplanationType, "
+        "ExplanationModelType); an explanation whose names Neuronpedia does not register is "
+        "left out and counted, since one unknown name rejects a whole batch of their import. "
+        "See docs/neuronpedia.md.",
     )
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--model-id", default=None, help="default: the store's model name")
-    p.add_argument("--source-set", default=None, help="default: gse-res-<width>")
+    p.add_argument("--source-set", default=None, help="default: gse-<res|mlp|att|...>-<width>")
     p.add_argument("--explanations", type=Path, default=None, help="default: STORE's own")
     p.add_argument("--layers", type=int, nargs="+", default=[], help="default: all")
     p.add_argument("--creator", default="", help="creator name for the source set")
+    p.add_argument(
+        "--creator-id",
+        default=DEFAULT_CREATOR_ID,
+        help=f"the Neuronpedia User id written as every creatorId and authorId; it must exist "
+        f"in the target database (default: {DEFAULT_CREATOR_ID}, the bot user of their "
+        f"prisma/seed.ts). A feature page shows only activations by users in the webapp's "
+        f"PUBLIC_ACTIVATIONS_USER_IDS (default: {','.join(PUBLIC_ACTIVATIONS_USER_IDS)}): "
+        f"with another id, add it there",
+    )
+    p.add_argument(
+        "--explanation-type",
+        default=None,
+        help="typeName of every exported explanation, an ExplanationType of the target "
+        "database (default: our max-activating-examples method as eleuther_acts_top20, the "
+        "same Delphi explainer; a Neuronpedia type kept as it is)",
+    )
+    p.add_argument(
+        "--explanation-model",
+        default=None,
+        help="explanationModelName of every exported explanation, an ExplanationModelType of "
+        "the target database (default: the explanation's model when Neuronpedia's repository "
+        "names it, e.g. gpt-4o-mini; others are left out and counted)",
+    )
     p.set_defaults(func=_cmd_neuronpedia_export)
 
 
 def _cmd_neuronpedia_export(args: argparse.Namespace) -> int:
-    from precompute.explain.neuronpedia import export_store
+    from precompute.explain.neuronpedia import ExplanationNames, export_store
 
     report = export_store(
         args.store,
@@ -139,6 +170,8 @@ def _cmd_neuronpedia_export(args: argparse.Namespace) -> int:
         explanations=args.explanations,
         layers=tuple(args.layers),
         creator=args.creator,
+        creator_id=args.creator_id,
+        names=ExplanationNames(type=args.explanation_type, model=args.explanation_model),
     )
     print(report.summary())
     return 0

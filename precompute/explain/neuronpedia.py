@@ -10,10 +10,21 @@ layers and appends the rows with ``source="neuronpedia"`` and ``ref`` their id, 
 twice adds nothing. Scores are not in their exports; imported rows are unscored.
 
 Out: :func:`export_store` writes what their ``convert-saedashboard-to-neuronpedia-export.py``
-writes from SAEDashboard's batches, one folder per source (``<layer>-<sourceSet>``) holding
+writes from SAEDashboard's batches, one folder per source, ``OUT/<modelId>/<sourceId>/`` (their
+importer, ``app/api/admin/import/route.ts``, reads ``v1/<modelId>/<sourceId>/``), holding
 ``model.jsonl``, ``sourceset.jsonl``, ``source.jsonl``, ``release.jsonl`` and
 ``features/``, ``activations/``, ``explanations/`` as ``batch-N.jsonl.gz``, with the fields of
 their ``db_models`` dataclasses (checked against those in the tests).
+
+What their database requires of those rows (Postgres foreign keys; one violation rejects a whole
+statement, and their importer inserts a file, or 10,000 explanations, per statement):
+``creatorId`` and ``authorId`` name a ``User`` (:data:`DEFAULT_CREATOR_ID`, the bot user their
+``prisma/seed.ts`` makes, unless ``creator_id`` says otherwise); ``typeName`` an
+``ExplanationType`` and ``explanationModelName`` an ``ExplanationModelType`` (or null): our method
+is mapped to their type (:data:`TYPE_OF_METHOD`), a model is kept when their repository names it
+(:data:`EXPLANATION_MODELS`), or the caller names both; an explanation with a name that is not
+known is left out and counted, never written. A feature page shows only the activations whose
+``creatorId`` is in the webapp's ``PUBLIC_ACTIVATIONS_USER_IDS`` (``lib/env.ts``).
 """
 
 from __future__ import annotations
@@ -21,9 +32,11 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import re
 import secrets
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,8 +52,100 @@ SOURCES = {
     # This project's own SAEs, as neuronpedia-export names them by default (round trips).
     "default": ("gemma-3-270m", "gse-res-4k", 4096),
 }
-CREATOR_ID = "gemma-scope-explorer"
 BATCH = 1024  # features per batch file (their exports use batches of this order)
+
+# Read in hijohnnylin/neuronpedia at commit ebb8426f. The bot user their prisma/seed.ts creates
+# ("the default creator of models, sources, activations, etc when uploaded"), the fallback of
+# DEFAULT_CREATOR_USER_ID in apps/webapp/lib/env.ts and the DEFAULT_CREATOR_ID of their
+# batch-autointerp.py; their converter requires a DEFAULT_CREATOR_ID.
+DEFAULT_CREATOR_ID = "clkht01d40000jv08hvalcvly"
+# lib/env.ts: PUBLIC_ACTIVATIONS_USER_IDS when the variable is not set. lib/db/neuron.ts shows a
+# feature page only the activations whose creatorId is one of these.
+PUBLIC_ACTIVATIONS_USER_IDS = ("cljj57d3c000076ei38vwnv35", "clkht01d40000jv08hvalcvly")
+# Explanation types their webapp and tools name: VALID_EXPLAINER_TYPE_NAMES of
+# utils/neuronpedia-utils/neuronpedia_utils/batch-autointerp.py, the types
+# app/api/explanation/generate/route.tsx generates, and EXPLANATIONTYPE_HUMAN
+# (lib/utils/autointerp.ts).
+EXPLANATION_TYPES = frozenset(
+    {
+        "oai_token-act-pair",
+        "oai_attention-head",
+        "np_max-act-logits",
+        "np_max-act",
+        "np_acts-logits-general",
+        "python-code",
+        "eleuther_acts_top20",
+        "human",
+    }
+)
+# Explainer models: VALID_EXPLAINER_MODEL_NAMES of their batch-autointerp.py.
+EXPLANATION_MODELS = frozenset(
+    {
+        "gpt-4o-mini",
+        "gpt-4.1-nano",
+        "gpt-5-nano-2025-08-07",
+        "gpt-5-mini-2025-08-07",
+        "gpt-5-nano",
+        "gemini-2.0-flash",
+        "gemini-2.0-flash-lite",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+        "openai/gpt-oss-120b",
+        "google/gemini-2.5-flash-lite",
+    }
+)
+# Our explain method -> their explanation type. Ours is Delphi's DefaultExplainer with
+# activations (precompute/explain/prompts.py); their eleuther_acts_top20 is the same explainer
+# (apps/autointerp/.../routes/explain/default.py) on a feature's top 20 activations.
+TYPE_OF_METHOD = {"max-activating-examples": "eleuther_acts_top20"}
+_CUID = re.compile(r"[a-z][a-z0-9]{19,31}")  # Prisma's cuid() ids (25 characters from 'c')
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # model and source ids: one path part
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+# The kinds of source their ids name (gemmascope-res-16k, gemmascope-transcoder-16k, res-jb, ...).
+_KINDS = {
+    "res": "Residual stream",
+    "mlp": "MLP out",
+    "att": "Attention",
+    "transcoder": "Transcoder",
+}
+
+
+_BAD_CREATOR = (
+    "is not a Neuronpedia user id: it must be the id of a User row of the target database, a "
+    "cuid (20-32 lowercase letters and digits from a letter), e.g. their seeded bot user "
+    f"{DEFAULT_CREATOR_ID}"
+)
+_BAD_NAME = (
+    "is not a name Neuronpedia could register: letters, digits and ._:/@+- only, up to 128, "
+    "from a letter or digit"
+)
+_BAD_ID = (
+    "cannot be a Neuronpedia id and folder name: letters, digits and ._- only, up to 100, from a "
+    "letter or digit"
+)
+
+
+def _checked(option: str, value: str, pattern: re.Pattern[str], why: str) -> str:
+    """``value`` if ``pattern`` takes all of it, else a ValueError: ``option value why``."""
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{option} {value!r} {why}")
+    return value
+
+
+def visibility_note(creator_id: str) -> str:
+    """What a feature page will show of activations made by ``creator_id`` (plain text)."""
+    if creator_id in PUBLIC_ACTIVATIONS_USER_IDS:
+        return (
+            f"activations are by {creator_id}, one of the webapp's default "
+            f"PUBLIC_ACTIVATIONS_USER_IDS: feature pages show them unless that variable is set "
+            f"without it"
+        )
+    ids = ",".join((*PUBLIC_ACTIVATIONS_USER_IDS, creator_id))
+    return (
+        f"activations are by {creator_id}, which is not in the webapp's default "
+        f"PUBLIC_ACTIVATIONS_USER_IDS: feature pages show none of them until the webapp runs "
+        f"with PUBLIC_ACTIVATIONS_USER_IDS={ids}"
+    )
 
 
 @dataclass
@@ -148,14 +253,14 @@ def _write_jsonl(path: Path, records: Iterable[dict[str, Any]], gz: bool) -> Non
         path.write_bytes(data)
 
 
-def _feature(model_id: str, source_id: str, rec: FeatureRecord) -> dict[str, Any]:
+def _feature(model_id: str, source_id: str, creator_id: str, rec: FeatureRecord) -> dict[str, Any]:
     """A ``Feature`` of their ``db_models`` (what their converter writes)."""
     edges = rec.hist_edges
     return {
         "modelId": model_id,
         "layer": source_id,
         "index": str(rec.feature),
-        "creatorId": CREATOR_ID,
+        "creatorId": creator_id,
         "createdAt": _now(),
         "maxActApprox": float(rec.max_act),
         "hasVector": False,
@@ -189,7 +294,12 @@ def _feature(model_id: str, source_id: str, rec: FeatureRecord) -> dict[str, Any
 
 
 def _activation(
-    model_id: str, source_id: str, rec: FeatureRecord, e: Example, bin_: tuple[float, float, float]
+    model_id: str,
+    source_id: str,
+    creator_id: str,
+    rec: FeatureRecord,
+    e: Example,
+    bin_: tuple[float, float, float],
 ) -> dict[str, Any]:
     """An ``Activation`` of their ``db_models``; top examples have bin -1 (no interval)."""
     values = [float(a) for a in e.acts]
@@ -204,7 +314,7 @@ def _activation(
         "maxValueTokenIndex": values.index(top) if values else 0,
         "minValue": min(values, default=0.0),
         "values": values,
-        "creatorId": CREATOR_ID,
+        "creatorId": creator_id,
         "dataSource": None,
         "dataIndex": None,
         "dfaValues": [],
@@ -222,13 +332,44 @@ def _activation(
     }
 
 
-def _explanation(model_id: str, source_id: str, x: Explanation) -> dict[str, Any]:
-    """An ``Explanation`` of their ``db_models``; our scores go in ``notes``."""
-    notes = None
+@dataclass(frozen=True)
+class ExplanationNames:
+    """The ``typeName`` and ``explanationModelName`` exported explanations get: ``type`` and
+    ``model`` when given (the caller says the target database has them), else our method's
+    Neuronpedia type (:data:`TYPE_OF_METHOD`, or the method itself when it is one of
+    :data:`EXPLANATION_TYPES`) and our model when it is one of :data:`EXPLANATION_MODELS` (none
+    when we have none)."""
+
+    type: str | None = None
+    model: str | None = None
+
+    def of(self, x: Explanation) -> tuple[str, str | None] | str:
+        """(typeName, explanationModelName) of ``x``, or why it cannot be exported (text)."""
+        type_name = self.type or TYPE_OF_METHOD.get(x.method)
+        if type_name is None and x.method in EXPLANATION_TYPES:
+            type_name = x.method
+        if type_name is None:
+            return f"method {x.method!r}: no Neuronpedia type (name one with --explanation-type)"
+        if self.model or not x.model:
+            return type_name, self.model
+        if x.model not in EXPLANATION_MODELS:
+            return (
+                f"model {x.model!r}: not an explainer model Neuronpedia registers "
+                f"(name one with --explanation-model)"
+            )
+        return type_name, x.model
+
+
+def _explanation(
+    model_id: str, source_id: str, creator_id: str, x: Explanation, names: tuple[str, str | None]
+) -> dict[str, Any]:
+    """An ``Explanation`` of their ``db_models``; our scores and names go in ``notes``."""
+    notes = f"{x.method} by {x.model or 'no model'} ({x.source}; gemma-scope-explorer)"
     if x.score is not None:
         notes = (
             f"detection {x.detection:.3f}, fuzzing {x.fuzzing:.3f} on {x.n_scored} contexts "
-            f"({x.method}, prompt {x.prompt_version}; gemma-scope-explorer)"
+            f"({x.method}, {x.model or 'no model'}, prompt {x.prompt_version}; "
+            f"gemma-scope-explorer)"
         )
     return {
         "id": _cuid(),
@@ -236,11 +377,11 @@ def _explanation(model_id: str, source_id: str, x: Explanation) -> dict[str, Any
         "layer": source_id,
         "index": str(x.feature),
         "description": x.text,
-        "authorId": CREATOR_ID,
+        "authorId": creator_id,
         "embedding": None,
         "triggeredById": None,
-        "typeName": x.method,
-        "explanationModelName": x.model or None,
+        "typeName": names[0],
+        "explanationModelName": names[1],
         "notes": notes,
         "createdAt": x.created,
     }
@@ -249,16 +390,47 @@ def _explanation(model_id: str, source_id: str, x: Explanation) -> dict[str, Any
 @dataclass
 class ExportReport:
     sources: list[str]
+    creator_id: str = DEFAULT_CREATOR_ID
     features: int = 0
     activations: int = 0
     explanations: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # why -> explanations left out
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
+        lines = [
             f"wrote {len(self.sources)} sources ({', '.join(self.sources)}): "
             f"{self.features:,} features, {self.activations:,} activations, "
-            f"{self.explanations:,} explanations"
-        )
+            f"{self.explanations:,} explanations",
+            f"creatorId and authorId: {self.creator_id} (a User of the target database)",
+            visibility_note(self.creator_id),
+        ]
+        if self.skipped:
+            lines.append(
+                f"left out {sum(self.skipped.values()):,} explanations whose names the target "
+                f"database would refuse (each would reject its whole batch):"
+            )
+            lines += [f"  {n:,} of {why}" for why, n in self.skipped.most_common()]
+        return "\n".join(lines + self.notes)
+
+
+def _source_set(store: Store, layer: int, width: int) -> tuple[str, str]:
+    """(source set name, kind description) for ``layer``'s SAE: ``gse-<kind>-<width>``, the kind
+    from the store's hook and architecture as their ids name it (``res``, ``mlp``, ``att``,
+    ``transcoder``)."""
+    info = store.manifest.layer(layer)
+    hook = ((info.hook_name if info else None) or "").lower()
+    arch = ((info.architecture if info else None) or "").lower()
+    if "transcoder" in arch or "transcoder" in hook:
+        kind = "transcoder"
+    elif "mlp" in hook:
+        kind = "mlp"
+    elif "attn" in hook or hook.endswith("hook_z"):
+        kind = "att"
+    else:
+        kind = "res"
+    size = f"{width // 1024}k" if width % 1024 == 0 else str(width)
+    return f"gse-{kind}-{size}", _KINDS[kind]
 
 
 def export_store(
@@ -269,26 +441,46 @@ def export_store(
     explanations: Path | None = None,
     layers: tuple[int, ...] = (),
     creator: str = "",
+    creator_id: str = DEFAULT_CREATOR_ID,
+    names: ExplanationNames | None = None,
 ) -> ExportReport:
-    """Write ``store_dir`` (and its explanations, if any) as Neuronpedia export folders."""
+    """Write ``store_dir`` (and its explanations, if any) as Neuronpedia export folders,
+    ``out/<modelId>/<sourceId>/``."""
+    _checked("--creator-id", creator_id, _CUID, _BAD_CREATOR)
+    names = names or ExplanationNames()
+    for option, name in (("--explanation-type", names.type), ("--explanation-model", names.model)):
+        if name is not None:
+            _checked(option, name, _NAME, _BAD_NAME)
+    if source_set is not None:
+        _checked("--source-set", source_set, _ID, _BAD_ID)
     store = Store.open(store_dir)
-    model_id = model_id or str(store.manifest.model)
+    model_id = _checked("--model-id", model_id or str(store.manifest.model), _ID, _BAD_ID)
     xpath = explanations or Path(store_dir) / "explanations.sqlite"
     xdb = Explanations(xpath, create=False) if xpath.exists() else None
-    report = ExportReport(sources=[])
+    report = ExportReport(sources=[], creator_id=creator_id)
+    for option, given, known, table in (
+        ("--explanation-type", names.type, EXPLANATION_TYPES, "ExplanationType"),
+        ("--explanation-model", names.model, EXPLANATION_MODELS, "ExplanationModelType"),
+    ):
+        if given is not None and given not in known:
+            report.notes.append(
+                f"note: {option} {given!r} is not a name Neuronpedia's repository registers: "
+                f"it must be a row of {table} in the target database, or their import refuses "
+                f"every batch of explanations"
+            )
     for layer in layers or store.layers:
         if layer not in store.layers:
             raise ValueError(f"layer {layer} is not in the store")
         width = store.n_features(layer)
-        default_set = f"gse-res-{width // 1024}k" if width % 1024 == 0 else f"gse-res-{width}"
+        default_set, kind = _source_set(store, layer, width)
         set_name = source_set or default_set
         source_id = f"{layer}-{set_name}"
-        root = out / source_id
+        root = out / model_id / source_id
         meta = {
             "model.jsonl": {
                 "id": model_id,
                 "instruct": model_id.endswith("-it"),
-                "creatorId": CREATOR_ID,
+                "creatorId": creator_id,
                 "displayNameShort": model_id,
                 "displayName": model_id,
                 "tlensId": None,
@@ -307,10 +499,10 @@ def export_store(
             "sourceset.jsonl": {
                 "modelId": model_id,
                 "name": set_name,
-                "creatorId": CREATOR_ID,
+                "creatorId": creator_id,
                 "hasDashboards": True,
                 "visibility": "PUBLIC",
-                "description": f"Residual stream - {width} features",
+                "description": f"{kind} - {width} features",
                 "type": "",
                 "creatorName": creator,
                 "urls": [],
@@ -329,7 +521,7 @@ def export_store(
                 "id": source_id,
                 "modelId": model_id,
                 "setName": set_name,
-                "creatorId": CREATOR_ID,
+                "creatorId": creator_id,
                 "hasDashboards": True,
                 "inferenceEnabled": False,
                 "inferenceHosts": [],
@@ -353,7 +545,7 @@ def export_store(
                 "name": set_name,
                 "description": f"{model_id} {set_name}",
                 "creatorName": creator,
-                "creatorId": CREATOR_ID,
+                "creatorId": creator_id,
                 "visibility": "PUBLIC",
                 "isNewUi": False,
                 "featured": False,
@@ -374,20 +566,31 @@ def export_store(
             feats, acts, expls = [], [], []
             for f in range(lo, min(lo + BATCH, width)):
                 rec = store.feature(layer, f)
-                feats.append(_feature(model_id, source_id, rec))
+                feats.append(_feature(model_id, source_id, creator_id, rec))
+                top = (-1.0, -1.0, -1.0)
                 for e in rec.top_examples:
-                    acts.append(_activation(model_id, source_id, rec, e, (-1.0, -1.0, -1.0)))
+                    acts.append(_activation(model_id, source_id, creator_id, rec, e, top))
                 for g in rec.intervals:
+                    span = (float(g.lo), float(g.hi), float(g.share))
                     for e in g.examples:
-                        span = (float(g.lo), float(g.hi), float(g.share))
-                        acts.append(_activation(model_id, source_id, rec, e, span))
+                        acts.append(_activation(model_id, source_id, creator_id, rec, e, span))
                 if f in best:
-                    expls.append(_explanation(model_id, source_id, best[f]))
-            _write_jsonl(root / "features" / f"batch-{b}.jsonl", feats, gz=True)
-            _write_jsonl(root / "activations" / f"batch-{b}.jsonl", acts, gz=True)
-            _write_jsonl(root / "explanations" / f"batch-{b}.jsonl", expls, gz=True)
+                    named = names.of(best[f])
+                    if isinstance(named, str):
+                        report.skipped[named] += 1
+                    else:
+                        expls.append(_explanation(model_id, source_id, creator_id, best[f], named))
+            # No empty file: their importer parses a file's first line for its columns, and an
+            # empty features or activations file aborts the import.
+            for name, records in (
+                ("features", feats),
+                ("activations", acts),
+                ("explanations", expls),
+            ):
+                if records:
+                    _write_jsonl(root / name / f"batch-{b}.jsonl", records, gz=True)
             report.features += len(feats)
             report.activations += len(acts)
             report.explanations += len(expls)
-        report.sources.append(source_id)
+        report.sources.append(f"{model_id}/{source_id}")
     return report
