@@ -27,6 +27,7 @@ from precompute.describe import add_descriptions
 from precompute.explain.cli import EXPLAIN_COMMANDS
 from precompute.job import RunConfig, run_preset
 from precompute.train import TrainConfig, train_preset
+from precompute.train.cli import TRAIN_COMMANDS
 from precompute.train.evaluate import metrics_table
 from precompute.train.recipes import RECIPES, stage_configs
 
@@ -386,6 +387,7 @@ def _cmd_steer_eval(args: argparse.Namespace) -> int:
 _COMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
     _add_build_corpus,
     _add_train_saes,
+    *TRAIN_COMMANDS,
     _add_run,
     _add_describe,
     *EXPLAIN_COMMANDS,

@@ -72,6 +72,23 @@ def test_residuals_equal_transformers_hidden_states(cache: Path) -> None:
         assert float((got - want).norm() / want.norm()) < 1e-5, layer
 
 
+def test_transcoder_hooks_reproduce_every_mlp_of_the_real_model(cache: Path) -> None:
+    """The two hooks the transcoders read and write reproduce each of the 18 MLPs: what
+    ``mlp_of_input`` computes from ``ln2.hook_normalized`` is ``hook_mlp_out`` (float32)."""
+    from precompute.train.transcoders import hooks_of, mlp_of_input
+
+    hf, tok = load_hf_model("embedded", cache)
+    model = hooked_from_hf(hf, tok)
+    ids = tok("Paris is the capital of France, and Rome is the capital of", return_tensors="pt")
+    names = list(hooks_of(tuple(range(model.cfg.n_layers))).values())
+    with torch.inference_mode():
+        _, acts = model.run_with_cache(ids.input_ids, names_filter=names)
+        for n in range(model.cfg.n_layers):
+            want = acts[f"blocks.{n}.hook_mlp_out"]
+            got = mlp_of_input(model, n, acts[f"blocks.{n}.ln2.hook_normalized"])
+            assert float((got - want).norm() / want.norm()) < 1e-5, n
+
+
 def test_shipped_saes_match_their_manifest() -> None:
     manifest = json.loads((ASSETS_SAES / "manifest.json").read_text())
     assert manifest["gguf_sha256"] == gguf_model.gguf_sha256()

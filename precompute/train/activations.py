@@ -28,7 +28,9 @@ class ActivationStream:
 
     Args:
         model: the model; the pass stops after the last layer in ``hooks``.
-        hooks: ``{layer: hook_name}`` of the layers to capture.
+        hooks: ``{key: hook_name}`` of the activations to capture: a layer for an SAE's
+            residual, or a string such as ``"9_in"`` (a transcoder reads two hooks a layer).
+            The keys of one stream are of one type (they are sorted).
         windows: a fresh iterator of token-id windows (BOS first) on each call.
         pad_id: the id padding short windows.
         special_ids: ids whose positions are dropped (BOS, pad, …).
@@ -39,7 +41,7 @@ class ActivationStream:
     """
 
     model: HookedSAETransformer
-    hooks: dict[int, str]
+    hooks: dict[Any, str]
     windows: Callable[[], Iterator[list[int]]]
     pad_id: int
     special_ids: set[int]
@@ -49,7 +51,7 @@ class ActivationStream:
     device: str = "cpu"
     tokens_read: int = field(default=0, init=False)
 
-    def forward(self, windows: list[list[int]]) -> dict[int, Tensor]:
+    def forward(self, windows: list[list[int]]) -> dict[Any, Tensor]:
         """One forward pass; returns each layer's activations ``[n_kept, d_model]`` at the
         non-special positions."""
         import torch
@@ -59,18 +61,20 @@ class ActivationStream:
 
         ids, keep = pad_windows(windows, self.pad_id, self.special_ids)
         layer_of = {hook: layer for layer, hook in self.hooks.items()}
-        captured: dict[int, Tensor] = {}
+        captured: dict[Any, Tensor] = {}
 
         def capture(act: Tensor, hook: Any) -> None:
             captured[layer_of[hook.name]] = act
 
         with torch.inference_mode(), routed(self.model, dict.fromkeys(layer_of, capture)):
-            self.model(ids.to(self.device), stop_at_layer=max(self.hooks) + 1, return_type=None)
+            self.model(
+                ids.to(self.device), stop_at_layer=last_block(self.hooks) + 1, return_type=None
+            )
         keep_dev = keep.to(self.device)
         self.tokens_read += int(keep.sum())
         return {n: captured[n][keep_dev].float() for n in self.hooks}
 
-    def raw_batches(self) -> Iterator[dict[int, Tensor]]:
+    def raw_batches(self) -> Iterator[dict[Any, Tensor]]:
         """Forward passes in corpus order, unshuffled."""
         chunk: list[list[int]] = []
         for window in self.windows():
@@ -81,7 +85,7 @@ class ActivationStream:
         if chunk:
             yield self.forward(chunk)
 
-    def batches(self, batch_size: int) -> Iterator[dict[int, Tensor]]:
+    def batches(self, batch_size: int) -> Iterator[dict[Any, Tensor]]:
         """Shuffled training batches; reads the corpus again from the start when it runs out."""
         import torch
 
@@ -91,7 +95,7 @@ class ActivationStream:
             exhausted = False
             yielded = 0
             while not exhausted:
-                parts: list[dict[int, Tensor]] = []
+                parts: list[dict[Any, Tensor]] = []
                 for _ in range(self.buffer_batches):
                     try:
                         parts.append(next(source))
@@ -112,6 +116,17 @@ class ActivationStream:
                     f"the corpus gives fewer than batch_size={batch_size} tokens per buffer: "
                     "use a larger corpus or a smaller batch size"
                 )
+
+
+def last_block(hooks: dict[Any, str]) -> int:
+    """The last block a set of hooks reads (``blocks.N.…``): the forward pass stops after it."""
+    blocks = []
+    for name in hooks.values():
+        parts = name.split(".")
+        if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+            raise ValueError(f"{name!r} is not a hook inside a block (blocks.N.…)")
+        blocks.append(int(parts[1]))
+    return max(blocks)
 
 
 def window_ids(

@@ -101,27 +101,18 @@ class BalancedBatchTopKTrainingSAE(BatchTopKTrainingSAE):
 
     @torch.no_grad()
     def balance(self, batch_density: torch.Tensor) -> None:
-        """One controller step from one batch's firing rates."""
-        if bool((self.density_ema < 0).all()):
-            self.density_ema.copy_(batch_density)
-        else:
-            self.density_ema.mul_(self.ema).add_(batch_density, alpha=1 - self.ema)
-        d = self.density_ema
-        up = self.rate * float(self.topk_threshold)  # the largest change per step
-        error = (d / self.max_density - 1).clamp(-1, 1)
-        if self.free:
-            densest = d.topk(self.free).indices
-            error[densest] = -1.0  # relax back toward no bias
-        bias = self.select_bias
-        new = (bias - up * error).clamp(max=0)
-        if self.min_density is not None:
-            ratio = d / self.min_density
-            starving = ratio < 1
-            relaxed = (bias - up * (ratio - 1).clamp(0, 1)).clamp(min=0)
-            new = torch.where(bias > 0, relaxed, new)
-            raised = (bias + up * (1 - ratio).clamp(0, 1)).clamp(max=float(self.topk_threshold))
-            new = torch.where(starving, raised, new)
-        self.select_bias.copy_(new)
+        """One controller step from one batch's firing rates (:func:`balance_step`)."""
+        balance_step(
+            self.select_bias,
+            self.density_ema,
+            batch_density,
+            float(self.topk_threshold),
+            max_density=self.max_density,
+            rate=self.rate,
+            ema=self.ema,
+            free=self.free,
+            min_density=self.min_density,
+        )
 
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
@@ -150,3 +141,43 @@ class BalancedBatchTopKTrainingSAE(BatchTopKTrainingSAE):
         threshold = weights["threshold"].double().to(dev) * scale
         self.topk_threshold = threshold.min()
         self.select_bias.copy_((threshold.min() - threshold).float())
+
+
+@torch.no_grad()
+def balance_step(
+    bias: torch.Tensor,
+    density_ema: torch.Tensor,
+    batch_density: torch.Tensor,
+    threshold: float,
+    *,
+    max_density: float,
+    rate: float,
+    ema: float,
+    free: int,
+    min_density: float | None,
+) -> None:
+    """One step of the firing-rate controller, in place: fold one batch's firing rates into the
+    running rate ``density_ema`` (negative: not started), then move each feature's selection
+    ``bias`` toward keeping its rate under ``max_density`` (and over ``min_density``), by at
+    most ``rate × threshold`` (the global selection threshold) per step. The SAEs' trainer
+    (:class:`BalancedBatchTopKTrainingSAE`) and the transcoders'
+    (:mod:`precompute.train.transcoders`) share it."""
+    if bool((density_ema < 0).all()):
+        density_ema.copy_(batch_density)
+    else:
+        density_ema.mul_(ema).add_(batch_density, alpha=1 - ema)
+    d = density_ema
+    up = rate * threshold  # the largest change per step
+    error = (d / max_density - 1).clamp(-1, 1)
+    if free:
+        densest = d.topk(free).indices
+        error[densest] = -1.0  # relax back toward no bias
+    new = (bias - up * error).clamp(max=0)
+    if min_density is not None:
+        ratio = d / min_density
+        starving = ratio < 1
+        relaxed = (bias - up * (ratio - 1).clamp(0, 1)).clamp(min=0)
+        new = torch.where(bias > 0, relaxed, new)
+        raised = (bias + up * (1 - ratio).clamp(0, 1)).clamp(max=threshold)
+        new = torch.where(starving, raised, new)
+    bias.copy_(new)

@@ -1,7 +1,8 @@
 """An on-disk cache of training activations, for machines where the model's forward pass is the
 cost (a CPU): the residuals are computed once, then read for every epoch and every run.
 
-Layout of a cache directory: ``layer_N.bf16`` per layer, raw little-endian bfloat16
+Layout of a cache directory: ``layer_K.bf16`` per key of the stream (a layer ``N`` for an SAE's
+residual; ``N_in`` and ``N_out`` for a transcoder's two hooks), raw little-endian bfloat16
 ``[n_tokens, d_model]`` row-major (float16 overflows: Gemma's residuals pass 65,504 at some
 positions), and ``cache.json`` (what was cached and how far it got). Filling is resumable: the
 files are cut back to the last recorded row count and the windows already read are skipped, so a
@@ -40,7 +41,7 @@ class CacheInfo:
     """What a cache holds: ``layers``, ``d_model``, ``tokens`` (rows per layer), ``windows`` (read
     so far), ``stride`` and the identity of its source (``key``: corpus, split, model, hooks…)."""
 
-    layers: tuple[int, ...]
+    layers: tuple[Any, ...]
     d_model: int
     tokens: int
     windows: int
@@ -127,7 +128,7 @@ def fill(
     return info
 
 
-def _append(stream: ActivationStream, chunk: list[list[int]], files: dict[int, Any], n: int) -> int:
+def _append(stream: ActivationStream, chunk: list[list[int]], files: dict[Any, Any], n: int) -> int:
     import torch
 
     acts = stream.forward(chunk)
@@ -139,13 +140,13 @@ def _append(stream: ActivationStream, chunk: list[list[int]], files: dict[int, A
     return n + rows
 
 
-def _flush(files: dict[int, Any]) -> None:
+def _flush(files: dict[Any, Any]) -> None:
     for f in files.values():
         f.flush()
         os.fsync(f.fileno())
 
 
-def open_layer(path: Path, layer: int, info: CacheInfo) -> np.ndarray:
+def open_layer(path: Path, layer: Any, info: CacheInfo) -> np.ndarray:
     """A read-only memory map of one layer's rows ``[tokens, d_model]`` (bfloat16 bits as
     uint16: :func:`rows` turns them into float32)."""
     import numpy as np
@@ -164,8 +165,8 @@ def rows(bits: np.ndarray) -> Tensor:
 
 
 def batches(
-    path: Path, info: CacheInfo, layers: tuple[int, ...], batch_size: int, seed: int, device: str
-) -> Iterator[dict[int, Tensor]]:
+    path: Path, info: CacheInfo, layers: tuple[Any, ...], batch_size: int, seed: int, device: str
+) -> Iterator[dict[Any, Tensor]]:
     """Endless shuffled float32 batches ``{layer: [batch_size, d_model]}`` from the cache: each
     epoch is a fresh permutation of all rows (the same rows for every layer: one token's
     residuals at every layer, as the stream gives them)."""

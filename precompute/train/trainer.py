@@ -285,6 +285,23 @@ def write_manifest(
 ) -> None:
     """The :class:`~explorer.store.saes.SaeManifest` beside the layer directories: provenance
     (versions, ``model`` and ``model_info``, corpus, config) and each layer's metrics."""
+    write_dictionary_manifest(
+        Path(cfg.out_dir), architecture(cfg), cfg.corpus, train_record(cfg), metrics, model,
+        model_info,
+    )  # fmt: skip
+
+
+def write_dictionary_manifest(
+    out_dir: Path,
+    architecture: str,
+    corpus: str,
+    train_config: dict[str, Any],
+    metrics: dict[int, dict[str, Any]],
+    model: str,
+    model_info: dict[str, Any],
+) -> None:
+    """Write the manifest of a directory of trained dictionaries (SAEs or transcoders), a
+    ``layer_N/`` each: versions, model, corpus and its sha256, the config, per-layer metrics."""
     import sae_lens
     import torch
 
@@ -296,10 +313,10 @@ def write_manifest(
         sae_lens_version=sae_lens.__version__,
         torch_version=torch.__version__,
         model=model,
-        architecture=architecture(cfg),
-        corpus=cfg.corpus,
-        corpus_sha256=corpus_sha256(cfg.corpus),
-        train_config=train_record(cfg),
+        architecture=architecture,
+        corpus=corpus,
+        corpus_sha256=corpus_sha256(corpus),
+        train_config=train_config,
         layers=tuple(
             SaeLayer(
                 layer=n,
@@ -309,7 +326,7 @@ def write_manifest(
             for n in sorted(metrics)
         ),
         model_info=model_info,
-    ).write(Path(cfg.out_dir))
+    ).write(out_dir)
 
 
 def train_preset(

@@ -1,0 +1,547 @@
+"""Transcoders: a sparse dictionary per layer that reads an MLP's input and writes its output.
+
+Hooks (transformer-lens names, the convention of Gemma Scope's transcoders in sae-lens):
+
+- input ``blocks.N.ln2.hook_normalized``: the pre-feedforward RMSNorm's normalised vector
+  ``x / rms(x)``, the same in folded and unfolded transformer-lens models;
+- output ``blocks.N.hook_mlp_out``: the MLP's output after the post-feedforward norm.
+
+The norm's per-channel weight is linear, so it is part of the function learned: the MLP the
+transcoder replaces is ``hook_mlp_out = ln2_post(mlp(ln2.w * input))`` (:func:`mlp_of_input`,
+tested on the real model).
+
+Training (:func:`train_transcoders`) is BatchTopK with the firing-rate controller of the SAEs
+(:func:`precompute.train.balanced.balance_step`: a cap, a floor, a few free features), plus an
+optional skip (affine) term ``x @ W_skip``, on activations cached once on disk
+(:mod:`precompute.train.cache`: one forward pass of the model for all layers). Saved as
+sae-lens's ``JumpReLUSkipTranscoder`` (or ``JumpReLUTranscoder``) with per-feature thresholds
+and unit-norm decoder rows, so ``SAE.load_from_disk`` returns sae-lens's transcoder class and a
+feature's activation is in the output's units. Resumable: the activation cache fills in steps,
+every layer checkpoints its optimizer state every ``checkpoint_every`` steps (in the work
+directory, never in ``assets/``), and a finished layer is never trained again.
+
+Metrics (:mod:`precompute.train.replacement`): per layer on held-out tokens read in the
+corpus's representative order, explained variance of the MLP output, L0, dead and dense shares;
+for the whole replacement model (every MLP replaced, no error terms) the next-token
+cross-entropy increase and the top-1 agreement with the original model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from explorer.files import atomic_write_text
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
+OUTPUT_HOOK = "blocks.{layer}.hook_mlp_out"
+
+
+def in_key(layer: int) -> str:
+    """The activation cache's key of a layer's input."""
+    return f"{layer}_in"
+
+
+def out_key(layer: int) -> str:
+    """The activation cache's key of a layer's output."""
+    return f"{layer}_out"
+
+
+def hooks_of(layers: tuple[int, ...]) -> dict[str, str]:
+    """``{cache key: hook name}`` of the inputs and outputs of ``layers``."""
+    out = {}
+    for n in layers:
+        out[in_key(n)] = INPUT_HOOK.format(layer=n)
+        out[out_key(n)] = OUTPUT_HOOK.format(layer=n)
+    return out
+
+
+def mlp_of_input(model: Any, layer: int, x: Tensor) -> Tensor:
+    """What the model's block ``layer`` writes at ``hook_mlp_out`` for the transcoder input
+    ``x`` (``ln2.hook_normalized``): the function a transcoder approximates."""
+    block = model.blocks[layer]
+    y = block.mlp(x * block.ln2.w)
+    return block.ln2_post(y) if hasattr(block, "ln2_post") else y
+
+
+@dataclass(frozen=True)
+class TranscoderConfig:
+    """How to train a bundle's transcoders.
+
+    Args:
+        preset: the bundle preset whose model is used.
+        layers: layers to train (the default: all 18 of Gemma 3 270M).
+        d_sae: dictionary width.
+        k: BatchTopK's average number of active features per token (the target L0).
+        skip: learn a skip (affine) term ``x @ W_skip`` beside the features.
+        training_tokens: cached activation rows each transcoder trains on (one epoch each).
+        epochs: passes over the cached rows.
+        batch_size: rows per optimizer step.
+        lr: Adam learning rate (constant, then linear decay to a tenth over the last 20%).
+        context_size: tokens per window, BOS included.
+        model_batch: windows per forward pass while caching.
+        corpus: corpus spec.
+        eval_tokens: held-out tokens for the per-layer metrics (EV, L0, dead, dense).
+        ce_tokens: held-out tokens for the replacement model's cross-entropy and agreement.
+        seed: seeds the init and the batch order.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        out_dir: where ``layer_N/`` and the manifest are written.
+        work_dir: the activation caches and the checkpoints.
+        max_density: the firing-rate cap; ``min_density`` the floor; ``free_features`` how
+            many of the densest features the cap leaves alone; ``balance_rate`` the largest
+            threshold change per step (see :func:`~precompute.train.balanced.balance_step`).
+        checkpoint_every: optimizer steps between checkpoints.
+    """
+
+    preset: str = "default"
+    layers: tuple[int, ...] = tuple(range(18))
+    d_sae: int = 2048
+    k: int = 16
+    skip: bool = True
+    training_tokens: int = 300_000
+    epochs: int = 3
+    batch_size: int = 1024
+    lr: float = 1e-3
+    context_size: int = 128
+    model_batch: int = 32
+    corpus: str = "default"
+    eval_tokens: int = 50_000
+    ce_tokens: int = 8_000
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "assets/transcoders"
+    work_dir: str = "transcoder-work"
+    max_density: float = 0.008
+    min_density: float = 0.0001
+    free_features: int = 150
+    balance_rate: float = 0.05
+    checkpoint_every: int = 20
+
+    def __post_init__(self) -> None:
+        if not self.layers or any(n < 0 for n in self.layers):
+            raise ValueError("layers must be a non-empty list of non-negative layer indices")
+        for name in ("d_sae", "k", "training_tokens", "epochs", "batch_size", "context_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.k >= self.d_sae:
+            raise ValueError("k must be smaller than d_sae")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError("lr must be a positive number")
+        if not 0 < self.min_density < self.max_density < 1:
+            raise ValueError("need 0 < min_density < max_density < 1")
+        if not 0 <= self.free_features < self.d_sae:
+            raise ValueError("free_features must be between 0 and d_sae - 1")
+        if self.checkpoint_every <= 0:
+            raise ValueError("checkpoint_every must be positive")
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * (self.training_tokens // self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TranscoderConfig:
+        return cls(**{**data, "layers": tuple(data.get("layers", ()))})
+
+
+# The settings of the shipped transcoders (``train-transcoders --recipe default``), over the
+# config's defaults; chosen from the pilot in docs (width vs EV on two layers).
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+}
+
+
+def architecture(cfg: TranscoderConfig) -> str:
+    kind = "jumprelu_skip_transcoder" if cfg.skip else "jumprelu_transcoder"
+    return (
+        f"{kind} (trained as batchtopk k={cfg.k}, firing rate capped at "
+        f"{cfg.max_density:.2%}, floor {cfg.min_density:.3%})"
+    )
+
+
+class Stopped(RuntimeError):
+    """Training stopped on request (``should_stop``); the last checkpoint is kept."""
+
+
+@dataclass
+class _State:
+    """Everything a layer's training needs to resume exactly."""
+
+    params: dict[str, Tensor]
+    opt: Any
+    step: int
+    theta: float  # the global selection threshold (EMA of the smallest selected score)
+    select_bias: Tensor
+    density_ema: Tensor
+    x_scale: float
+    y_scale: float
+
+
+def load_rows(path: Path, key: str, info: Any, limit: int) -> Tensor:
+    """A cached key's first ``limit`` rows as a bfloat16 tensor in memory."""
+    import numpy as np
+    import torch
+
+    from precompute.train import cache
+
+    bits: np.ndarray = cache.open_layer(path, key, info)[:limit]
+    return torch.from_numpy(np.array(bits, dtype="<u2")).view(torch.bfloat16)
+
+
+def _init_state(cfg: TranscoderConfig, x: Tensor, y: Tensor, layer: int, device: str) -> _State:
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + layer)
+    sample = torch.linspace(0, x.shape[0] - 1, min(x.shape[0], 65_536)).long()
+    xs, ys = x[sample].float(), y[sample].float()
+    d_in, d_out = x.shape[1], y.shape[1]
+    x_scale = d_in**0.5 / float(xs.norm(dim=-1).mean())
+    y_scale = d_out**0.5 / float(ys.norm(dim=-1).mean())
+    w_dec = torch.randn(cfg.d_sae, d_out, generator=gen)
+    w_dec /= w_dec.norm(dim=-1, keepdim=True)
+    w_enc = torch.randn(d_in, cfg.d_sae, generator=gen) / d_in**0.5
+    params = {
+        "W_enc": w_enc,
+        "b_enc": torch.zeros(cfg.d_sae),
+        "W_dec": w_dec,
+        "b_dec": (ys * y_scale).mean(0),
+    }
+    if cfg.skip:
+        params["W_skip"] = torch.zeros(d_in, d_out)
+    params = {k: v.to(device).requires_grad_(True) for k, v in params.items()}
+    opt = torch.optim.Adam(list(params.values()), lr=cfg.lr, betas=(0.9, 0.999))
+    return _State(
+        params=params,
+        opt=opt,
+        step=0,
+        theta=-1.0,
+        select_bias=torch.zeros(cfg.d_sae, device=device),
+        density_ema=torch.full((cfg.d_sae,), -1.0, device=device),
+        x_scale=x_scale,
+        y_scale=y_scale,
+    )
+
+
+def _save_checkpoint(path: Path, state: _State) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "params": {k: v.detach() for k, v in state.params.items()},
+            "opt": state.opt.state_dict(),
+            "step": state.step,
+            "theta": state.theta,
+            "select_bias": state.select_bias,
+            "density_ema": state.density_ema,
+            "x_scale": state.x_scale,
+            "y_scale": state.y_scale,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, cfg: TranscoderConfig, device: str) -> _State | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    data = torch.load(path, map_location=device, weights_only=True)
+    params = {k: v.to(device).requires_grad_(True) for k, v in data["params"].items()}
+    opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
+    opt.load_state_dict(data["opt"])
+    return _State(
+        params=params,
+        opt=opt,
+        step=int(data["step"]),
+        theta=float(data["theta"]),
+        select_bias=data["select_bias"],
+        density_ema=data["density_ema"],
+        x_scale=float(data["x_scale"]),
+        y_scale=float(data["y_scale"]),
+    )
+
+
+def _lr(cfg: TranscoderConfig, step: int) -> float:
+    steps = cfg.steps
+    decay_from = steps - steps // 5
+    if step < decay_from:
+        return cfg.lr
+    frac = (step - decay_from) / max(1, steps - decay_from)
+    return cfg.lr * (1 - 0.9 * frac)
+
+
+def _batch_order(cfg: TranscoderConfig, layer: int, epoch: int, n: int) -> np.ndarray:
+    import numpy as np
+
+    return np.random.default_rng([cfg.seed, layer, epoch]).permutation(n)
+
+
+def _batch_topk(score: Tensor, n: int, theta: float) -> Any:
+    """``score.topk(n)``, from the scores above half the running threshold when there are
+    enough of them (a few times ``n`` instead of all ``batch × d_sae``: the same answer)."""
+    import torch
+
+    if theta > 0:
+        candidates = (score > 0.5 * theta).nonzero().squeeze(-1)
+        if len(candidates) >= n:
+            top = score[candidates].topk(n)
+            return torch.return_types.topk((top.values, candidates[top.indices]))
+    return score.topk(n)
+
+
+def _sparse(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    import torch
+
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, shape, is_coalesced=False, check_invariants=False
+    )
+
+
+def _autograd_function() -> Any:
+    import torch
+
+    return torch.autograd.Function
+
+
+class _SparseEncode(_autograd_function()):  # type: ignore[misc]
+    """The firing pairs' pre-activations ``x[row] · W_enc[:, col] + b_enc[col]`` (given, from
+    the dense pass), with their gradients to ``W_enc`` and ``b_enc`` as sparse products: on a
+    CPU, autograd through the dense product or an index costs 5–20 times more."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w_enc: Tensor, b_enc: Tensor, row: Tensor, col: Tensor,
+                values: Tensor) -> Tensor:  # fmt: skip
+        ctx.save_for_backward(x, row, col)
+        ctx.shape = w_enc.shape
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+        import torch
+
+        x, row, col = ctx.saved_tensors
+        _, width = ctx.shape
+        g = _sparse(col, row, grad, (width, x.shape[0]))
+        grad_w = torch.sparse.mm(g, x).T
+        grad_b = torch.bincount(col, weights=grad, minlength=width).to(grad.dtype)
+        return None, grad_w, grad_b, None, None, None
+
+
+class _SparseDecode(_autograd_function()):  # type: ignore[misc]
+    """``sum over firing pairs of value × W_dec[col]`` into each row, as a sparse product,
+    with the gradients to the values and ``W_dec`` as sparse products too."""
+
+    @staticmethod
+    def forward(ctx: Any, vals: Tensor, w_dec: Tensor, row: Tensor, col: Tensor,
+                batch: int) -> Tensor:  # fmt: skip
+        import torch
+
+        ctx.save_for_backward(vals, w_dec, row, col)
+        ctx.batch = batch
+        return torch.sparse.mm(_sparse(row, col, vals, (batch, w_dec.shape[0])), w_dec)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+        import torch
+
+        vals, w_dec, row, col = ctx.saved_tensors
+        grad_vals = (grad[row] * w_dec[col]).sum(-1)
+        grad_w = torch.sparse.mm(_sparse(col, row, vals, (w_dec.shape[0], ctx.batch)), grad)
+        return grad_vals, grad_w, None, None, None
+
+
+def train_layer(
+    cfg: TranscoderConfig,
+    x: Tensor,
+    y: Tensor,
+    layer: int,
+    checkpoint: Path,
+    device: str = "cpu",
+    should_stop: Callable[[int], bool] | None = None,
+) -> dict[str, Tensor]:
+    """Train one transcoder on rows ``x`` (inputs) and ``y`` (outputs), resuming from
+    ``checkpoint`` when it exists; returns its inference weights in sae-lens's layout and the
+    model's units (:func:`inference_weights`). ``should_stop(step)`` true raises
+    :class:`Stopped` after writing a checkpoint."""
+    import torch
+
+    from precompute.train.balanced import balance_step
+
+    state = _load_checkpoint(checkpoint, cfg, device) or _init_state(cfg, x, y, layer, device)
+    p = state.params
+    n = x.shape[0]
+    per_epoch = n // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n} rows are fewer than a batch ({cfg.batch_size})")
+    steps = cfg.epochs * per_epoch
+    t0, logged = time.perf_counter(), state.step
+    order = None
+    order_epoch = -1
+    while state.step < steps:
+        step = state.step
+        epoch, i = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = _batch_order(cfg, layer, epoch, n), epoch
+        assert order is not None
+        idx = torch.from_numpy(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+        xb = x[idx].to(device).float() * state.x_scale
+        yb = y[idx].to(device).float() * state.y_scale
+        with torch.no_grad():  # which features fire: a dense pass without autograd
+            score = xb @ p["W_enc"] + p["b_enc"]
+            pre_flat = score.flatten().clone()
+            score += state.select_bias
+            top = _batch_topk(score.flatten(), cfg.k * xb.shape[0], state.theta)
+            chosen = top.indices[top.values > 0]
+            # a chosen feature's value is relu(pre): one selected by the floor's bias alone
+            # (pre <= 0) fires with 0
+            live = chosen[pre_flat[chosen] > 0]
+            row, col = live // cfg.d_sae, live % cfg.d_sae
+        # the values, and what they write, with gradients on the firing pairs only
+        vals = _SparseEncode.apply(xb, p["W_enc"], p["b_enc"], row, col, pre_flat[live])
+        recon = _SparseDecode.apply(vals, p["W_dec"], row, col, xb.shape[0]) + p["b_dec"]
+        if "W_skip" in p:
+            recon = recon + xb @ p["W_skip"]
+        loss = (recon - yb).pow(2).sum(-1).mean() / yb.shape[1]
+        for group in state.opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        state.opt.step()
+        with torch.no_grad():
+            p["W_dec"] /= p["W_dec"].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            smallest = float(top.values[-1].clamp_min(0))
+            state.theta = smallest if state.theta < 0 else 0.99 * state.theta + 0.01 * smallest
+            density = torch.bincount(chosen % cfg.d_sae, minlength=cfg.d_sae) / xb.shape[0]
+            balance_step(
+                state.select_bias,
+                state.density_ema,
+                density,
+                state.theta,
+                max_density=cfg.max_density,
+                rate=cfg.balance_rate,
+                ema=0.98,
+                free=cfg.free_features,
+                min_density=cfg.min_density,
+            )
+        state.step += 1
+        if state.step % cfg.checkpoint_every == 0 or state.step == steps:
+            _save_checkpoint(checkpoint, state)
+            with torch.no_grad():
+                ev = 1 - float((recon - yb).pow(2).sum() / (yb - yb.mean(0)).pow(2).sum())
+            rate = (time.perf_counter() - t0) / max(1, state.step - logged)
+            logger.info(
+                "layer %d: step %d/%d  loss %.4f  EV %.3f  L0 %.1f  above cap %d  %.2f s/step",
+                layer,
+                state.step,
+                steps,
+                float(loss.detach()),
+                ev,
+                len(live) / xb.shape[0],
+                int((state.density_ema > cfg.max_density).sum()),
+                rate,
+            )
+            t0, logged = time.perf_counter(), state.step
+            if should_stop is not None and should_stop(state.step):
+                raise Stopped(f"stopped at step {state.step}; the checkpoint is {checkpoint}")
+    return inference_weights(state)
+
+
+def inference_weights(state: _State) -> dict[str, Tensor]:
+    """The trained weights in the model's units, sae-lens's layout, decoder rows of unit norm.
+
+    Trained in scaled units (inputs times ``x_scale``, outputs times ``y_scale``); a feature's
+    saved activation is its trained value divided by ``y_scale``, so that activation times its
+    unit decoder row is what it writes to the MLP output."""
+    import torch
+
+    p = {k: v.detach().float().cpu() for k, v in state.params.items()}
+    sx, sy = state.x_scale, state.y_scale
+    threshold = (state.theta - state.select_bias.cpu()).clamp_min(0)
+    out = {
+        "W_enc": p["W_enc"] * (sx / sy),
+        "b_enc": p["b_enc"] / sy,
+        "threshold": threshold / sy,
+        "W_dec": p["W_dec"],
+        "b_dec": p["b_dec"] / sy,
+    }
+    if "W_skip" in p:
+        out["W_skip"] = (p["W_skip"] * (sx / sy)).T.contiguous()  # sae-lens: [d_out, d_in]
+    return {k: v.to(torch.float32).contiguous() for k, v in out.items()}
+
+
+def save_transcoder(
+    weights: dict[str, Tensor], path: Path, layer: int, model_name: str, cfg: TranscoderConfig
+) -> None:
+    """Write ``weights`` as sae-lens's inference format (``cfg.json``,
+    ``sae_weights.safetensors``; matrices in bfloat16, vectors in float32) into ``path``,
+    through a temporary sibling directory (a killed run never leaves a half layer)."""
+    import shutil
+
+    import sae_lens
+    import torch
+    from safetensors.torch import save_file
+
+    from explorer.files import replace_dir
+
+    d_in, d_sae = weights["W_enc"].shape
+    d_out = weights["W_dec"].shape[1]
+    config = {
+        "architecture": "jumprelu_skip_transcoder"
+        if "W_skip" in weights
+        else "jumprelu_transcoder",
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "d_out": d_out,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            # without its version sae-lens reads a config as pre-6.0 and drops the metadata
+            "sae_lens_version": sae_lens.__version__,
+            "sae_lens_training_version": None,
+            "model_name": model_name,
+            "hook_name": INPUT_HOOK.format(layer=layer),
+            "hook_name_out": OUTPUT_HOOK.format(layer=layer),
+            "hook_layer": layer,
+            "context_size": cfg.context_size,
+            "prepend_bos": True,
+            "dataset_path": cfg.corpus,
+        },
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    compact = {
+        k: (v.to(torch.bfloat16) if v.ndim == 2 else v.float()).contiguous()
+        for k, v in weights.items()
+    }
+    save_file(compact, str(tmp / "sae_weights.safetensors"))
+    atomic_write_text(tmp / "cfg.json", json.dumps(config, indent=2))
+    replace_dir(tmp, path)
+
+
+def load_transcoder(path: Path, device: str = "cpu") -> Any:
+    """A saved layer directory as sae-lens's transcoder object, in float32."""
+    from sae_lens import SAE
+
+    return SAE.load_from_disk(str(path), device=device, dtype="float32")
