@@ -7,10 +7,10 @@ the app on the resulting 425,984-feature store (``bench/bench_scale_app.py``).
     python bench/bench_scale.py --device cuda --dtype bfloat16 --distinct-blocks \\
         --tokens 262144 --batch-windows 64 --weights exact --gpus 8    # a GPU machine
 
-Prints: precompute (``precompute.job.Job``'s encode: every SAE, sparse records, shards written)
-tokens/s vs the bare forward pass to layer 25 on the same batches, and their ratio with the FLOP
-ceiling; peak RSS; shard bytes per token; the reduce's time; store bytes per feature; and the
-projected wall time of Neuronpedia's 24,576 x 128 tokens on 1 and N GPUs (formula printed).
+Prints: precompute (``precompute.store_build.job.Job``'s encode: every SAE, sparse records, shards
+written) tokens/s vs the bare forward pass to layer 25 on the same batches, and their ratio with
+the FLOP ceiling; peak RSS; shard bytes per token; the reduce's time; store bytes per feature; and
+the projected wall time of Neuronpedia's 24,576 x 128 tokens on 1 and N GPUs (formula printed).
 
 ``--weights sampled`` (the CPU default) computes the per-feature properties that come from the
 weights alone on a sample, because the exact ones cost 19 TFLOP a layer (``W_dec @ W_U``, 16,384
@@ -65,9 +65,9 @@ def flop_ceiling(cfg: Any, n_layers: int, width: int) -> tuple[float, float, flo
 
 
 def sampled_weights(vocab: int) -> tuple[Any, Any]:
-    """Cheap stand-ins for precompute.features' exact logit effects and neighbours: the same
-    output shapes, over the first ``vocab`` token ids and within 1,024-feature blocks."""
-    from precompute import features
+    """Cheap stand-ins for precompute.store_build.features' exact logit effects and neighbours:
+    the same output shapes, over the first ``vocab`` token ids and within 1,024-feature blocks."""
+    from precompute.store_build import features
 
     def logit_effects(bundle: Any, layer: int, k: int = 10) -> tuple[np.ndarray, ...]:
         w_u = bundle.model.W_U.detach()[:, :vocab].float()
@@ -136,8 +136,8 @@ def main() -> None:
 
     from gemma2_shape import SAE_WIDTH, build_gemma2_shape
 
-    import precompute.job as job_mod
-    from precompute.job import Job, RunConfig, collect_windows
+    import precompute.store_build.job as job_mod
+    from precompute.store_build.job import Job, RunConfig, collect_windows
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
