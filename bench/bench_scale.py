@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,21 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 NEURONPEDIA_TOKENS = 24_576 * 128
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-
-
-def rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1e6
-    return float("nan")
-
-
-def dir_bytes(path: Path, pattern: str = "**/*") -> int:
-    return sum(p.stat().st_size for p in path.glob(pattern) if p.is_file())
 
 
 def flop_ceiling(cfg: Any, n_layers: int, width: int) -> tuple[float, float, float]:
@@ -135,6 +119,7 @@ def main() -> None:
     args = p.parse_args()
 
     from gemma2_shape import SAE_WIDTH, build_gemma2_shape
+    from memory import dir_bytes, peak_rss_gb, rss_gb
 
     import precompute.store_build.job as job_mod
     from precompute.store_build.job import Job, RunConfig, collect_windows
