@@ -330,8 +330,8 @@ def layout(ctx: Context) -> BrowseTab:
     for event, step in ((b_prev.click, -1), (b_next.click, 1), (b_page.submit, 0)):
         event(ui(turn(step)), [*criteria, b_page], [b_table, b_page], api_visibility="private")
 
-    def search_inference(t: str, d: Any) -> Any:
-        return render.shade_column(search_by_inference(ctx, t, d), SI_RANK)
+    def search_inference(text: str, max_density_pct: Any) -> Any:
+        return render.shade_column(search_by_inference(ctx, text, max_density_pct), SI_RANK)
 
     si_btn.click(ui(search_inference), [si_text, si_density], si_table, api_name="search_inference")
     return BrowseTab(

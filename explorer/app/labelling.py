@@ -240,10 +240,10 @@ def layout(ctx: Context) -> LabellingTab:
         shown: Any,
         label: str,
         notes: str,
-        conf: str,
-        name: str,
+        confidence: str,
+        labeller: str,
         key: str,
-        q_l: Any,
+        queue_layer: Any,
         band: str,
         profile: gr.OAuthProfile | None,
     ) -> tuple[Any, ...]:
@@ -252,10 +252,10 @@ def layout(ctx: Context) -> LabellingTab:
         if not shown:
             raise UserError("open a feature first: the label is saved for the feature shown")
         layer, feature = shown
-        message = ctx.save_label(layer, feature, label, notes, conf, name, profile, key)
+        message = ctx.save_label(layer, feature, label, notes, confidence, labeller, profile, key)
         saved = label_history(ctx, layer, feature)
         try:
-            following = show_next(q_l, band)
+            following = show_next(queue_layer, band)
         except UserError as e:
             following = show_for_label(layer, feature)
             message += f" · {e}"
@@ -267,19 +267,26 @@ def layout(ctx: Context) -> LabellingTab:
         [*label_outputs, l_status, l_saved, l_label, l_notes],
         api_name="save_and_next",
     )
-    exp_csv.click(ui(lambda: export_labels(ctx, "csv")), None, exp_file)
-    exp_json.click(ui(lambda: export_labels(ctx, "json")), None, exp_file)
+
+    def export_csv() -> str:
+        return export_labels(ctx, "csv")
+
+    def export_json() -> str:
+        return export_labels(ctx, "json")
+
+    exp_csv.click(ui(export_csv), None, exp_file)
+    exp_json.click(ui(export_json), None, exp_file)
 
     def import_from(path: Any, key: str, profile: gr.OAuthProfile | None) -> str:
         return status(import_labels(ctx, path, profile, key))
 
     imp_btn.click(ui(import_from), [imp_file, l_key], imp_status, api_name="import_labels")
 
-    def retract_label(ident: Any, key: str, profile: gr.OAuthProfile | None) -> str:
-        return status(retract(ctx, "label", ident, profile, key))
+    def retract_label(label_id: Any, key: str, profile: gr.OAuthProfile | None) -> str:
+        return status(retract(ctx, "label", label_id, profile, key))
 
-    def retract_import(ident: Any, key: str, profile: gr.OAuthProfile | None) -> str:
-        return status(retract(ctx, "batch", ident, profile, key))
+    def retract_import(batch: Any, key: str, profile: gr.OAuthProfile | None) -> str:
+        return status(retract(ctx, "batch", batch, profile, key))
 
     r_label_btn.click(ui(retract_label), [r_label, l_key], r_status, api_name="retract_label")
     r_batch_btn.click(ui(retract_import), [r_batch, l_key], r_status, api_name="retract_import")

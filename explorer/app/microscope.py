@@ -367,13 +367,15 @@ def layout(ctx: Context) -> MicroscopeTab:
         elem_id="text-top",
     )
 
-    def run_microscope(t: str, ls: list[str], m: str, d: Any, agg: str) -> tuple[Any, ...]:
-        v = view(ctx, t, ls, m, d, agg)
-        table = token_features(ctx, v.encoding, 0, d)
+    def run_microscope(
+        text: str, layers: list[str], metric: str, max_density_pct: Any, aggregate: str
+    ) -> tuple[Any, ...]:
+        v = view(ctx, text, layers, metric, max_density_pct, aggregate)
+        table = token_features(ctx, v.encoding, 0, max_density_pct)
         return (
             v.tokens_html,
             v.heatmap,
-            render.shade_column(v.text_top, f"{agg} {REL}"),
+            render.shade_column(v.text_top, f"{aggregate} {REL}"),
             status_line(v.status),
             v.encoding,
             gr.Dropdown(choices=v.token_choices, value=0),
@@ -399,8 +401,8 @@ def layout(ctx: Context) -> MicroscopeTab:
         api_name="token_features",
     )
 
-    def pick_token(enc: Any, d: Any, evt: gr.SelectData) -> tuple[Any, ...]:
-        return (gr.Dropdown(value=evt.index), *token_outputs(ctx, enc, evt.index, d))
+    def pick_token(enc: Any, max_density_pct: Any, evt: gr.SelectData) -> tuple[Any, ...]:
+        return (gr.Dropdown(value=evt.index), *token_outputs(ctx, enc, evt.index, max_density_pct))
 
     tokens_view.select(ui(pick_token), [enc_state, density], [token_pick, token_table, tokens_view])
     return MicroscopeTab(
