@@ -10,8 +10,8 @@ that many; beside it ``search``, whole rows always ranked) and a page's best exp
 (``best_many``, 500 features), then of the whole ``browse.select`` on the embedded default's
 store (4 x 4,096) with and without one explanation per feature. The texts are 6-12 words drawn
 from the embedded corpus's 5,000 most frequent words, as often as their rank says (Zipf), so
-queries hit from a handful to most rows. Target: a browse search p95 <= 300 ms (README, the app
-at scale).
+queries hit from a handful to most rows. Target: a browse search p95 <= 300 ms
+(docs/speed-and-scale.md, the app at scale).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Run by hand (not a test):  python bench/bench_precompute.py [--tokens 8192] [--batch-windows 32]
 Both sides run the embedded default on the same windows: the bare side runs the model to the
 last SAE layer (``stop_at_layer``, no hooks, no logits); the precompute side runs
-``precompute.job.encode_batch`` (hooks, every SAE, sparse records). Prints tokens/s and the ratio.
+``precompute.store_build.job.encode_batch`` (hooks, every SAE, sparse records). Prints tokens/s
+and the ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from explorer.bundle import build_bundle, preset
-    from precompute.job import RunConfig, collect_windows, encode_batch
+    from precompute.store_build.job import RunConfig, collect_windows, encode_batch
 
     bundle = build_bundle(preset("default"), device=args.device, dtype="float32")
     layers = list(bundle.layers)

@@ -9,10 +9,11 @@ No model: synthetic records (``--l0`` features a token, drawn from a skewed dist
 ``--features``, activations quantized so that ties occur) stand in for one layer's SAE codes.
 Each size gets a fresh work directory and fresh subprocesses, whose ``ru_maxrss`` is the peak:
 
-- ``encode``: writes the shards one at a time (``precompute.shards.save_shard``), as the encode
-  step does after each ``shard_tokens`` (the model's own memory, fixed per batch, is not in it);
+- ``encode``: writes the shards one at a time (``precompute.store_build.shards.save_shard``), as
+  the encode step does after each ``shard_tokens`` (the model's own memory, fixed per batch, is
+  not in it);
 - ``reduce``: the token table plus the block-wise reduce of the layer
-  (``precompute.blocks.reduce_blocks`` with ``--budget-mb``);
+  (``precompute.store_build.blocks.reduce_blocks`` with ``--budget-mb``);
 - ``old`` (``--old``): the reduce as it was, every record of the layer at once.
 """
 
@@ -32,14 +33,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from precompute.records import Records, TokenTable
+    from precompute.store_build.records import Records, TokenTable
 
 WINDOW = 128
 SHARD_TOKENS = 32_768
 
 
 def _table(n_positions: int) -> TokenTable:
-    from precompute.records import TokenTable
+    from precompute.store_build.records import TokenTable
 
     starts = np.arange(0, n_positions, WINDOW, dtype=np.int64)
     lengths = np.diff(np.append(starts, n_positions))
@@ -58,7 +59,7 @@ def _table(n_positions: int) -> TokenTable:
 
 
 def _shard_records(p0: int, p1: int, n_features: int, l0: int, seed: int) -> Records:
-    from precompute.records import POS_BITS, POS_MASK, Records
+    from precompute.store_build.records import POS_BITS, POS_MASK, Records
 
     rng = np.random.default_rng(seed)
     pos = np.arange(p0, p1, dtype=np.int64)
@@ -82,16 +83,16 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     t0 = time.perf_counter()
     out: dict[str, float] = {}
     if args.child == "encode":
-        from precompute.shards import save_shard
+        from precompute.store_build.shards import save_shard
 
         for s, p0 in enumerate(range(0, n, SHARD_TOKENS)):
             r = _shard_records(p0, min(p0 + SHARD_TOKENS, n), args.features, args.l0, s)
             save_shard(work / f"shard-{s:05d}.npz", {0: r}, {0: args.features}, {"shard": s})
             del r
     elif args.child == "reduce":
-        from precompute.accumulate import ReduceConfig
-        from precompute.blocks import BYTES_PER_RECORD, reduce_blocks
-        from precompute.shards import ShardReader
+        from precompute.store_build.accumulate import ReduceConfig
+        from precompute.store_build.blocks import BYTES_PER_RECORD, reduce_blocks
+        from precompute.store_build.shards import ShardReader
 
         table = _table(n)
         out["table_mb"] = (
@@ -104,8 +105,8 @@ def child(args: argparse.Namespace) -> dict[str, float]:
         )
         out.update(records=float(stats.n_fires.sum()), blocks=n_blocks, examples=len(ex))
     elif args.child == "old":
-        from precompute.accumulate import ReduceConfig, examples, reduce_layer
-        from precompute.records import Records
+        from precompute.store_build.accumulate import ReduceConfig, examples, reduce_layer
+        from precompute.store_build.records import Records
 
         table = _table(n)
         parts = []
@@ -144,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         if args.child == "baseline":
-            import precompute.blocks  # noqa: F401  (the imports' own memory)
+            import precompute.store_build.blocks  # noqa: F401  (the imports' own memory)
 
             print(json.dumps({"peak_mb": _peak_mb()}))
         else:

@@ -14,8 +14,8 @@ each run by the interpreter of its side, talking through files in ``--work-dir``
     python bench/bench_saedashboard.py all --sd-python SD_PYTHON --feature-batches 4
 
 What each side does, on the first ``--windows`` full (128-token, BOS-prefixed) windows of the
-default corpus in the precompute run's own order (``precompute.job.collect_windows``), with the
-embedded Gemma 3 270M and our layer-9 SAE, ``torch.set_num_threads(--threads)``:
+default corpus in the precompute run's own order (``precompute.store_build.job.collect_windows``),
+with the embedded Gemma 3 270M and our layer-9 SAE, ``torch.set_num_threads(--threads)``:
 
 - ``ours``: ``Job.encode`` (one forward per 32 windows, SAE, sparse records) then ``Job.reduce``
   (statistics, top-20 and interval examples, logit effects, decoder neighbours, store written),
@@ -106,8 +106,8 @@ def _full_windows(tokenizer: Any, n_windows: int) -> tuple[Any, int]:
     Shorter windows (a document's tail) are skipped so that both tools see one ``[W, 128]``
     tensor with no padding; our job then runs on exactly this table.
     """
-    from precompute.job import RunConfig, collect_windows
-    from precompute.records import TokenTable
+    from precompute.store_build.job import RunConfig, collect_windows
+    from precompute.store_build.records import TokenTable
 
     tokens = n_windows * CONTEXT * 2
     while True:
@@ -141,7 +141,7 @@ def run_ours(work: Path, n_windows: int, threads: int, check_windows: int) -> No
     from explorer.encode import residuals
     from explorer.gguf_model import embedded_model_dir
     from explorer.store import examples_path, features_path
-    from precompute.job import Job, RunConfig, bundle_meta
+    from precompute.store_build.job import Job, RunConfig, bundle_meta
 
     _threads(threads)
     work.mkdir(parents=True, exist_ok=True)

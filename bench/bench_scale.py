@@ -7,10 +7,10 @@ the app on the resulting 425,984-feature store (``bench/bench_scale_app.py``).
     python bench/bench_scale.py --device cuda --dtype bfloat16 --distinct-blocks \\
         --tokens 262144 --batch-windows 64 --weights exact --gpus 8    # a GPU machine
 
-Prints: precompute (``precompute.job.Job``'s encode: every SAE, sparse records, shards written)
-tokens/s vs the bare forward pass to layer 25 on the same batches, and their ratio with the FLOP
-ceiling; peak RSS; shard bytes per token; the reduce's time; store bytes per feature; and the
-projected wall time of Neuronpedia's 24,576 x 128 tokens on 1 and N GPUs (formula printed).
+Prints: precompute (``precompute.store_build.job.Job``'s encode: every SAE, sparse records, shards
+written) tokens/s vs the bare forward pass to layer 25 on the same batches, and their ratio with
+the FLOP ceiling; peak RSS; shard bytes per token; the reduce's time; store bytes per feature; and
+the projected wall time of Neuronpedia's 24,576 x 128 tokens on 1 and N GPUs (formula printed).
 
 ``--weights sampled`` (the CPU default) computes the per-feature properties that come from the
 weights alone on a sample, because the exact ones cost 19 TFLOP a layer (``W_dec @ W_U``, 16,384
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -39,21 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 NEURONPEDIA_TOKENS = 24_576 * 128
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-
-
-def rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1e6
-    return float("nan")
-
-
-def dir_bytes(path: Path, pattern: str = "**/*") -> int:
-    return sum(p.stat().st_size for p in path.glob(pattern) if p.is_file())
-
-
 def flop_ceiling(cfg: Any, n_layers: int, width: int) -> tuple[float, float, float]:
     """FLOPs a token of the bare forward (matmuls of every block, to the last layer) and of the
     SAE encoders, and the best ratio bare / (bare + SAEs) that any implementation can reach."""
@@ -65,9 +49,9 @@ def flop_ceiling(cfg: Any, n_layers: int, width: int) -> tuple[float, float, flo
 
 
 def sampled_weights(vocab: int) -> tuple[Any, Any]:
-    """Cheap stand-ins for precompute.features' exact logit effects and neighbours: the same
-    output shapes, over the first ``vocab`` token ids and within 1,024-feature blocks."""
-    from precompute import features
+    """Cheap stand-ins for precompute.store_build.features' exact logit effects and neighbours:
+    the same output shapes, over the first ``vocab`` token ids and within 1,024-feature blocks."""
+    from precompute.store_build import features
 
     def logit_effects(bundle: Any, layer: int, k: int = 10) -> tuple[np.ndarray, ...]:
         w_u = bundle.model.W_U.detach()[:, :vocab].float()
@@ -135,9 +119,10 @@ def main() -> None:
     args = p.parse_args()
 
     from gemma2_shape import SAE_WIDTH, build_gemma2_shape
+    from memory import dir_bytes, peak_rss_gb, rss_gb
 
-    import precompute.job as job_mod
-    from precompute.job import Job, RunConfig, collect_windows
+    import precompute.store_build.job as job_mod
+    from precompute.store_build.job import Job, RunConfig, collect_windows
 
     torch.manual_seed(0)
     t0 = time.perf_counter()

@@ -41,7 +41,7 @@ def _timed(fn: Any, runs: int) -> list[float]:
 
 def measure_app(bundle: Any, store_dir: Path, runs: int = 30) -> None:
     from bench_app import dashboard_opens
-    from bench_scale import rss_gb
+    from memory import rss_gb
 
     from explorer.app import Context, browse, build_app, microscope
     from explorer.labels import Labels
@@ -106,8 +106,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--max-saes", type=int, default=8)
     args = p.parse_args()
-    from bench_scale import rss_gb
     from gemma2_shape import build_gemma2_shape
+    from memory import rss_gb
 
     t = time.perf_counter()
     shape = build_gemma2_shape(

@@ -4,7 +4,8 @@ Run by hand (not a test):  python bench/bench_steer_eval.py [--tokens 16]
 For each demo, its own prompt, seed, temperature and method at its strength: the steered
 feature's read-back concept score (mean activation on the continuation / its max) on the default
 and on the steered continuation, the promoted tokens' lift, perplexity under the unsteered model
-and repetition, each default vs steered, and the time taken. The README's table is this output.
+and repetition, each default vs steered, and the time taken. The table of the demos in
+docs/steering.md is this output.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ user preset: nothing is downloaded, everything is seeded.
 
     from gemma2_shape import build_gemma2_shape
     shape = build_gemma2_shape(Path("/tmp/gse-scale"), device="cpu", dtype="float32")
-    shape.bundle  # an explorer Bundle: precompute.job.Job and the app run on it unchanged
+    shape.bundle  # an explorer Bundle: store_build.job.Job and the app run on it unchanged
 
 The model is transformer-lens's ``HookedSAETransformer`` with the config
 :func:`explorer.hooked.hooked_config` derives from :func:`gemma2_2b_config` (Gemma 2 2B's published

@@ -1,4 +1,5 @@
-"""The README's screenshots: the real app on the embedded default, driven in headless Chromium.
+"""The screenshots of the README and docs/app.md: the real app on the embedded default, driven
+in headless Chromium.
 
     python bench/screenshots.py [--out docs/screenshots]
 

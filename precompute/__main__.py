@@ -20,12 +20,12 @@ from typing import Any
 
 from explorer.paths import ASSETS_CORPUS, ASSETS_STORE, REPO_ROOT
 from precompute import steer_eval
-from precompute.accumulate import ReduceConfig
-from precompute.cluster import ClusterError
 from precompute.corpus_build import build_corpus
 from precompute.describe import add_descriptions
 from precompute.explain.cli import EXPLAIN_COMMANDS
-from precompute.job import RunConfig, run_preset
+from precompute.store_build.accumulate import ReduceConfig
+from precompute.store_build.cluster import ClusterError
+from precompute.store_build.job import RunConfig, run_preset
 from precompute.train import TrainConfig, train_preset
 from precompute.train.cli import TRAIN_COMMANDS
 from precompute.train.evaluate import metrics_table
@@ -251,7 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ),
     )
     if args.ray is not None:
-        from precompute.cluster import run_cluster
+        from precompute.store_build.cluster import run_cluster
 
         if args.ray_workers is not None and args.ray_workers <= 0:
             raise ValueError("--ray-workers must be positive")
@@ -346,7 +346,7 @@ def _add_steer_eval(sub: _SubParsers) -> None:
 def _cmd_steer_eval(args: argparse.Namespace) -> int:
     from explorer.bundle import build_bundle, bundle_identity, preset
     from explorer.store import Store
-    from precompute.write import write_steering
+    from precompute.store_build.write import write_steering
 
     features = [steer_eval.parse_feature(f) for f in args.features]
     cfg = steer_eval.EvalConfig(

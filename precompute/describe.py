@@ -206,7 +206,7 @@ def add_descriptions(store_dir: Path) -> dict[int, int]:
     """
     import pyarrow.parquet as pq
 
-    from precompute.write import add_to_store
+    from precompute.store_build.write import add_to_store
 
     t0 = time.perf_counter()
     store_dir = Path(store_dir)

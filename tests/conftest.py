@@ -86,8 +86,8 @@ def app_parts(tmp_path_factory, gemma3_hf, tokenizer):
     """The tiny Gemma 3 with random SAEs on layers 1 and 2, and a real store precomputed from a
     small random-word corpus (built once: the expensive part of :func:`ctx`)."""
     from explorer.store import Store
-    from precompute.accumulate import ReduceConfig
-    from precompute.job import Job, RunConfig
+    from precompute.store_build.accumulate import ReduceConfig
+    from precompute.store_build.job import Job, RunConfig
 
     tmp = tmp_path_factory.mktemp("app")
     corpus = write_word_corpus(tmp / "c.jsonl")

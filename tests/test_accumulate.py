@@ -1,4 +1,4 @@
-"""precompute.accumulate against an independent brute force over a dense activation matrix.
+"""store_build.accumulate against an independent brute force over a dense activation matrix.
 
 The matrix is small (300 positions x 40 features, ~20% non-zero) with BOS and a few pad
 positions marked special, dead features and planted ties; the brute force walks it feature by
@@ -13,10 +13,16 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pytest
 
-import precompute.accumulate as acc
-import precompute.records as rec
-from precompute.accumulate import Examples, LayerStats, ReduceConfig, examples, reduce_layer
-from precompute.records import Records, TokenTable, splitmix64
+import precompute.store_build.accumulate as acc
+import precompute.store_build.records as rec
+from precompute.store_build.accumulate import (
+    Examples,
+    LayerStats,
+    ReduceConfig,
+    examples,
+    reduce_layer,
+)
+from precompute.store_build.records import Records, TokenTable, splitmix64
 
 U64 = 0xFFFFFFFFFFFFFFFF
 WINDOW_LENGTHS = (40, 55, 30, 64, 50, 61)  # 300 positions, BOS first in each window

@@ -185,6 +185,29 @@ def test_each_tab_main_action_over_http(served: str, ctx: Context) -> None:
     assert found["data"]
 
 
+def test_every_endpoint_names_its_parameters(served: str) -> None:
+    """gradio_client's view of the API: a parameter is named after the handler's argument, so a
+    ``*args`` handler shows ``param_2`` …, a one-letter argument ``t``, and a lambda's endpoint is
+    ``lambda_N``; a client cannot tell what to pass."""
+    from gradio_client import Client
+
+    api = Client(served, verbose=False).view_api(print_info=False, return_format="dict")
+    endpoints = api["named_endpoints"]
+    assert {"/microscope", "/generate", "/steer_link", "/label_feature"} <= set(endpoints)
+    assert not api["unnamed_endpoints"]
+    anonymous = {
+        f"{name}({p['parameter_name']})"
+        for name, endpoint in endpoints.items()
+        for p in endpoint["parameters"]
+        if re.fullmatch(r"param_\d+", p["parameter_name"]) or len(p["parameter_name"]) < 3
+    }
+    assert not anonymous, f"parameters without a meaningful name: {sorted(anonymous)}"
+    assert not [name for name in endpoints if re.fullmatch(r"/lambda(_\d+)?", name)]
+    assert [p["parameter_name"] for p in endpoints["/steer_link"]["parameters"]] == [
+        "prompt", "steering", "temperature", "max_new_tokens", "seed", "frequency_penalty",
+    ]  # fmt: skip
+
+
 def test_steering_over_http_streams_and_reports_bad_input(served: str, ctx: Context) -> None:
     from gradio_client import Client
 

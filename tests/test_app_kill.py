@@ -28,8 +28,8 @@ import helpers
 from explorer.app import Context, build_app
 from explorer.labels import Labels
 from explorer.store import Store
-from precompute.accumulate import ReduceConfig
-from precompute.job import Job, RunConfig
+from precompute.store_build.accumulate import ReduceConfig
+from precompute.store_build.job import Job, RunConfig
 
 tmp = Path({tmp!r})
 tok = helpers.make_tokenizer()

@@ -1,4 +1,4 @@
-"""The block-wise reduce (precompute.blocks over precompute.shards) against the one-shot reduce.
+"""The block-wise reduce (store_build.blocks over store_build.shards) against the one-shot reduce.
 
 The one-shot reduce (``reduce_layer`` and ``examples`` over every record of the layer) is what
 built the shipped store and is itself checked against a brute force in ``test_accumulate``.
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from test_accumulate import CFG, F, make_case
 
-from precompute.accumulate import Examples, LayerStats, examples, reduce_layer
-from precompute.blocks import plan_blocks, reduce_blocks
-from precompute.records import AccumulateError, Records
-from precompute.shards import SHARD_FORMAT, ShardReader, save_shard, shard_meta
+from precompute.store_build.accumulate import Examples, LayerStats, examples, reduce_layer
+from precompute.store_build.blocks import plan_blocks, reduce_blocks
+from precompute.store_build.records import AccumulateError, Records
+from precompute.store_build.shards import SHARD_FORMAT, ShardReader, save_shard, shard_meta
 
 
 def _write_shards(tmp: Path, records: Records, cuts: list[int]) -> ShardReader:

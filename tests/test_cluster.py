@@ -17,8 +17,8 @@ import pytest
 from helpers import TinyBundleFactory, free_port, make_random_saes, write_word_corpus
 
 from precompute.__main__ import main
-from precompute.accumulate import ReduceConfig
-from precompute.job import Job, RunConfig, collect_windows, shard_ranges
+from precompute.store_build.accumulate import ReduceConfig
+from precompute.store_build.job import Job, RunConfig, collect_windows, shard_ranges
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def run_parts(tmp_path_factory, gemma3_hf):
 
 
 def _cluster_job(run_parts, name: str, factory: Any = None, **kw: Any) -> Any:
-    from precompute.cluster import ClusterJob
+    from precompute.store_build.cluster import ClusterJob
 
     cfg, default_factory, bundle, _, _, tmp = run_parts
     return ClusterJob(
@@ -176,9 +176,9 @@ import json
 import sys
 from pathlib import Path
 from helpers import TinyBundleFactory
-from precompute.cluster import ClusterJob, connect
-from precompute.job import RunConfig
-from precompute.accumulate import ReduceConfig
+from precompute.store_build.cluster import ClusterJob, connect
+from precompute.store_build.job import RunConfig
+from precompute.store_build.accumulate import ReduceConfig
 
 address, path, cfg, saes, out = sys.argv[1:]
 connect(address, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False)
@@ -191,7 +191,7 @@ job.run()
 
 
 def test_a_killed_driver_resumes_redoing_only_the_missing_shards(cluster, run_parts) -> None:
-    from precompute.storage import WorkDir
+    from precompute.store_build.storage import WorkDir
 
     address, path = cluster
     cfg, factory, _, reference, n_shards, tmp = run_parts

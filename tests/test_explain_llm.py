@@ -3,7 +3,7 @@
 killed once a feature is saved and run again: it resumes, nothing is written twice.
 
 Marked ``llm`` (skipped unless ``--llm`` or ``GSE_LLM_TESTS=1``): installing the server compiles
-llama.cpp (see the README's Explanations section for the time it took here).
+llama.cpp (see docs/explanations.md for the time it took here).
 """
 
 from __future__ import annotations

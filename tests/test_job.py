@@ -12,8 +12,8 @@ import torch
 from helpers import tiny_bundle, write_word_corpus
 
 from explorer.store import Store
-from precompute.accumulate import ReduceConfig
-from precompute.job import Job, RunConfig, collect_windows, shard_ranges
+from precompute.store_build.accumulate import ReduceConfig
+from precompute.store_build.job import Job, RunConfig, collect_windows, shard_ranges
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_many_feature_blocks_give_the_one_block_store(job_parts, monkeypatch) ->
     """One block per layer is the old reduce (every record at once); tiny blocks change nothing."""
     from dataclasses import replace
 
-    import precompute.job as job_mod
+    import precompute.store_build.job as job_mod
 
     bundle, cfg, tmp = job_parts
     blocks: list[int] = []
@@ -126,7 +126,7 @@ def test_old_format_shards_are_recomputed(job_parts, monkeypatch) -> None:
     """A work directory from before the feature index: its shards are encoded again."""
     import json
 
-    import precompute.job as job_mod
+    import precompute.store_build.job as job_mod
 
     bundle, cfg, tmp = job_parts
     reference = _run(bundle, cfg, tmp / "ref")
@@ -153,7 +153,7 @@ def test_old_format_shards_are_recomputed(job_parts, monkeypatch) -> None:
 
 
 def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:
-    import precompute.job as job_mod
+    import precompute.store_build.job as job_mod
 
     bundle, cfg, tmp = job_parts
     reference = _run(bundle, cfg, tmp / "ref")
@@ -188,9 +188,9 @@ def test_a_killed_run_resumes_to_the_same_store(job_parts, monkeypatch) -> None:
 RUNNER = """
 import sys, time, torch
 torch.set_num_threads(1)
-import precompute.job as job
+import precompute.store_build.job as job
 from explorer.bundle import build_bundle, custom_spec
-from precompute.accumulate import ReduceConfig
+from precompute.store_build.accumulate import ReduceConfig
 real = job.save_shard
 def slow_save(*args):  # gives the test time to kill between and inside shards
     time.sleep(0.15)
@@ -249,7 +249,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic as the killed process
     try:
-        from precompute.accumulate import ReduceConfig as RC
+        from precompute.store_build.accumulate import ReduceConfig as RC
 
         bundle = build_bundle(
             custom_spec(str(model_dir), sae, [1, 2]), device="cpu", dtype="float32"

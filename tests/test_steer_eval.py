@@ -162,7 +162,7 @@ def test_write_store_adds_the_table_and_changes_nothing_else(app_parts, tmp_path
     from explorer.files import file_sha256
     from explorer.store import Store
     from explorer.store.schema import STEERING
-    from precompute.write import write_steering
+    from precompute.store_build.write import write_steering
 
     _, shared = app_parts
     store_dir = tmp_path / "store"
@@ -223,7 +223,7 @@ def test_the_app_defaults_to_the_recommended_strength(app_parts, tmp_path) -> No
     from explorer.app.steer_table import default_strength, parse_steers
     from explorer.labels import Labels
     from explorer.store import Store
-    from precompute.write import write_steering
+    from precompute.store_build.write import write_steering
 
     bundle, shared = app_parts
     feature = int(shared.features(2)["max_act"].to_numpy().argmax())

@@ -1,5 +1,5 @@
-"""The store: written atomically by precompute.write, read back equal by explorer.store, and every
-kind of damage or mismatch reported as a one-line StoreError."""
+"""The store: written atomically by precompute.store_build.write, read back equal by
+explorer.store, and every kind of damage or mismatch reported as a one-line StoreError."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import precompute.write as write
+import precompute.store_build.write as write
 from explorer.paths import REPO_ROOT
 from explorer.store import (
     SCHEMA_VERSION,
@@ -32,7 +32,7 @@ from explorer.store import (
     features_schema,
     interval_group,
 )
-from precompute.write import WriteError, write_store
+from precompute.store_build.write import WriteError, write_store
 
 LAYERS = (3, 7)
 N_FEATURES, N_BINS, N_INTERVALS, TOP_K, PER_INTERVAL, CTX = 6, 4, 2, 2, 2, 5

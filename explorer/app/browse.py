@@ -232,10 +232,11 @@ def table_update(ctx: Context, *args: Any) -> Any:
 SI_RANK = f"max {microscope.REL}"  # search by inference ranks by the microscope's "max"
 
 
-def search_by_inference(ctx: Context, text: str, max_density_pct: Any) -> pd.DataFrame:
+def search_by_inference(ctx: Context, text: str, max_density_pct: Any = None) -> pd.DataFrame:
     """The features most active on ``text``, all layers: the microscope's whole-text ranking by
     relative strength (each feature's peak on the text as a % of its maximum over the store, so
-    early layers are not drowned by the larger raw activations of late ones), raw beside it."""
+    early layers are not drowned by the larger raw activations of late ones), raw beside it;
+    features denser than ``max_density_pct`` (%; ``None``: the store's threshold) left out."""
     return microscope.view(ctx, text, max_density_pct=max_density_pct, aggregate="max").text_top
 
 
@@ -284,7 +285,7 @@ def layout(ctx: Context) -> BrowseTab:
     gr.Markdown("### Search by inference: which features are most active on a text?")
     with gr.Row():
         si_text = gr.Textbox(label="Text", scale=4)
-        si_density = gr.Number(1.0, label="Hide features denser than (%)", minimum=0)
+        si_density = microscope.density_input(ctx)
         si_btn = gr.Button("Find features", scale=1)
     si_table = gr.Dataframe(
         headers=["layer", "feature", "label", SI_RANK, "max act", "tokens", "density %"],
@@ -329,8 +330,8 @@ def layout(ctx: Context) -> BrowseTab:
     for event, step in ((b_prev.click, -1), (b_next.click, 1), (b_page.submit, 0)):
         event(ui(turn(step)), [*criteria, b_page], [b_table, b_page], api_visibility="private")
 
-    def search_inference(t: str, d: Any) -> Any:
-        return render.shade_column(search_by_inference(ctx, t, d), SI_RANK)
+    def search_inference(text: str, max_density_pct: Any) -> Any:
+        return render.shade_column(search_by_inference(ctx, text, max_density_pct), SI_RANK)
 
     si_btn.click(ui(search_inference), [si_text, si_density], si_table, api_name="search_inference")
     return BrowseTab(

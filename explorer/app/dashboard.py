@@ -315,14 +315,14 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
     outputs = tab.outputs
 
     def open_feature(
-        layer: Any, feature: Any, test: str = "", log: bool = False
+        layer: Any, feature: Any, test: str = "", log_scale: bool = False
     ) -> tuple[Any, ...]:
-        return open_values(ctx, layer, feature, test, bool(log))
+        return open_values(ctx, layer, feature, test, bool(log_scale))
 
-    def open_neighbour(shown: Any, log: bool, evt: gr.SelectData) -> tuple[Any, ...]:
+    def open_neighbour(shown: Any, log_scale: bool, evt: gr.SelectData) -> tuple[Any, ...]:
         if not shown:
             raise UserError("open a feature first")
-        return open_values(ctx, shown[0], evt.row_value[0], "", bool(log))
+        return open_values(ctx, shown[0], evt.row_value[0], "", bool(log_scale))
 
     neighbours.select(ui(open_neighbour), [shown, log_counts], outputs)
     open_btn.click(
@@ -334,26 +334,26 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         api_name="test_feature",
     )  # fmt: skip
 
-    def random_open(layer: Any, log: bool) -> tuple[Any, ...]:
-        return open_values(ctx, *random_feature(ctx, "all"), "", bool(log))
+    def random_open(layer: Any, log_scale: bool) -> tuple[Any, ...]:
+        return open_values(ctx, *random_feature(ctx, "all"), "", bool(log_scale))
 
     rand_btn.click(ui(random_open), [d_layer, log_counts], outputs)
 
-    def redraw_histogram(shown: Any, test: str, log: bool) -> Any:
+    def redraw_histogram(shown: Any, test: str, log_scale: bool) -> Any:
         if not shown:
             return gr.skip()
-        return view(ctx, shown[0], shown[1], test, bool(log)).histogram
+        return view(ctx, shown[0], shown[1], test, bool(log_scale)).histogram
 
     log_counts.change(ui(redraw_histogram), [shown, test_text, log_counts], hist)
 
     def save_label(
-        shown: Any, label: str, name: str, key: str, profile: gr.OAuthProfile | None
+        shown: Any, label: str, labeller: str, key: str, profile: gr.OAuthProfile | None
     ) -> tuple[str, str]:
         """Save a label for the feature whose dashboard is shown (not the inputs' feature)."""
         if not shown:
             raise UserError("open a feature first: the label is saved for the feature shown")
         layer, feature = shown
-        message = ctx.save_label(layer, feature, label, "", "medium", name, profile, key)
+        message = ctx.save_label(layer, feature, label, "", "medium", labeller, profile, key)
         return status(message), header(ctx, layer, feature)
 
     quick_save.click(

@@ -20,12 +20,22 @@ from explorer.labels import LabelError
 TAB_ID = "label"
 HISTORY_COLUMNS = ["id", "when", "label", "notes", "confidence", "by", "retracted"]
 
-DENSITY_BANDS: dict[str, tuple[float, float]] = {
-    "rare (≤ 0.01%)": (0.0, 1e-4),
-    "sparse (0.01–0.1%)": (1e-4, 1e-3),
-    "common (0.1–1%)": (1e-3, 1e-2),
-    "dense (> 1%)": (1e-2, 1.0),
-}
+BAND_EDGES = (1e-4, 1e-3)  # rare | sparse | common, below the store's dense threshold
+
+
+def density_bands(dense_threshold: float) -> dict[str, tuple[float, float]]:
+    """The labelling queue's density bands, ``{name: (lo, hi]}``: decades below the store's
+    dense threshold, then "dense" above it, so that the dense band holds exactly the features the
+    store flags dense. At the default 1%: ``rare (≤ 0.01%)``, ``sparse (0.01–0.1%)``,
+    ``common (0.1–1%)``, ``dense (> 1%)``; an edge at or above the threshold is dropped."""
+    edges = [0.0, *(e for e in BAND_EDGES if e < dense_threshold), dense_threshold]
+    names = ("rare", "sparse", "common")
+    bands = {}
+    for name, lo, hi in zip(names, edges, edges[1:], strict=False):
+        span = f"≤ {100 * hi:g}%" if lo == 0.0 else f"{100 * lo:g}–{100 * hi:g}%"
+        bands[f"{name} ({span})"] = (lo, hi)
+    bands[f"dense (> {100 * dense_threshold:g}%)"] = (dense_threshold, 1.0)
+    return bands
 
 
 def next_unlabelled(
@@ -36,7 +46,8 @@ def next_unlabelled(
     df = df[~df["dead"]]
     if layer not in (None, "", "all"):
         df = df[df["layer"] == parse_int(layer, "layer")]
-    lo, hi = DENSITY_BANDS.get(band, (None, None)) if band != "any" else (0.0, 1.0)
+    bands = density_bands(ctx.dense_threshold)
+    lo, hi = bands.get(band, (None, None)) if band != "any" else (0.0, 1.0)
     if lo is None or hi is None:
         raise UserError(f"unknown density band {band!r}")
     df = df[(df["density"] > lo) & (df["density"] <= hi)]
@@ -166,7 +177,9 @@ def layout(ctx: Context) -> LabellingTab:
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
         q_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
-        q_band = gr.Dropdown(["any", *DENSITY_BANDS], value="any", label="Density")
+        q_band = gr.Dropdown(
+            ["any", *density_bands(ctx.dense_threshold)], value="any", label="Density"
+        )
         q_next = gr.Button("Next unlabelled feature", elem_id="next-unlabelled")
     with gr.Row():
         l_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer", elem_id="l-layer")
@@ -227,10 +240,10 @@ def layout(ctx: Context) -> LabellingTab:
         shown: Any,
         label: str,
         notes: str,
-        conf: str,
-        name: str,
+        confidence: str,
+        labeller: str,
         key: str,
-        q_l: Any,
+        queue_layer: Any,
         band: str,
         profile: gr.OAuthProfile | None,
     ) -> tuple[Any, ...]:
@@ -239,10 +252,10 @@ def layout(ctx: Context) -> LabellingTab:
         if not shown:
             raise UserError("open a feature first: the label is saved for the feature shown")
         layer, feature = shown
-        message = ctx.save_label(layer, feature, label, notes, conf, name, profile, key)
+        message = ctx.save_label(layer, feature, label, notes, confidence, labeller, profile, key)
         saved = label_history(ctx, layer, feature)
         try:
-            following = show_next(q_l, band)
+            following = show_next(queue_layer, band)
         except UserError as e:
             following = show_for_label(layer, feature)
             message += f" · {e}"
@@ -254,19 +267,26 @@ def layout(ctx: Context) -> LabellingTab:
         [*label_outputs, l_status, l_saved, l_label, l_notes],
         api_name="save_and_next",
     )
-    exp_csv.click(ui(lambda: export_labels(ctx, "csv")), None, exp_file)
-    exp_json.click(ui(lambda: export_labels(ctx, "json")), None, exp_file)
+
+    def export_csv() -> str:
+        return export_labels(ctx, "csv")
+
+    def export_json() -> str:
+        return export_labels(ctx, "json")
+
+    exp_csv.click(ui(export_csv), None, exp_file)
+    exp_json.click(ui(export_json), None, exp_file)
 
     def import_from(path: Any, key: str, profile: gr.OAuthProfile | None) -> str:
         return status(import_labels(ctx, path, profile, key))
 
     imp_btn.click(ui(import_from), [imp_file, l_key], imp_status, api_name="import_labels")
 
-    def retract_label(ident: Any, key: str, profile: gr.OAuthProfile | None) -> str:
-        return status(retract(ctx, "label", ident, profile, key))
+    def retract_label(label_id: Any, key: str, profile: gr.OAuthProfile | None) -> str:
+        return status(retract(ctx, "label", label_id, profile, key))
 
-    def retract_import(ident: Any, key: str, profile: gr.OAuthProfile | None) -> str:
-        return status(retract(ctx, "batch", ident, profile, key))
+    def retract_import(batch: Any, key: str, profile: gr.OAuthProfile | None) -> str:
+        return status(retract(ctx, "batch", batch, profile, key))
 
     r_label_btn.click(ui(retract_label), [r_label, l_key], r_status, api_name="retract_label")
     r_batch_btn.click(ui(retract_import), [r_batch, l_key], r_status, api_name="retract_import")

@@ -127,13 +127,33 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             return links.feature_query(*shown) if shown else gr.skip()
 
         dash.header.change(feature_link, [dash.shown], link)
-        micro.encode_btn.click(lambda t: links.text_query(t or ""), [micro.text], link)
 
-        def steer_link(prompt: str, table: Any, *settings: Any) -> Any:
+        def text_link(text: str) -> str:
+            return links.text_query(text or "")
+
+        micro.encode_btn.click(text_link, [micro.text], link)
+
+        # Named parameters, as /generate's: gradio_client's view_api shows a handler's own names
+        # (a ``*settings`` showed as param_2 … param_5). The module is bound before the name
+        # ``steering`` becomes the table's.
+        parse_steers = steering.parse_steers
+
+        def steer_link(
+            prompt: str,
+            steering: Any,
+            temperature: Any,
+            max_new_tokens: Any,
+            seed: Any,
+            frequency_penalty: Any,
+        ) -> Any:
             try:
-                steers = steering.parse_steers(ctx, table)
-                names = ("temperature", "max_new_tokens", "seed", "frequency_penalty")
-                values = {k: float(v) for k, v in zip(names, settings, strict=True)}
+                steers = parse_steers(ctx, steering)
+                values = {
+                    "temperature": float(temperature),
+                    "max_new_tokens": float(max_new_tokens),
+                    "seed": float(seed),
+                    "frequency_penalty": float(frequency_penalty),
+                }
             except (UserError, TypeError, ValueError):
                 return gr.skip()  # the generation reports what is wrong; the link stays
             rows = [(s.layer, s.feature, s.strength, s.method) for s in steers]
@@ -183,7 +203,11 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             return (*dash_values, *micro_values, *steer_values, *label_values)
 
         demo.load(from_url, None, load_outputs).then(None, None, None, js=_RUN_FROM_URL)
-        demo.load(ui(lambda: browse.table_update(ctx)), None, found.table)
+
+        def first_page() -> Any:
+            return browse.table_update(ctx)
+
+        demo.load(ui(first_page), None, found.table)
 
         # The label API: label a feature by number (what the UI does for the feature shown).
         def label_feature(

@@ -116,8 +116,18 @@ def default_layers(ctx: Context) -> list[int]:
     return [have[i] for i in picks]
 
 
-def _density(max_density_pct: Any) -> float:
+def _density(ctx: Context, max_density_pct: Any) -> float:
+    """The density filter as a fraction; ``None`` is the store's own dense threshold."""
+    if max_density_pct is None:
+        return ctx.dense_threshold
     return parse_float(max_density_pct, "density filter (%)", 0.0, 100.0) / 100.0
+
+
+def density_input(ctx: Context) -> gr.Number:
+    """The "Hide features denser than (%)" box, at the store's dense threshold."""
+    return gr.Number(
+        round(100 * ctx.dense_threshold, 6), label="Hide features denser than (%)", minimum=0
+    )
 
 
 def view(
@@ -125,16 +135,17 @@ def view(
     text: str,
     layers: Sequence[Any] | None = None,
     metric: str = "max activation",
-    max_density_pct: Any = 1.0,
+    max_density_pct: Any = None,
     aggregate: str = "max",
 ) -> MicroscopeView:
-    """Encode ``text`` on the chosen layers; heatmap, token highlights, top features."""
+    """Encode ``text`` on the chosen layers; heatmap, token highlights, top features. Features
+    denser than ``max_density_pct`` (%; ``None``: the store's dense threshold) are hidden."""
     chosen = _layers(ctx, layers)
     if metric not in METRICS:
         raise UserError(f"the heatmap shows {' or '.join(METRICS)}, not {str(metric)[:40]!r}")
     if aggregate not in AGGREGATES:
         raise UserError(f"rank the whole text by max or sum, not {str(aggregate)[:40]!r}")
-    max_density = _density(max_density_pct)
+    max_density = _density(ctx, max_density_pct)
     try:
         enc = encode(
             ctx.bundle,
@@ -242,12 +253,12 @@ def _position(enc: Encoding | None, position: Any) -> tuple[Encoding, int]:
 
 
 def token_features(
-    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = 1.0
+    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = None
 ) -> pd.DataFrame:
     """The chosen token's shown features on every encoded layer, strongest (relative) first,
     all layers together; raw activation beside it."""
     enc, pos = _position(enc, position)
-    st = strengths(ctx, enc, _density(max_density_pct))
+    st = strengths(ctx, enc, _density(ctx, max_density_pct))
     cols = ["layer", "feature", "label", REL, "activation", "density %"]
     frames = [
         pd.DataFrame(
@@ -282,13 +293,13 @@ def token_caption(enc: Encoding | None, position: Any) -> str:
 
 
 def tokens_marked(
-    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = 1.0
+    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = None
 ) -> str:
     """The token view with ``position`` outlined (no forward pass: from the encoding)."""
     enc, pos = _position(enc, position)
     layers = list(enc.layers)
     return token_html(
-        enc.tokens, layers, cells(layers, strengths(ctx, enc, _density(max_density_pct))), pos
+        enc.tokens, layers, cells(layers, strengths(ctx, enc, _density(ctx, max_density_pct))), pos
     )
 
 
@@ -333,7 +344,7 @@ def layout(ctx: Context) -> MicroscopeTab:
             value="max activation",
             label="Heatmap shows",
         )
-        density = gr.Number(1.0, label="Hide features denser than (%)", minimum=0)
+        density = density_input(ctx)
         aggregate = gr.Radio(list(AGGREGATES), value="max", label="Whole-text ranking")
     encode_btn = gr.Button("Encode", variant="primary", elem_id="encode")
     status = status_box("micro-status")
@@ -356,13 +367,15 @@ def layout(ctx: Context) -> MicroscopeTab:
         elem_id="text-top",
     )
 
-    def run_microscope(t: str, ls: list[str], m: str, d: Any, agg: str) -> tuple[Any, ...]:
-        v = view(ctx, t, ls, m, d, agg)
-        table = token_features(ctx, v.encoding, 0, d)
+    def run_microscope(
+        text: str, layers: list[str], metric: str, max_density_pct: Any, aggregate: str
+    ) -> tuple[Any, ...]:
+        v = view(ctx, text, layers, metric, max_density_pct, aggregate)
+        table = token_features(ctx, v.encoding, 0, max_density_pct)
         return (
             v.tokens_html,
             v.heatmap,
-            render.shade_column(v.text_top, f"{agg} {REL}"),
+            render.shade_column(v.text_top, f"{aggregate} {REL}"),
             status_line(v.status),
             v.encoding,
             gr.Dropdown(choices=v.token_choices, value=0),
@@ -376,7 +389,7 @@ def layout(ctx: Context) -> MicroscopeTab:
         api_name="microscope",
     )
 
-    def show_token(enc: Encoding | None, position: Any, max_density_pct: Any = 1.0) -> Any:
+    def show_token(enc: Encoding | None, position: Any, max_density_pct: Any = None) -> Any:
         """The chosen token's features on every encoded layer, strongest first (all layers
         together), and the token view marking it."""
         return token_outputs(ctx, enc, position, max_density_pct)
@@ -388,8 +401,8 @@ def layout(ctx: Context) -> MicroscopeTab:
         api_name="token_features",
     )
 
-    def pick_token(enc: Any, d: Any, evt: gr.SelectData) -> tuple[Any, ...]:
-        return (gr.Dropdown(value=evt.index), *token_outputs(ctx, enc, evt.index, d))
+    def pick_token(enc: Any, max_density_pct: Any, evt: gr.SelectData) -> tuple[Any, ...]:
+        return (gr.Dropdown(value=evt.index), *token_outputs(ctx, enc, evt.index, max_density_pct))
 
     tokens_view.select(ui(pick_token), [enc_state, density], [token_pick, token_table, tokens_view])
     return MicroscopeTab(

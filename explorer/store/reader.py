@@ -1,4 +1,4 @@
-"""Read-only access to a feature store directory (written by ``precompute/write.py``).
+"""Read-only access to a feature store directory (written by ``precompute/store_build/write.py``).
 
 The reader rebuilds dense examples and the features' ``*_logits_tokens`` through
 :mod:`explorer.store.codec`, so callers see the same records as if everything were stored in

@@ -14,8 +14,8 @@ The ``default`` recipe:
    0.01% and a cap of 0.7%, except the 200 densest (:mod:`precompute.train.balanced`), on 1M
    tokens (29 min on a 2-core CPU from an activation cache): the SAEs shipped in
    ``assets/saes``. Over an even sample of 200k training tokens they meet issue 13's targets on
-   every layer (README, "Sparser SAEs"); a cap of 0.8% left layer 9 at 10.9% of its features
-   above 1%: the cap packs hundreds of features just under it.
+   every layer (docs/steering.md, "Sparser SAEs"); a cap of 0.8% left layer 9 at 10.9% of its
+   features above 1%: the cap packs hundreds of features just under it.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
-from precompute.records import (
+from precompute.store_build.records import (
     MAX_FEATURES,
     POS_BITS,
     POS_MASK,

@@ -12,7 +12,7 @@ layer with ``np.fromfile`` at the member's offset: only those rows leave the dis
 reads every shard once per feature block, so its memory is set by the block, not by the run.
 
 The reader opens files through an ``opener`` (a local file by default): the cluster run
-(``precompute.cluster``) passes one of :class:`precompute.storage.WorkDir`, so the same reads go
+(``cluster``) passes one of :class:`~.storage.WorkDir`, so the same reads go
 to an fsspec URL (``s3://``, ``gs://``) with ranged reads.
 
 Shards of the first format (unsorted, no ``fptr_L``) carry no ``format`` in their meta: the
@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from explorer.files import atomic_writer
-from precompute.records import AccumulateError, Records
+from precompute.store_build.records import AccumulateError, Records
 
 SHARD_FORMAT = 2
 """Written into every shard's meta; a shard with another (or no) format is recomputed."""
@@ -67,7 +67,7 @@ def save_shard(
 
 
 Opener = Callable[[Any], IO[bytes]]
-"""Opens a shard (a path, or a URL for a :class:`precompute.storage.WorkDir`'s) for reading."""
+"""Opens a shard (a path, or a URL for a :class:`~.storage.WorkDir`'s) for reading."""
 
 
 def open_binary(path: Any) -> IO[bytes]:

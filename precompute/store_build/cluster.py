@@ -1,21 +1,21 @@
 """The precompute run on a Ray cluster (``python -m precompute run … --ray local|ADDRESS``).
 
-The same three stages as :class:`precompute.job.Job`, spread over the cluster:
+The same three stages as :class:`precompute.store_build.job.Job`, spread over the cluster:
 
 1. **Encode** on Ray actors, one per GPU when the cluster has GPUs, one per CPU otherwise (or
    ``workers``). Each actor builds the bundle once, from a picklable factory (the preset's name,
    never a pickled model), and takes shards from the driver one at a time; it writes each shard
-   to the shared :class:`precompute.storage.WorkDir` atomically. Shards already there with this
+   to the shared :class:`~.storage.WorkDir` atomically. Shards already there with this
    run's meta are skipped, so rerunning the command after the driver died redoes only the shards
    that were not written. When an actor dies (its process killed, its machine lost), the shard it
    held goes back to the queue and a new actor takes its place.
-2. **Reduce** as one Ray task per (layer, feature block) (:func:`precompute.blocks.plan_blocks`
+2. **Reduce** as one Ray task per (layer, feature block) (:func:`~.blocks.plan_blocks`
    cuts the blocks to ``reduce_memory_mb``, which bounds each task's memory), all submitted at
    once; each reads its block from every shard of the shared directory.
 3. **Write**: the driver gathers the blocks in feature order and writes the store with the
    single-process writer.
 
-Every reduction is exact and the shards' layout does not change the result (``precompute.job``),
+Every reduction is exact and the shards' layout does not change the result (``job``),
 so the store equals the single-process store. Ray is an optional extra and is imported only here,
 when a run asks for it.
 """
@@ -31,18 +31,25 @@ from pathlib import Path
 from typing import Any
 
 from explorer.bundle import Bundle, build_bundle, preset
-from precompute.accumulate import Examples, LayerStats, ReduceConfig
-from precompute.blocks import (
+from precompute.store_build.accumulate import Examples, LayerStats, ReduceConfig
+from precompute.store_build.blocks import (
     BYTES_PER_RECORD,
     concat_examples,
     concat_stats,
     plan_blocks,
     reduce_block,
 )
-from precompute.job import Job, RunConfig, bundle_meta, collect_windows, encode_shard, shard_ranges
-from precompute.records import TokenTable
-from precompute.shards import SHARD_FORMAT, ShardReader, save_shard
-from precompute.storage import WorkDir, shard_name
+from precompute.store_build.job import (
+    Job,
+    RunConfig,
+    bundle_meta,
+    collect_windows,
+    encode_shard,
+    shard_ranges,
+)
+from precompute.store_build.records import TokenTable
+from precompute.store_build.shards import SHARD_FORMAT, ShardReader, save_shard
+from precompute.store_build.storage import WorkDir, shard_name
 
 logger = logging.getLogger(__name__)
 

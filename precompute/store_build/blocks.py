@@ -18,9 +18,15 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from precompute.accumulate import Examples, LayerStats, ReduceConfig, examples, reduce_layer
-from precompute.records import Records, TokenTable
-from precompute.shards import ShardReader
+from precompute.store_build.accumulate import (
+    Examples,
+    LayerStats,
+    ReduceConfig,
+    examples,
+    reduce_layer,
+)
+from precompute.store_build.records import Records, TokenTable
+from precompute.store_build.shards import ShardReader
 
 BYTES_PER_RECORD = 48
 """Peak bytes per record of a block in the reduce: the read arrays (16), the canonical key and

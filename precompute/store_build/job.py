@@ -3,14 +3,14 @@
 The run has two stages that talk through files (as the rest of the project does):
 
 1. **Encode.** Windows are cut from the corpus in a fixed order and numbered by global position
-   (see ``precompute.accumulate``). Each batch runs the model once for all layers, stopped after
+   (see ``accumulate``). Each batch runs the model once for all layers, stopped after
    the last one, and every layer's SAE encodes it; the non-zero activations at non-special
    positions are kept as sparse records. Every ``shard_tokens`` tokens a shard is written
    atomically (temporary file, then rename) to the work directory, so a killed run resumes at
    the first missing shard and redoes at most one shard of work.
 2. **Reduce.** Each layer is reduced exactly, vectorized over features, one feature block at a
-   time (``precompute.blocks``): a block's records are read from every shard (each shard keeps
-   its records sorted by feature, with an index, ``precompute.shards``), and blocks are cut so
+   time (``blocks``): a block's records are read from every shard (each shard keeps
+   its records sorted by feature, with an index, ``shards``), and blocks are cut so
    that each holds about ``reduce_memory_mb`` of records. Logit effects (``W_dec @ W_U``) and
    decoder neighbours are computed from the weights; the store is written atomically.
 
@@ -48,14 +48,14 @@ from explorer.store.codec import (
 )
 from explorer.store.saes import SAES_MANIFEST, SaeManifest
 from explorer.store.schema import StoreLayer, StoreManifest, sae_ref
-from precompute.accumulate import Examples, LayerStats, ReduceConfig
-from precompute.blocks import BYTES_PER_RECORD, reduce_blocks
 from precompute.corpus import corpus_sha256, pad_windows, run_documents, token_windows
 from precompute.describe import describe_layer
-from precompute.features import logit_effects, neighbours
-from precompute.records import Records, TokenTable
-from precompute.shards import SHARD_FORMAT, ShardReader, save_shard, shard_meta
-from precompute.write import write_store
+from precompute.store_build.accumulate import Examples, LayerStats, ReduceConfig
+from precompute.store_build.blocks import BYTES_PER_RECORD, reduce_blocks
+from precompute.store_build.features import logit_effects, neighbours
+from precompute.store_build.records import Records, TokenTable
+from precompute.store_build.shards import SHARD_FORMAT, ShardReader, save_shard, shard_meta
+from precompute.store_build.write import write_store
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from precompute.shards import shard_meta
+from precompute.store_build.shards import shard_meta
 
 SHARD_GLOB = "shard-*.npz"
 
@@ -54,7 +54,7 @@ class WorkDir:
         return sorted(str(p) for p in self.fs.glob(self.path(SHARD_GLOB)))
 
     def open(self, path: Any) -> IO[bytes]:
-        """Open a full path for reading (the :class:`precompute.shards.ShardReader` opener)."""
+        """Open a full path for reading (the :class:`~.shards.ShardReader` opener)."""
         return self.fs.open(path, "rb")
 
     def meta(self, shard: int) -> dict[str, Any] | None:
