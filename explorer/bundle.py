@@ -1,4 +1,5 @@
-"""Bundles: a model, its tokenizer and one SAE per chosen layer, named by presets.
+"""Bundles: a model, its tokenizer, one SAE per chosen layer and (optionally) one transcoder per
+layer, named by presets.
 
 Every Gemma model goes through one path: transformers loads the weights (from the embedded
 model's cache, a local directory, or the hub), and :func:`hooked_from_hf` builds a
@@ -9,7 +10,12 @@ serve Gemma 2 2B, the embedded Gemma 3 270M, local fine-tunes and the tiny rando
 (the tests check that the derived config equals transformer-lens's own for the official names).
 
 SAEs load lazily, one layer at a time, into a bounded LRU cache: Gemma Scope's 26 layers of
-16k-wide SAEs would take about 8 GB at once.
+16k-wide SAEs would take about 8 GB at once. Transcoders (a second source of features: each
+reads an MLP's input and writes its output) load the same way, into a cache of their own. Every
+transcoder a bundle hands out reads ``blocks.N.ln2.hook_normalized`` and writes
+``blocks.N.hook_mlp_out`` (:data:`TRANSCODER_IN`, :data:`TRANSCODER_OUT`): one trained on the
+pre-feedforward norm's *weighted* output (Gemma Scope 2's, whose ``hf_hook_name`` says so) gets
+the norm's weight folded into its encoder (:func:`fold_norm_weight`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from explorer.gguf_model import embedded_identity, embedded_model_dir
 from explorer.hooked import hooked_from_hf
-from explorer.paths import ASSETS_SAES
+from explorer.paths import ASSETS_SAES, ASSETS_TRANSCODERS
 from explorer.store.schema import sae_ref
 
 if TYPE_CHECKING:
@@ -33,6 +39,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESID_POST = "blocks.{layer}.hook_resid_post"
+TRANSCODER_IN = "blocks.{layer}.ln2.hook_normalized"
+TRANSCODER_OUT = "blocks.{layer}.hook_mlp_out"
+# The HF module whose output is the pre-feedforward norm's weighted output: a transcoder that
+# names it (Gemma Scope 2's) reads ``ln2.w * ln2.hook_normalized``.
+_HF_WEIGHTED_MLP_IN = "pre_feedforward_layernorm.output"
 DEFAULT_LAYERS = (5, 9, 12, 15)  # the layers Gemma Scope 2 covers for Gemma 3 270M
 
 
@@ -80,6 +91,7 @@ class BundleSpec:
         max_tokens: typed text longer than this (BOS included) is truncated.
         online: whether building the bundle needs the Hugging Face hub.
         description: one line for humans.
+        transcoders: one transcoder source per layer, in layer order (none: no transcoders).
     """
 
     name: str
@@ -89,6 +101,7 @@ class BundleSpec:
     max_tokens: int = 1024
     online: bool = False
     description: str = ""
+    transcoders: tuple[tuple[int, SAESource], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.saes:
@@ -98,6 +111,9 @@ class BundleSpec:
             raise BundleError(f"bundle {self.name!r}: layers must be distinct and non-negative")
         if self.max_tokens < 2:
             raise BundleError("max_tokens must be at least 2 (BOS and one token)")
+        tc_layers = [layer for layer, _ in self.transcoders]
+        if tc_layers != sorted(set(tc_layers)) or (tc_layers and tc_layers[0] < 0):
+            raise BundleError(f"bundle {self.name!r}: transcoder layers must be distinct")
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -115,14 +131,52 @@ class BundleSpec:
             + ", ".join(map(str, self.layers))
         )
 
+    @property
+    def transcoder_layers(self) -> tuple[int, ...]:
+        return tuple(layer for layer, _ in self.transcoders)
+
+    def transcoder_source(self, layer: int) -> SAESource:
+        for candidate, source in self.transcoders:
+            if candidate == layer:
+                return source
+        if not self.transcoders:
+            raise BundleError(f"bundle {self.name!r} has no transcoders")
+        raise BundleError(
+            f"layer {layer} has no transcoder in bundle {self.name!r}; its transcoder layers "
+            "are " + ", ".join(map(str, self.transcoder_layers))
+        )
+
+
+def _shipped_transcoder_layers() -> tuple[int, ...]:
+    """The layers of ``assets/transcoders`` (its manifest's), none when they are not there."""
+    from explorer.store.saes import SaeManifest, SaeManifestError
+
+    try:
+        return tuple(x.layer for x in SaeManifest.read(ASSETS_TRANSCODERS).layers)
+    except SaeManifestError:
+        return ()
+
 
 def _default_spec() -> BundleSpec:
     return BundleSpec(
         name="default",
         model="embedded",
         saes=tuple((n, SAESource(path=str(ASSETS_SAES / f"layer_{n}"))) for n in DEFAULT_LAYERS),
-        description="embedded Gemma 3 270M (GGUF Q4_K_M) with this project's own SAEs (offline)",
+        description="embedded Gemma 3 270M (GGUF Q4_K_M) with this project's own SAEs and "
+        "transcoders (offline)",
+        transcoders=tuple(
+            (n, SAESource(path=str(ASSETS_TRANSCODERS / f"layer_{n}")))
+            for n in _shipped_transcoder_layers()
+        ),
     )
+
+
+# Gemma Scope's transcoders for Gemma 2 2B: the 16k id of each layer in sae-lens's registry
+# (``gemma-scope-2b-pt-transcoders``; the test checks them against it).
+GEMMA_2_TRANSCODER_L0 = (
+    76, 65, 49, 54, 88, 87, 95, 70, 52, 72, 88, 5, 6, 8, 8, 8, 10, 12, 13, 12, 11, 13, 15, 25,
+    37, 41,
+)  # fmt: skip
 
 
 def _gemma_3_270m_spec() -> BundleSpec:
@@ -135,7 +189,18 @@ def _gemma_3_270m_spec() -> BundleSpec:
             for n in DEFAULT_LAYERS
         ),
         online=True,
-        description="google/gemma-3-270m with Gemma Scope 2 (16k, layers 5 9 12 15; online)",
+        description="google/gemma-3-270m with Gemma Scope 2 (16k, layers 5 9 12 15; "
+        "transcoders on all 18 layers; online)",
+        transcoders=tuple(
+            (
+                n,
+                SAESource(
+                    release="gemma-scope-2-270m-pt-transcoders-all",
+                    sae_id=f"layer_{n}_width_16k_l0_small_affine",
+                ),
+            )
+            for n in range(18)
+        ),
     )
 
 
@@ -149,7 +214,18 @@ def _gemma_2_2b_spec() -> BundleSpec:
             for n in range(26)
         ),
         online=True,
-        description="google/gemma-2-2b with Gemma Scope (16k canonical, all 26 layers; online)",
+        description="google/gemma-2-2b with Gemma Scope (16k canonical, all 26 layers; "
+        "transcoders 16k on all 26 layers; online)",
+        transcoders=tuple(
+            (
+                n,
+                SAESource(
+                    release="gemma-scope-2b-pt-transcoders",
+                    sae_id=f"layer_{n}/width_16k/average_l0_{l0}",
+                ),
+            )
+            for n, l0 in enumerate(GEMMA_2_TRANSCODER_L0)
+        ),
     )
 
 
@@ -280,6 +356,35 @@ def load_sae(source: SAESource, device: str = "cpu", dtype: str = "float32") -> 
         raise BundleError(f"cannot load SAE {source.describe()}: {first}") from None
 
 
+def fold_norm_weight(tc: SAE, model: HookedSAETransformer, layer: int) -> SAE:
+    """Make ``tc`` read :data:`TRANSCODER_IN` and write :data:`TRANSCODER_OUT` of ``layer``.
+
+    A transcoder trained on the pre-feedforward norm's weighted output (its ``hf_hook_name``
+    ends in ``pre_feedforward_layernorm.output``: Gemma Scope 2's; sae-lens names
+    ``hook_mlp_in`` for them, the residual before the norm) reads ``w * x`` where ``x`` is
+    ``ln2.hook_normalized`` and ``w`` the norm's weight: the weight is folded into the encoder
+    (and the skip term), which is exact. Others must already name the two hooks.
+    """
+    import torch
+
+    meta = tc.cfg.metadata
+    want_in, want_out = TRANSCODER_IN.format(layer=layer), TRANSCODER_OUT.format(layer=layer)
+    hf_in = str(meta.get("hf_hook_name") or "")
+    if hf_in.endswith(_HF_WEIGHTED_MLP_IN) and f"layers.{layer}." in hf_in:
+        w = model.blocks[layer].ln2.w.detach().to(tc.W_enc.device, tc.W_enc.dtype)
+        with torch.no_grad():
+            tc.W_enc.mul_(w.unsqueeze(-1))
+            if hasattr(tc, "W_skip"):
+                tc.W_skip.mul_(w.unsqueeze(0))  # [d_out, d_in]: input columns
+        meta.hook_name = want_in
+    if meta.hook_name != want_in or meta.get("hook_name_out") != want_out:
+        raise BundleError(
+            f"a transcoder of layer {layer} reads {meta.hook_name!r} and writes "
+            f"{meta.get('hook_name_out')!r}; this explorer needs {want_in!r} and {want_out!r}"
+        )
+    return tc
+
+
 @dataclass
 class Bundle:
     """A loaded model plus lazily loaded SAEs (at most ``max_saes`` held at once)."""
@@ -291,6 +396,7 @@ class Bundle:
     dtype: str = "float32"
     max_saes: int = 8
     _saes: OrderedDict[int, SAE] = field(default_factory=OrderedDict, repr=False)
+    _transcoders: OrderedDict[int, SAE] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _widths: dict[int, int] = field(default_factory=dict, repr=False)
 
@@ -301,17 +407,33 @@ class Bundle:
     def sae(self, layer: int) -> SAE:
         """The SAE of ``layer``, loaded on first use; the least recently used one is dropped."""
         source = self.spec.source(layer)
+        return self._cached(self._saes, layer, lambda: load_sae(source, self.device, self.dtype))
+
+    def transcoder(self, layer: int) -> SAE:
+        """The transcoder of ``layer`` (sae-lens's transcoder class), loaded on first use into
+        its own LRU cache; it reads :data:`TRANSCODER_IN` and writes :data:`TRANSCODER_OUT`."""
+        source = self.spec.transcoder_source(layer)
+
+        def load() -> SAE:
+            tc = load_sae(source, self.device, self.dtype)
+            if not hasattr(tc, "cfg") or not hasattr(tc.cfg, "d_out"):
+                raise BundleError(f"{source.describe()} is not a transcoder")
+            return fold_norm_weight(tc, self.model, layer)
+
+        return self._cached(self._transcoders, layer, load)
+
+    def _cached(self, cache: OrderedDict[int, SAE], layer: int, load: Any) -> SAE:
         with self._lock:
-            if layer in self._saes:
-                self._saes.move_to_end(layer)
-                return self._saes[layer]
-        sae = load_sae(source, device=self.device, dtype=self.dtype)
+            if layer in cache:
+                cache.move_to_end(layer)
+                return cache[layer]
+        sae = load()
         sae.eval()
         with self._lock:
-            self._saes[layer] = sae
-            self._saes.move_to_end(layer)
-            while len(self._saes) > self.max_saes:
-                self._saes.popitem(last=False)
+            cache[layer] = sae
+            cache.move_to_end(layer)
+            while len(cache) > self.max_saes:
+                cache.popitem(last=False)
         return sae
 
     def width(self, layer: int) -> int:

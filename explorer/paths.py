@@ -12,5 +12,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = REPO_ROOT / "assets"
 ASSETS_CORPUS = ASSETS / "corpus"
 ASSETS_SAES = ASSETS / "saes"
+ASSETS_TRANSCODERS = ASSETS / "transcoders"
 ASSETS_STORE = ASSETS / "store"
 CURATED = ASSETS / "curated.json"

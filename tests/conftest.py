@@ -29,6 +29,7 @@ from helpers import (
     tiny_bundle,
     write_word_corpus,
 )
+from hub_layout import hub  # noqa: F401  (an offline hub cache, for the hub-layout tests)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

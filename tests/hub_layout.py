@@ -82,6 +82,15 @@ def point_hub_at(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache that ``huggingface_hub`` uses, offline, for this test."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    point_hub_at(monkeypatch, cache)
+    return cache
+
+
 @dataclass
 class _Response:
     url: str

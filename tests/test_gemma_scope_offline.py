@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_gemma2, make_gemma3
-from hub_layout import RangeRequestHub, point_hub_at, write_hub_file, write_hub_json
+from hub_layout import RangeRequestHub, write_hub_file, write_hub_json
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from explorer.bundle import Bundle, BundleError, BundleSpec, SAESource, load_sae, preset
@@ -81,15 +81,6 @@ def g2_source() -> SAESource:
 
 def g3_source() -> SAESource:
     return preset("gemma-3-270m").source(G3_LAYER)
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty hub cache that ``huggingface_hub`` uses, offline, for this test."""
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    point_hub_at(monkeypatch, cache)
-    return cache
 
 
 @pytest.fixture
