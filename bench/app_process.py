@@ -39,11 +39,15 @@ class AppProcess:
 
 
 @contextmanager
-def app_process(timeout_s: float = 300.0) -> Iterator[AppProcess]:
-    """``python -m explorer`` (the embedded default, a throwaway label database) on a free port;
-    yields once the page answers, stops it on exit."""
+def app_process(
+    timeout_s: float = 300.0, env: dict[str, str] | None = None
+) -> Iterator[AppProcess]:
+    """``python -m explorer`` (the embedded default, a throwaway label database) on a free port,
+    with ``env`` added to this process's environment; yields once the page answers, stops it on
+    exit."""
     port = free_port()
-    env = dict(os.environ, GSE_LABELS=str(Path(tempfile.mkdtemp()) / "labels.sqlite"))
+    labels = str(Path(tempfile.mkdtemp()) / "labels.sqlite")
+    env = dict(os.environ, GSE_LABELS=labels, **(env or {}))
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "explorer", "--host", "127.0.0.1", "--port", str(port)],

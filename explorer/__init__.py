@@ -3,7 +3,8 @@
 The library and the app. Rooms (each folder's ``__init__`` says more):
 
 - model side: ``bundle`` (presets, the Bundle of model + SAEs), ``hooked`` (HF -> transformer-lens),
-  ``gguf_model`` (the embedded model), ``hooks`` (per-call routed hooks), ``encode``, ``steer``;
+  ``gguf_model`` (the embedded model; ``gguf_file`` reads a GGUF, ``gguf_convert`` turns it into a
+  Hugging Face directory), ``hooks`` (per-call routed hooks), ``encode``, ``steer``;
 - ``store/``: the artifact formats (the feature store and the SAE-set manifest), one owner;
 - ``labels/``: human labels in SQLite;
 - ``explanations/``: machine explanations (LLM-generated and scored, or imported), in SQLite;

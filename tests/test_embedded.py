@@ -1,7 +1,7 @@
 """Smoke tests of the real embedded Gemma 3 270M and the shipped default SAEs.
 
-One fresh conversion into a temporary cache (about a minute on 2 cores), then: it is reused,
-its residuals equal transformers' hidden states, and the default preset encodes text.
+One fresh conversion into a temporary cache (the direct one, about 15 s on 2 cores), then: it is
+reused, its residuals equal transformers' hidden states, and the default preset encodes text.
 Deselect with ``-m "not slow"`` for a quick run.
 """
 
@@ -41,6 +41,7 @@ def test_conversion_is_cached_and_reused(cache: Path, monkeypatch) -> None:
     hf_dir = cache / gguf_model.HF_DIR_NAME
     marker = json.loads((hf_dir / gguf_model.MARKER).read_text())
     assert marker["gguf_sha256"] == gguf_model.gguf_sha256()
+    assert marker["converter"] == "direct"  # not transformers' fallback
     assert (hf_dir / "model.safetensors").stat().st_size > 500_000_000  # dequantized, float32
     assert not list(cache.glob(".convert-*"))  # no leftovers
     assert not list(cache.rglob("*.gguf"))  # the assembled GGUF is not kept
