@@ -171,3 +171,34 @@ def test_saved_units_match_the_trained_model_and_a_killed_layer_resumes_exactly(
     torch.testing.assert_close(tc.W_enc, whole["W_enc"], rtol=1e-2, atol=1e-3)
     assert dataclasses.replace(cfg, epochs=1).steps == n // 250
     assert cfg.steps == 8 * (n // 250)
+
+
+def test_sparse_steps_equal_dense_autograd() -> None:
+    """The sparse encode/decode give the dense products' values and gradients, and the
+    candidate top-k the full one."""
+    from precompute.train.sparse import SparseDecode, SparseEncode, batch_topk
+
+    torch.manual_seed(3)
+    b, d, w = 7, 5, 9
+    x = torch.randn(b, d)
+    w_enc = torch.randn(d, w, requires_grad=True)
+    b_enc = torch.randn(w, requires_grad=True)
+    w_dec = torch.randn(w, d, requires_grad=True)
+    pre = x @ w_enc + b_enc
+    mask = torch.rand(b, w) < 0.4
+    row, col = mask.nonzero().T
+    g = torch.randn(b, d)
+    ((pre * mask) @ w_dec * g).sum().backward()
+    dense = [t.grad.clone() for t in (w_enc, b_enc, w_dec)]  # type: ignore[union-attr]
+    for t in (w_enc, b_enc, w_dec):
+        t.grad = None
+    vals = SparseEncode.apply(x, w_enc, b_enc, row, col, pre.detach()[row, col])
+    out = SparseDecode.apply(vals, w_dec, row, col, b)
+    torch.testing.assert_close(out, ((pre * mask) @ w_dec).detach())
+    (out * g).sum().backward()
+    for want, t in zip(dense, (w_enc, b_enc, w_dec), strict=True):
+        torch.testing.assert_close(t.grad, want)
+    scores = torch.randn(1000)
+    full = scores.topk(50)
+    fast = batch_topk(scores, 50, theta=float(full.values[-1]))  # candidates above half of it
+    assert torch.equal(fast.indices.sort().values, full.indices.sort().values)

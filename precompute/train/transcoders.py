@@ -294,80 +294,6 @@ def _batch_order(cfg: TranscoderConfig, layer: int, epoch: int, n: int) -> np.nd
     return np.random.default_rng([cfg.seed, layer, epoch]).permutation(n)
 
 
-def _batch_topk(score: Tensor, n: int, theta: float) -> Any:
-    """``score.topk(n)``, from the scores above half the running threshold when there are
-    enough of them (a few times ``n`` instead of all ``batch × d_sae``: the same answer)."""
-    import torch
-
-    if theta > 0:
-        candidates = (score > 0.5 * theta).nonzero().squeeze(-1)
-        if len(candidates) >= n:
-            top = score[candidates].topk(n)
-            return torch.return_types.topk((top.values, candidates[top.indices]))
-    return score.topk(n)
-
-
-def _sparse(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    import torch
-
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), values, shape, is_coalesced=False, check_invariants=False
-    )
-
-
-def _autograd_function() -> Any:
-    import torch
-
-    return torch.autograd.Function
-
-
-class _SparseEncode(_autograd_function()):  # type: ignore[misc]
-    """The firing pairs' pre-activations ``x[row] · W_enc[:, col] + b_enc[col]`` (given, from
-    the dense pass), with their gradients to ``W_enc`` and ``b_enc`` as sparse products: on a
-    CPU, autograd through the dense product or an index costs 5–20 times more."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, w_enc: Tensor, b_enc: Tensor, row: Tensor, col: Tensor,
-                values: Tensor) -> Tensor:  # fmt: skip
-        ctx.save_for_backward(x, row, col)
-        ctx.shape = w_enc.shape
-        return values.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
-        import torch
-
-        x, row, col = ctx.saved_tensors
-        _, width = ctx.shape
-        g = _sparse(col, row, grad, (width, x.shape[0]))
-        grad_w = torch.sparse.mm(g, x).T
-        grad_b = torch.bincount(col, weights=grad, minlength=width).to(grad.dtype)
-        return None, grad_w, grad_b, None, None, None
-
-
-class _SparseDecode(_autograd_function()):  # type: ignore[misc]
-    """``sum over firing pairs of value × W_dec[col]`` into each row, as a sparse product,
-    with the gradients to the values and ``W_dec`` as sparse products too."""
-
-    @staticmethod
-    def forward(ctx: Any, vals: Tensor, w_dec: Tensor, row: Tensor, col: Tensor,
-                batch: int) -> Tensor:  # fmt: skip
-        import torch
-
-        ctx.save_for_backward(vals, w_dec, row, col)
-        ctx.batch = batch
-        return torch.sparse.mm(_sparse(row, col, vals, (batch, w_dec.shape[0])), w_dec)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
-        import torch
-
-        vals, w_dec, row, col = ctx.saved_tensors
-        grad_vals = (grad[row] * w_dec[col]).sum(-1)
-        grad_w = torch.sparse.mm(_sparse(col, row, vals, (w_dec.shape[0], ctx.batch)), grad)
-        return grad_vals, grad_w, None, None, None
-
-
 def train_layer(
     cfg: TranscoderConfig,
     x: Tensor,
@@ -384,6 +310,7 @@ def train_layer(
     import torch
 
     from precompute.train.balanced import balance_step
+    from precompute.train.sparse import SparseDecode, SparseEncode, batch_topk
 
     state = _load_checkpoint(checkpoint, cfg, device) or _init_state(cfg, x, y, layer, device)
     p = state.params
@@ -408,15 +335,15 @@ def train_layer(
             score = xb @ p["W_enc"] + p["b_enc"]
             pre_flat = score.flatten().clone()
             score += state.select_bias
-            top = _batch_topk(score.flatten(), cfg.k * xb.shape[0], state.theta)
+            top = batch_topk(score.flatten(), cfg.k * xb.shape[0], state.theta)
             chosen = top.indices[top.values > 0]
             # a chosen feature's value is relu(pre): one selected by the floor's bias alone
             # (pre <= 0) fires with 0
             live = chosen[pre_flat[chosen] > 0]
             row, col = live // cfg.d_sae, live % cfg.d_sae
         # the values, and what they write, with gradients on the firing pairs only
-        vals = _SparseEncode.apply(xb, p["W_enc"], p["b_enc"], row, col, pre_flat[live])
-        recon = _SparseDecode.apply(vals, p["W_dec"], row, col, xb.shape[0]) + p["b_dec"]
+        vals = SparseEncode.apply(xb, p["W_enc"], p["b_enc"], row, col, pre_flat[live])
+        recon = SparseDecode.apply(vals, p["W_dec"], row, col, xb.shape[0]) + p["b_dec"]
         if "W_skip" in p:
             recon = recon + xb @ p["W_skip"]
         loss = (recon - yb).pow(2).sum(-1).mean() / yb.shape[1]
