@@ -48,7 +48,7 @@ def skip_tcs(tmp_path_factory) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def ids(tokenizer) -> torch.Tensor:
-    return torch.tensor(tokenizer(PROMPT)["input_ids"])
+    return torch.tensor([tokenizer.bos_token_id, *tokenizer(PROMPT)["input_ids"]])
 
 
 def _setup(request: pytest.FixtureRequest, name: str) -> tuple[Any, list[Any]]:

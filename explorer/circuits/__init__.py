@@ -23,17 +23,25 @@ Importing this package is cheap: torch and transformer-lens load when a function
 from __future__ import annotations
 
 from explorer.circuits.attribution import AttributionCancelled, attribute
+from explorer.circuits.files import GraphFile, GraphFileError, from_json, to_json
 from explorer.circuits.graph import Graph, Node, Scores
+from explorer.circuits.intervene import Intervention, intervene
 from explorer.circuits.linear import TranscoderError
 from explorer.circuits.prune import prune, scores
 
 __all__ = [
     "AttributionCancelled",
     "Graph",
+    "GraphFile",
+    "GraphFileError",
+    "Intervention",
     "Node",
     "Scores",
     "TranscoderError",
     "attribute",
+    "from_json",
+    "intervene",
     "prune",
     "scores",
+    "to_json",
 ]
