@@ -37,7 +37,6 @@ BATCH_SIZE = 32
 MAX_N_LOGITS = 10
 DESIRED_LOGIT_PROB = 0.95
 UPDATE_INTERVAL = 4
-_CHUNK = 1 << 22  # floats per slice when contracting gradients with decoder rows
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: target nodes attributed so far, of all that will be."""
@@ -90,14 +89,21 @@ class _Rows:
         self.n_pos = lin.token_vecs.shape[0]
         found = [a.nonzero(as_tuple=True) for a in lin.acts]
         counts = torch.tensor([len(p) for p, _ in found])
-        ends = counts.cumsum(0).tolist()
-        self.spans = list(zip([0, *ends[:-1]], ends, strict=True))
         layer_of = torch.repeat_interleave(torch.arange(self.n_layers), counts)
         self.features = torch.stack(
             [layer_of, torch.cat([p for p, _ in found]), torch.cat([f for _, f in found])], dim=1
         )
         self.values = torch.cat([a[p, f] for a, (p, f) in zip(lin.acts, found, strict=True)])
         self.n_active = len(self.values)
+        # Features are sorted by (layer, position): each (layer, position) is one column range.
+        per_layer: list[list[tuple[int, int, int]]] = [[] for _ in range(self.n_layers)]
+        key = self.features[:, 0] * self.n_pos + self.features[:, 1]
+        blocks, sizes = key.unique_consecutive(return_counts=True)
+        start = 0
+        for k, size in zip(blocks.tolist(), sizes.tolist(), strict=True):
+            per_layer[k // self.n_pos].append((k % self.n_pos, start, start + size))
+            start += size
+        self.blocks = per_layer
         self.n_sources = self.n_active + (self.n_layers + 1) * self.n_pos
 
     def encoders(self, idx: Tensor) -> Tensor:
@@ -138,13 +144,9 @@ class _Rows:
             if grads[layer] is None:  # at or after every target's layer
                 continue
             g = grads[layer][:, 0]  # [B, n, d]
-            lo, hi = self.spans[layer]
             w_dec = self.tcs[layer].W_dec.detach()
-            step = max(1, _CHUNK // max(1, b * g.shape[-1]))
-            for s in range(lo, hi, step):
-                e = min(hi, s + step)
-                dec = w_dec[self.features[s:e, 2]] * self.values[s:e, None]
-                out[:, s:e] = torch.einsum("bkd,kd->bk", g[:, self.features[s:e, 1]], dec)
+            for pos, s, e in self.blocks[layer]:
+                out[:, s:e] = (g[:, pos] @ w_dec[self.features[s:e, 2]].T) * self.values[s:e]
             col = err0 + layer * self.n_pos
             out[:, col : col + self.n_pos] = (g * lin.errors[layer]).sum(-1)
         tok = err0 + self.n_layers * self.n_pos
