@@ -240,3 +240,12 @@ def test_importing_the_package_is_light() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_bos_alone_has_no_feature_nodes_and_bad_targets_are_refused(hooked3, tcs, ids) -> None:
+    graph = attribute(hooked3, tcs, ids[:1])
+    assert graph.n_features == 0 < graph.n_active + 1
+    assert graph.n_nodes == 4 * 1 + 1 + graph.n_logits
+    assert graph.adjacency[graph.logit_start :, graph.token_index(0)].abs().min() > 0
+    with pytest.raises(ValueError, match="not a token id"):
+        attribute(hooked3, tcs, ids, target=hooked3.cfg.d_vocab)

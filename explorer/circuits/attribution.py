@@ -2,7 +2,7 @@
 
 In the replacement model of one prompt (:mod:`explorer.circuits.linear`) the path from any
 node's output to any later node's input is linear. So one backward pass from a *target* gives
-its incoming edges from every source at once:
+its incoming edges from every source at once (:mod:`explorer.circuits.rows`):
 
 - a **logit** target injects ``w_final * (W_U[:, t] - mean_v W_U[:, v])`` at the final norm's
   output: the attributed quantity is the logit minus the mean logit (circuit-tracer's
@@ -15,7 +15,9 @@ its incoming edges from every source at once:
   with the token embeddings.
 
 Targets are processed in batches (one vectorised backward pass each, ``is_grads_batched``) over
-one recorded forward pass, so memory is one pass's activations plus the edge matrix. When the
+one recorded forward pass, so memory is one pass's activations, one batch's gradients and the
+edge rows: ``(max_feature_nodes + n_logits) x (active features + (n_layers + 1) x n_pos)``
+floats, the one part that grows with the prompt past the cap (active features do). When the
 prompt has more active features than ``max_feature_nodes``, the logits are attributed first and
 features are then expanded in order of their (partial) influence on the logits, re-ranked every
 ``update_interval`` batches; features never expanded are dropped from the graph.
@@ -24,10 +26,12 @@ features are then expanded in order of their (partial) influence on the logits, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from explorer.circuits.graph import Graph
-from explorer.circuits.linear import FREEZE, Linearized, check_transcoders, linearize
+from explorer.circuits.linear import FREEZE, check_transcoders, linearize
+from explorer.circuits.rows import Rows
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -72,86 +76,6 @@ def salient_logits(
     top_p, top_i = probs.topk(min(max_n_logits, probs.numel()))
     keep = int(torch.searchsorted(top_p.cumsum(0), torch.tensor(desired_prob))) + 1
     return top_i[:keep], top_p[:keep]
-
-
-class _Rows:
-    """Computes edge rows (incoming edges of a batch of targets) from one recorded pass.
-
-    Encoder and decoder rows are gathered from the transcoders per batch, never for all active
-    features at once: memory stays at one batch's gradients plus index lists.
-    """
-
-    def __init__(self, lin: Linearized, transcoders: Sequence[Any]) -> None:
-        import torch
-
-        self.lin, self.tcs = lin, transcoders
-        self.n_layers = len(lin.acts)
-        self.n_pos = lin.token_vecs.shape[0]
-        found = [a.nonzero(as_tuple=True) for a in lin.acts]
-        counts = torch.tensor([len(p) for p, _ in found])
-        layer_of = torch.repeat_interleave(torch.arange(self.n_layers), counts)
-        self.features = torch.stack(
-            [layer_of, torch.cat([p for p, _ in found]), torch.cat([f for _, f in found])], dim=1
-        )
-        self.values = torch.cat([a[p, f] for a, (p, f) in zip(lin.acts, found, strict=True)])
-        self.n_active = len(self.values)
-        # Features are sorted by (layer, position): each (layer, position) is one column range.
-        per_layer: list[list[tuple[int, int, int]]] = [[] for _ in range(self.n_layers)]
-        key = self.features[:, 0] * self.n_pos + self.features[:, 1]
-        blocks, sizes = key.unique_consecutive(return_counts=True)
-        start = 0
-        for k, size in zip(blocks.tolist(), sizes.tolist(), strict=True):
-            per_layer[k // self.n_pos].append((k % self.n_pos, start, start + size))
-            start += size
-        self.blocks = per_layer
-        self.n_sources = self.n_active + (self.n_layers + 1) * self.n_pos
-
-    def encoders(self, idx: Tensor) -> Tensor:
-        """``[len(idx), d]`` the encoder rows of active features ``idx`` (their input side)."""
-        import torch
-
-        out = torch.empty(len(idx), self.lin.token_vecs.shape[1])
-        layers = self.features[idx, 0]
-        for layer in layers.unique().tolist():
-            rows = (layers == layer).nonzero(as_tuple=True)[0]
-            out[rows] = self.tcs[layer].W_enc.detach()[:, self.features[idx[rows], 2]].T
-        return out
-
-    def __call__(self, layers: Tensor, positions: Tensor, vectors: Tensor) -> Tensor:
-        """``[B, n_sources]`` incoming edges of targets injected at ``(layer, position)`` with
-        ``vectors`` (layer ``n_layers`` = the final norm's output)."""
-        import torch
-
-        lin, b = self.lin, len(layers)
-        outputs, grad_outputs = [], []
-        for layer in layers.unique().tolist():
-            rows = (layers == layer).nonzero(as_tuple=True)[0]
-            g = torch.zeros((b, *lin.targets[layer].shape), dtype=vectors.dtype)
-            g[rows, 0, positions[rows]] = vectors[rows]
-            outputs.append(lin.targets[layer])
-            grad_outputs.append(g)
-        grads = torch.autograd.grad(
-            outputs,
-            lin.sources,
-            grad_outputs,
-            retain_graph=True,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
-        out = torch.zeros(b, self.n_sources)
-        err0 = self.n_active
-        for layer in range(self.n_layers):
-            if grads[layer] is None:  # at or after every target's layer
-                continue
-            g = grads[layer][:, 0]  # [B, n, d]
-            w_dec = self.tcs[layer].W_dec.detach()
-            for pos, s, e in self.blocks[layer]:
-                out[:, s:e] = (g[:, pos] @ w_dec[self.features[s:e, 2]].T) * self.values[s:e]
-            col = err0 + layer * self.n_pos
-            out[:, col : col + self.n_pos] = (g * lin.errors[layer]).sum(-1)
-        tok = err0 + self.n_layers * self.n_pos
-        out[:, tok:] = (grads[-1][:, 0] * lin.token_vecs).sum(-1)
-        return out
 
 
 def _partial_influence(rows: Tensor, row_nodes: Tensor, start: Tensor) -> Tensor:
@@ -202,25 +126,63 @@ def attribute(
     """
     import torch
 
-    from explorer.circuits.prune import scores
-
     check_transcoders(model, transcoders)
+    if model.cfg.dtype != torch.float32:
+        raise ValueError(f"attribution runs in float32; the model is {model.cfg.dtype}")
     ids = torch.as_tensor(prompt_ids, dtype=torch.long).flatten().to(model.cfg.device)
+    if target is not None and not 0 <= target < model.cfg.d_vocab:
+        raise ValueError(f"target {target} is not a token id (vocabulary {model.cfg.d_vocab})")
     if _stopped(cancel):
         raise AttributionCancelled("attribution cancelled before it started")
     lin = linearize(model, transcoders, ids, FREEZE)  # looked up here: tests swap it
-    rows = _Rows(lin, transcoders)
-    n_layers, n_pos, n_active = rows.n_layers, rows.n_pos, rows.n_active
-
+    rows = Rows(lin, transcoders)
+    probs = torch.softmax(lin.logits.float(), dim=-1).cpu()
     if target is None:
-        logit_ids, logit_probs = salient_logits(lin.logits, max_n_logits, desired_logit_prob)
+        logit_ids, logit_probs = salient_logits(lin.logits.cpu(), max_n_logits, desired_logit_prob)
     else:
-        logit_ids = torch.tensor([int(target)])
-        logit_probs = torch.softmax(lin.logits.float(), -1)[logit_ids]
+        logit_ids, logit_probs = torch.tensor([target]), probs[[target]]
     w_u = model.W_U.detach()
     logit_vecs = (w_u[:, logit_ids] - w_u.mean(dim=1, keepdim=True)).T * lin.final_w
-    n_logits = len(logit_ids)
-    cap = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    cap = rows.n_active if max_feature_nodes is None else min(max_feature_nodes, rows.n_active)
+    edges, row_nodes, selected = _expand(
+        rows, logit_vecs, logit_probs, cap, batch_size, update_interval, progress, cancel
+    )
+    return _package(
+        model,
+        ids,
+        rows,
+        logit_ids,
+        logit_probs,
+        edges,
+        row_nodes,
+        selected,
+        scan=scan,
+        settings={
+            "max_n_logits": max_n_logits,
+            "desired_logit_prob": desired_logit_prob,
+            "batch_size": batch_size,
+            "max_feature_nodes": max_feature_nodes,
+            "target": target,
+        },
+    )
+
+
+def _expand(
+    rows: Rows,
+    logit_vecs: Tensor,
+    logit_probs: Tensor,
+    cap: int,
+    batch_size: int,
+    update_interval: int,
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Attribute the logits, then ``cap`` features, most influential first: ``(edge rows
+    [done, n_sources + n_logits], the node of each row, the expanded features)``. Logit ``k`` is
+    node ``n_sources + k``; feature ``i`` is node ``i``."""
+    import torch
+
+    n_logits, n_active, n_layers = len(logit_vecs), rows.n_active, rows.n_layers
     n_cols = rows.n_sources + n_logits
     edges = torch.zeros(n_logits + cap, n_cols)
     row_nodes = torch.zeros(n_logits + cap, dtype=torch.long)
@@ -238,10 +200,11 @@ def attribute(
 
     for s in range(0, n_logits, batch_size):
         k = torch.arange(s, min(n_logits, s + batch_size))
+        last = torch.full_like(k, rows.n_pos - 1)
         run(
             torch.full_like(k, n_layers),
-            torch.full_like(k, n_pos - 1),
-            logit_vecs[k],
+            last,
+            logit_vecs[k.to(logit_vecs.device)],
             rows.n_sources + k,
         )
 
@@ -254,22 +217,40 @@ def attribute(
         else:
             influence = _partial_influence(edges[:done], row_nodes[:done], start)[:n_active]
             order = influence.argsort(descending=True)
-            pending = order[~visited[order]][
-                : min(update_interval * batch_size, cap - int(visited.sum()))
-            ]
+            room = min(update_interval * batch_size, cap - int(visited.sum()))
+            pending = order[~visited[order]][:room]
+            # Batches of nearby layers: a backward pass only runs below its highest target.
+            pending = pending[rows.features[pending, 0].argsort(stable=True)]
         for s in range(0, len(pending), batch_size):
             idx = pending[s : s + batch_size]
             run(rows.features[idx, 0], rows.features[idx, 1], rows.encoders(idx), idx)
             visited[idx] = True
+    return edges[:done], row_nodes[:done], visited.nonzero(as_tuple=True)[0]
 
-    selected = visited.nonzero(as_tuple=True)[0]
-    keep_cols = torch.cat([selected, torch.arange(n_active, n_cols)])
-    n_nodes = len(keep_cols)
-    adjacency = torch.zeros(n_nodes, n_nodes)
+
+def _package(
+    model: Any,
+    ids: Tensor,
+    rows: Rows,
+    logit_ids: Tensor,
+    logit_probs: Tensor,
+    edges: Tensor,
+    row_nodes: Tensor,
+    selected: Tensor,
+    scan: str,
+    settings: dict[str, Any],
+) -> Graph:
+    """The :class:`Graph`: expanded features' columns kept, rows in node order, scores set."""
+    import torch
+
+    from explorer.circuits.prune import scores
+
+    n_cols = edges.shape[1]
+    keep = torch.cat([selected, torch.arange(rows.n_active, n_cols)])
+    adjacency = torch.zeros(len(keep), len(keep))
     node_of_col = torch.full((n_cols,), -1, dtype=torch.long)
-    node_of_col[keep_cols] = torch.arange(n_nodes)
-    adjacency[node_of_col[row_nodes[:done]]] = edges[:done][:, keep_cols]
-
+    node_of_col[keep] = torch.arange(len(keep))
+    adjacency[node_of_col[row_nodes]] = edges[:, keep]
     tokenizer = getattr(model, "tokenizer", None)
 
     def text(i: int) -> str:
@@ -279,23 +260,15 @@ def attribute(
         prompt_ids=ids.tolist(),
         prompt_tokens=[text(i) for i in ids.tolist()],
         features=rows.features[selected],
-        activations=rows.values[selected],
+        activations=rows.values.cpu()[selected],
         logit_ids=logit_ids.tolist(),
         logit_tokens=[text(i) for i in logit_ids.tolist()],
         logit_probs=logit_probs,
         adjacency=adjacency,
-        n_layers=n_layers,
-        n_active=n_active,
+        n_layers=rows.n_layers,
+        n_active=rows.n_active,
         prompt=tokenizer.decode(ids.tolist()) if tokenizer is not None else "",
         scan=scan,
-        settings={
-            "max_n_logits": max_n_logits,
-            "desired_logit_prob": desired_logit_prob,
-            "batch_size": batch_size,
-            "max_feature_nodes": max_feature_nodes,
-            "target": target,
-        },
+        settings=settings,
     )
-    from dataclasses import replace
-
     return replace(graph, scores=scores(graph))

@@ -105,7 +105,7 @@ def linearize(
     hn: list[Tensor | None] = [None] * n_layers
     leaves: list[Tensor | None] = [None] * n_layers
     acts: list[Tensor | None] = [None] * n_layers
-    errors = torch.zeros(n_layers, len(ids), model.cfg.d_model)
+    errors = torch.zeros(n_layers, len(ids), model.cfg.d_model, device=ids.device)
     found: dict[str, Tensor] = {}
 
     def detach(x: Tensor, hook: Any) -> Tensor:
