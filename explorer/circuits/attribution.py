@@ -81,15 +81,24 @@ def salient_logits(
 def _partial_influence(rows: Tensor, row_nodes: Tensor, start: Tensor) -> Tensor:
     """Influence on the logits of every column, through the rows known so far: ``start`` (the
     logit probabilities) is pushed back along |edges|, each row normalised to sum 1, until it
-    has passed every known path (the graph has no cycles)."""
+    has passed every known path (the graph has no cycles). |rows| is taken a slice at a time,
+    never copied whole (the rows are the largest thing held)."""
     import torch
 
-    a = rows.abs()
-    a = a / a.sum(dim=1, keepdim=True).clamp(min=1e-8)
+    step = 256
+
+    def through(weights: Tensor) -> Tensor:  # weights @ |rows|
+        out = torch.zeros(rows.shape[1])
+        for s in range(0, len(rows), step):
+            out += weights[s : s + step] @ rows[s : s + step].abs()
+        return out
+
+    sums = torch.cat([rows[s : s + step].abs().sum(1) for s in range(0, len(rows), step)])
+    sums = sums.clamp(min=1e-8)
     total = torch.zeros_like(start)
     frontier = start
     for _ in range(10_000):
-        frontier = frontier[row_nodes] @ a
+        frontier = through(frontier[row_nodes] / sums)
         if not frontier.any():
             return total
         total += frontier
@@ -121,6 +130,8 @@ def attribute(
             ``desired_logit_prob`` cumulative probability, at most ``max_n_logits``.
         max_feature_nodes: at most this many feature nodes (the most influential); None: all.
         batch_size: targets per backward pass.
+        update_interval: re-rank features by influence after this many batches (with a cap).
+        scan: what identifies the model and transcoders (the graph file's ``scan``).
         progress: called after each batch as ``progress(done, total)``.
         cancel: checked before each batch; :class:`AttributionCancelled` when it says stop.
     """
@@ -130,17 +141,20 @@ def attribute(
     if model.cfg.dtype != torch.float32:
         raise ValueError(f"attribution runs in float32; the model is {model.cfg.dtype}")
     ids = torch.as_tensor(prompt_ids, dtype=torch.long).flatten().to(model.cfg.device)
+    if batch_size < 1 or update_interval < 1 or (max_feature_nodes or 0) < 0:
+        raise ValueError("batch_size and update_interval must be >= 1, max_feature_nodes >= 0")
     if target is not None and not 0 <= target < model.cfg.d_vocab:
         raise ValueError(f"target {target} is not a token id (vocabulary {model.cfg.d_vocab})")
     if _stopped(cancel):
         raise AttributionCancelled("attribution cancelled before it started")
     lin = linearize(model, transcoders, ids, FREEZE)  # looked up here: tests swap it
     rows = Rows(lin, transcoders)
-    probs = torch.softmax(lin.logits.float(), dim=-1).cpu()
+    logits = lin.logits.float().cpu()
     if target is None:
-        logit_ids, logit_probs = salient_logits(lin.logits.cpu(), max_n_logits, desired_logit_prob)
+        logit_ids, logit_probs = salient_logits(logits, max_n_logits, desired_logit_prob)
     else:
-        logit_ids, logit_probs = torch.tensor([target]), probs[[target]]
+        logit_ids = torch.tensor([target])
+        logit_probs = torch.softmax(logits, dim=-1)[logit_ids]
     w_u = model.W_U.detach()
     logit_vecs = (w_u[:, logit_ids] - w_u.mean(dim=1, keepdim=True)).T * lin.final_w
     cap = rows.n_active if max_feature_nodes is None else min(max_feature_nodes, rows.n_active)

@@ -17,7 +17,9 @@ With those freezes everything between the embeddings / MLP outputs and the next 
 the logits is linear, so a gradient injected at a target's input direction (a feature's encoder
 row, a logit's unembedding column) and contracted with a source's output vector is exactly the
 direct effect of that source on that target. Transcoders read ``blocks.N.ln2.hook_normalized``
-and write ``blocks.N.hook_mlp_out`` (after Gemma's post-MLP norm).
+and write ``blocks.N.hook_mlp_out`` (after Gemma's post-MLP norm), circuit-tracer's hooks for
+Gemma Scope transcoders. Note that in transformer-lens ``hook_normalized`` is ``x / rms(x)``,
+before the norm's weight multiplies it: the MLP itself reads ``hook_normalized * w``.
 
 Hooks are routed to this call only (:mod:`explorer.hooks`), so a shared model keeps serving
 other users unchanged.
