@@ -8,6 +8,8 @@ The library and the app. Rooms (each folder's ``__init__`` says more):
 - ``store/``: the artifact formats (the feature store and the SAE-set manifest), one owner;
 - ``labels/``: human labels in SQLite;
 - ``explanations/``: machine explanations (LLM-generated and scored, or imported), in SQLite;
+- ``circuits/``: attribution graphs (circuit-tracer's method) over transcoders, their file
+  format and feature interventions;
 - ``app/``: the Gradio app, one module per tab;
 - shared names: ``paths`` (where assets are), ``files`` (atomic writes, sha256).
 
