@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from explorer.app import open_explorer
@@ -51,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     enc.add_argument("--include-special", action="store_true", help="also report BOS")
     enc.add_argument("text", nargs="?", help="the text to encode")
+    gr = sub.add_parser(
+        "graph",
+        help="the attribution graph of a prompt's next token, as a circuit-tracer graph file",
+        description="Attribute the next token of --prompt through the bundle's transcoders "
+        "(circuit-tracer's method: docs/circuits.md), prune it and write the graph file that "
+        "circuit-tracer's viewer and Neuronpedia's graph pages read.",
+    )
+    _bundle_args(gr)
+    gr.add_argument("--prompt", required=True, help="the text whose next token to explain")
+    gr.add_argument("--target", help="one token to explain (default: the top predictions)")
+    gr.add_argument("--out", type=Path, required=True, help="the graph file to write (.json)")
+    gr.add_argument("--max-feature-nodes", type=int, default=1024, help="(default 1024)")
+    gr.add_argument("--node-threshold", type=float, default=0.8, help="(default 0.8)")
+    gr.add_argument("--edge-threshold", type=float, default=0.98, help="(default 0.98)")
+    gr.set_defaults(max_tokens=64)
     return parser
 
 
@@ -190,6 +206,29 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from explorer.circuits.cli import GraphRequest, check_spec, write_graph
+
+    for name in ("node_threshold", "edge_threshold"):
+        if not 0 < getattr(args, name) <= 1:
+            raise BundleError(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if args.max_feature_nodes <= 0:
+        raise BundleError("--max-feature-nodes must be a positive number")
+    spec = make_spec(args)
+    check_spec(spec)
+    req = GraphRequest(
+        prompt=args.prompt,
+        target=args.target,
+        max_tokens=args.max_tokens,
+        max_feature_nodes=args.max_feature_nodes,
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+    )
+    bundle = build_bundle(spec, device=args.device, dtype="float32", cache_dir=args.cache_dir)
+    print(write_graph(bundle, req, args.out))
+    return 0
+
+
 def format_table(result: Any) -> str:
     """A plain-text table: one row per token, one column per layer of ``feature(act)`` pairs."""
     layers = list(result.layers)
@@ -214,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command is None:
             return cmd_app(args)
-        return {"encode": cmd_encode}[args.command](args)
+        return {"encode": cmd_encode, "graph": cmd_graph}[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

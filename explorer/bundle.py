@@ -377,6 +377,8 @@ def fold_norm_weight(tc: SAE, model: HookedSAETransformer, layer: int) -> SAE:
             if hasattr(tc, "W_skip"):
                 tc.W_skip.mul_(w.unsqueeze(0))  # [d_out, d_in]: input columns
         meta.hook_name = want_in
+    if meta.get("hook_name_out") is None:  # not recorded (sae-lens's own training): the MLP's
+        meta.hook_name_out = want_out
     if meta.hook_name != want_in or meta.get("hook_name_out") != want_out:
         raise BundleError(
             f"a transcoder of layer {layer} reads {meta.hook_name!r} and writes "

@@ -1,0 +1,134 @@
+"""``python -m explorer graph``: the attribution graph of a prompt's next token, as a file that
+circuit-tracer's viewer and Neuronpedia's graph pages read (:func:`explorer.circuits.to_json`).
+
+The bundle must have a transcoder on every layer of its model (``BundleSpec.transcoders``);
+the command says which preset has none before it loads anything.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from explorer.bundle import BundleError
+
+if TYPE_CHECKING:
+    from explorer.bundle import Bundle, BundleSpec
+    from explorer.circuits.graph import Graph
+
+
+class GraphInputError(ValueError):
+    """A prompt, target or setting the graph command refuses; the message says why."""
+
+
+@dataclass(frozen=True)
+class GraphRequest:
+    prompt: str
+    target: str | None = None
+    max_tokens: int = 64
+    max_feature_nodes: int = 1024
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+
+
+def check_spec(spec: BundleSpec) -> None:
+    """Refuse a bundle without transcoders before anything is loaded."""
+    if not spec.transcoders:
+        hint = (
+            " (train them with `python -m precompute train-transcoders --recipe default`)"
+            if spec.name == "default"
+            else ""
+        )
+        raise BundleError(
+            f"preset {spec.name!r} has no transcoders, and a graph needs one per layer{hint}"
+        )
+
+
+def prompt_ids(bundle: Bundle, req: GraphRequest) -> list[int]:
+    """The prompt's token ids, BOS first; an empty or too long prompt is refused."""
+    if not req.prompt.strip():
+        raise GraphInputError("the prompt is empty: give the text whose next token to explain")
+    ids = list(bundle.tokenizer(req.prompt, add_special_tokens=True).input_ids)
+    bos = bundle.tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    if len(ids) > req.max_tokens:
+        raise GraphInputError(
+            f"the prompt is {len(ids)} tokens (BOS included); at most {req.max_tokens} "
+            "(--max-tokens)"
+        )
+    return ids
+
+
+def target_id(bundle: Bundle, target: str | None) -> int | None:
+    """The vocabulary id of a one-token target text (``" Paris"``), or ``None`` for the top
+    predictions; a text of several tokens, or none, is refused with the tokens it makes."""
+    if target is None:
+        return None
+    ids = list(bundle.tokenizer(target, add_special_tokens=False).input_ids)
+    if len(ids) != 1:
+        pieces = bundle.tokenizer.convert_ids_to_tokens(ids)
+        raise GraphInputError(
+            f"the target {target!r} is {len(ids)} tokens ({pieces!r}), not one: give a single "
+            "token, e.g. with its leading space"
+        )
+    return int(ids[0])
+
+
+def build_graph(bundle: Bundle, req: GraphRequest, progress: Any = None) -> Graph:
+    """The (unpruned) graph of ``req`` on ``bundle``'s model and transcoders."""
+    from explorer.circuits import attribute
+
+    ids = prompt_ids(bundle, req)
+    target = target_id(bundle, req.target)
+    n_layers = int(bundle.model.cfg.n_layers)
+    missing = [n for n in range(n_layers) if n not in bundle.spec.transcoder_layers]
+    if missing:
+        raise BundleError(
+            f"a graph needs a transcoder on every layer; {bundle.spec.name!r} has none on "
+            f"layers {', '.join(map(str, missing))}"
+        )
+    transcoders = [bundle.transcoder(n) for n in range(n_layers)]
+    return attribute(
+        bundle.model,
+        transcoders,
+        ids,
+        target=target,
+        max_feature_nodes=req.max_feature_nodes,
+        progress=progress,
+    )
+
+
+def slug_of(prompt: str) -> str:
+    """A file-name-safe slug from the prompt's first words."""
+    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return words[:48].rstrip("-") or "graph"
+
+
+def write_graph(bundle: Bundle, req: GraphRequest, out: Path) -> str:
+    """Build, prune and write the graph of ``req`` to ``out``; returns a one-paragraph summary."""
+    from explorer.circuits import prune, to_json
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rbackward passes: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    graph = build_graph(bundle, req, progress)
+    print(file=sys.stderr)
+    pruned = prune(graph, req.node_threshold, req.edge_threshold)
+    data = to_json(pruned, slug_of(req.prompt), path=out)
+    from explorer.circuits import scores as graph_scores
+
+    found = graph.scores or graph_scores(graph)
+    top = ", ".join(
+        f"{tok!r} {float(p):.2f}"
+        for tok, p in zip(graph.logit_tokens, graph.logit_probs.tolist(), strict=False)
+    )
+    return (
+        f"wrote {out}: {len(data['nodes'])} nodes and {len(data['links'])} links after pruning "
+        f"(node threshold {req.node_threshold}, edge threshold {req.edge_threshold}); "
+        f"targets {top}; replacement score {found.replacement:.3f}, completeness "
+        f"{found.completeness:.3f}"
+    )
