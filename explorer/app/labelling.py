@@ -218,7 +218,11 @@ def layout(ctx: Context) -> LabellingTab:
         imp_btn = gr.Button("Import")
     imp_status = status_box("imp-status")
     with gr.Row():
-        r_label = gr.Number(None, label="Retract label # (the owner's)", precision=0, minimum=1)
+        # A text box: an empty Number shows 0, which its minimum of 1 marks as an error on open.
+        r_label = gr.Textbox(
+            label="Retract label # (the owner's)", placeholder="a label's id, e.g. 12",
+            elem_id="retract-id",
+        )  # fmt: skip
         r_label_btn = gr.Button("Retract label", elem_id="retract-label")
         r_batch = gr.Textbox(label="Retract an import batch (its id)")
         r_batch_btn = gr.Button("Retract import", elem_id="retract-batch")
