@@ -9,7 +9,17 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.app import browse, dashboard, labelling, links, microscope, start, steering
+from explorer.app import (
+    browse,
+    dashboard,
+    labelling,
+    links,
+    microscope,
+    microscope_tab,
+    shading,
+    start,
+    steering,
+)
 from explorer.app.context import Context, UserError
 from explorer.app.ui import ui, warn
 
@@ -68,7 +78,7 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             with gr.Tab("Start here", id=start.TAB_ID):
                 start_tab = start.layout(ctx)
             with gr.Tab("Microscope", id=microscope.TAB_ID):
-                micro = microscope.layout(ctx)
+                micro = microscope_tab.layout(ctx)
             with gr.Tab("Feature", id=dashboard.TAB_ID):
                 dash = dashboard.layout(ctx, tabs)
             with gr.Tab("Steering", id=steering.TAB_ID):
@@ -83,14 +93,17 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             row = evt.row_value
             return dashboard.open_values(ctx, row[0], row[1])
 
-        for table in (
-            micro.token_table,
-            micro.text_top,
-            start_tab.curated_table,
-            found.table,
-            found.si_table,
-        ):
+        for table in (start_tab.curated_table, found.table, found.si_table):
             table.select(ui(open_from_row), None, dash.outputs)
+
+        # The microscope's shading feature opens on its own page.
+        def open_shaded(view: Any) -> tuple[Any, ...]:
+            feature = shading.parse_shade((view or {}).get("shade"))
+            if feature is None:
+                raise UserError("pick a feature to shade the text by first (a row of a table)")
+            return dashboard.open_values(ctx, *feature)
+
+        micro.open_shade.click(ui(open_shaded), [micro.view], dash.outputs)
 
         # An example text opens in the microscope, encoded (as if Encode were pressed).
         def open_text(evt: gr.SelectData) -> tuple[Any, ...]:
