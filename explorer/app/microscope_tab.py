@@ -18,7 +18,7 @@ import gradio as gr
 from explorer.app import microscope, render, shading
 from explorer.app.context import Context, UserError
 from explorer.app.microscope import METRICS, REL, MicroscopeView
-from explorer.app.ui import click_js, status_box, status_line, ui
+from explorer.app.ui import click_js, status_box, status_line, ui, warn
 from explorer.encode import Encoding
 
 # The token view reports a click as a select event with the token's position, as Gradio's own
@@ -196,7 +196,13 @@ def layout(ctx: Context) -> MicroscopeTab:
         microscope.check_settings(ctx, metric, max_density_pct, aggregate)
         enc = microscope.encode_text(ctx, text, layers)
         shade, token = kept_choices(enc, before, text)
-        v = microscope.show(ctx, enc, metric, max_density_pct, aggregate, shade, token)
+        try:
+            v = microscope.show(ctx, enc, metric, max_density_pct, aggregate, shade, token)
+        except UserError as e:
+            if shade is None:
+                raise
+            warn(f"the text is shaded by its strongest feature: cannot shade by {shade}: {e}")
+            v = microscope.show(ctx, enc, metric, max_density_pct, aggregate, None, token)
         return shown(v, view_record(text, layers, metric, max_density_pct, aggregate, v))
 
     encode_btn.click(ui(run_microscope), [text, *settings, view], outputs, api_name="microscope")
