@@ -4,7 +4,8 @@ in headless Chromium.
     python bench/screenshots.py [--out docs/screenshots]
 
 Starts the app in-process on 127.0.0.1 (a temporary label database), then, as a user would:
-encodes the first curated text, opens the strongest feature of a token, tests it on the text,
+encodes the first curated text (shaded by its strongest feature), opens the strongest feature of
+its first token, tests it on the text,
 runs the first steering demo, browses, and opens the labelling queue; one PNG per tab. Needs
 Debian chromium and the playwright package (``pip install -e ".[test]"``).
 """
@@ -65,8 +66,11 @@ def main() -> None:
             page.locator("#micro-text").get_by_role("textbox").fill(text)
             page.locator("#encode").click()
             expect(page.locator("#micro-status")).to_contain_text("tokens ×")
+            expect(page.locator("#shade-caption")).to_contain_text("Shaded by")
             shot("2-microscope")
+            # A row shades the text by its feature; the button opens the feature's page.
             page.locator("#token-table [data-testid='cell-0-0']").click()
+            page.locator("#open-shade").click()
             expect(page.locator("#dash-header")).to_contain_text("feature")
             page.get_by_label("Test this feature on your text").fill(text)
             page.locator("#test-feature").click()

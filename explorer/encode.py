@@ -34,12 +34,29 @@ class LayerActivations:
             raw activation, or by relative strength when :func:`encode` was given scales).
         acts: ``[n_tokens, k]`` their activations; entries past a token's active count are 0.
         n_active: ``[n_tokens]`` how many features are active (> 0) on each token.
+        active: every active feature (not only the top-k), when :func:`encode` was asked to keep
+            them: ``(positions, feature ids, activations)``, one entry per active (token,
+            feature), in (position, feature) order; ``None`` otherwise.
     """
 
     layer: int
     feature_ids: Tensor
     acts: Tensor
     n_active: Tensor
+    active: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def feature(self, feature: int) -> Tensor:
+        """``[n_tokens]`` one feature's exact activation on every token (0 where it does not
+        fire), from :attr:`active`: no forward pass."""
+        import torch
+
+        if self.active is None:
+            raise ValueError("this encoding kept only each token's top features")
+        pos, ids, acts = self.active
+        out = torch.zeros(self.n_active.shape[0], dtype=acts.dtype)
+        hit = ids == feature
+        out[pos[hit]] = acts[hit]
+        return out
 
     def top(self, position: int) -> list[tuple[int, float]]:
         """``[(feature, act), …]`` for one token, only the active ones."""
@@ -134,6 +151,7 @@ def encode(
     top_k: int = 10,
     include_special: bool = False,
     scales: Mapping[int, Tensor] | None = None,
+    keep_active: bool = False,
 ) -> Encoding:
     """Encode ``text`` and return each token's ``top_k`` features on each chosen layer.
 
@@ -142,7 +160,9 @@ def encode(
     feature's maximum over a corpus) picks each token's ``top_k`` by ``act / scale`` instead of
     by raw activation, so a feature that is strong *for itself* is kept even where a feature
     with larger raw activations crowds it; the returned ``acts`` stay raw. A layer missing from
-    ``scales`` is ranked by raw activation.
+    ``scales`` is ranked by raw activation. ``keep_active`` also keeps every active feature of
+    every token (:attr:`LayerActivations.active`: as many entries as the SAE's L0 per token), so
+    any feature's activation on the text can be read later without another forward pass.
     """
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
@@ -152,7 +172,7 @@ def encode(
     out: dict[int, LayerActivations] = {}
     for layer in chosen:
         scale = None if scales is None else scales.get(layer)
-        out[layer] = _layer_top(bundle, layer, resid[layer], top_k, scale)
+        out[layer] = _layer_top(bundle, layer, resid[layer], top_k, scale, keep_active)
     decode = bundle.tokenizer.decode
     return Encoding(
         preset=bundle.spec.name,
@@ -182,10 +202,16 @@ def _reported(
 
 
 def _layer_top(
-    bundle: Bundle, layer: int, resid: Tensor, top_k: int, scale: Tensor | None = None
+    bundle: Bundle,
+    layer: int,
+    resid: Tensor,
+    top_k: int,
+    scale: Tensor | None = None,
+    keep_active: bool = False,
 ) -> LayerActivations:
     """The ``top_k`` features of each position (by ``act / scale`` when ``scale`` is given:
-    positive, so active features still come before inactive ones)."""
+    positive, so active features still come before inactive ones); with ``keep_active``, every
+    active feature too (sparse)."""
     import torch
 
     sae = bundle.sae(layer)
@@ -200,8 +226,16 @@ def _layer_top(
         _, ids = (feats / scale.to(feats)).topk(k, dim=-1)
         acts = feats.gather(-1, ids)
     acts = acts.clamp_min(0.0)
+    active = None
+    if keep_active:
+        pos, fid = (feats > 0).nonzero(as_tuple=True)
+        active = (pos.cpu(), fid.cpu(), feats[pos, fid].cpu())
     return LayerActivations(
-        layer=layer, feature_ids=ids.cpu(), acts=acts.cpu(), n_active=(feats > 0).sum(-1).cpu()
+        layer=layer,
+        feature_ids=ids.cpu(),
+        acts=acts.cpu(),
+        n_active=(feats > 0).sum(-1).cpu(),
+        active=active,
     )
 
 

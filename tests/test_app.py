@@ -23,7 +23,7 @@ HOSTILE_LABEL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1<
 
 def test_microscope_matches_encode_and_hides_dense_features_visibly(ctx: Context) -> None:
     text = "the cat sat on the mat and the dog ran"
-    view = microscope.view(ctx, text, ["1", "2"], max_density_pct=100)
+    view = microscope.view(ctx, text, ["1", "2"], "max activation", max_density_pct=100)
     enc = encode(ctx.bundle, text, top_k=32)
     assert [t for t, _ in view.highlighted] == enc.tokens
     assert view.heatmap.data[0].z.shape == (2, len(enc.tokens))
@@ -165,7 +165,7 @@ def test_each_tab_main_action_over_http(served: str, ctx: Context) -> None:
     shown = re.findall(r'<span class="gse-tok" data-pos="\d+"[^>]*>([^<]*)</span>', micro[0])
     assert shown == encode(ctx.bundle, "the cat sat on the mat").tokens
     assert "outline" in micro[0].split("</span>")[0]  # the first token is the one listed
-    token_table = micro[-1]  # an update: the table and its title naming the token
+    token_table = micro[6]  # an update: the table and its title naming the token
     assert token_table["label"].startswith("Features on token 0: “the”")
     assert token_table["value"]["headers"][3] == "% of max" and token_table["value"]["data"]
     feature = live_feature(ctx)

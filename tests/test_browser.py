@@ -55,8 +55,10 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
     expect(ui.cell("token-table", 0, 1)).to_have_text(str(feature))
     ui.shot("02-microscope")
 
-    # A row opens its feature's dashboard.
+    # A row shades the text by its feature; the button opens the feature's dashboard.
     ui.cell("token-table", 0, 1).click()
+    expect(page.locator("#shade-caption")).to_contain_text(f"layer {layer} · feature {feature}")
+    page.locator("#open-shade").click()
     ui.expect_tab("dashboard")
     expect(page.locator("#dash-header")).to_contain_text(f"Layer {layer} · feature {feature}")
     rec = dashboard.record(ctx, layer, feature)

@@ -262,7 +262,10 @@ def test_each_curated_text_shows_its_curated_features(app_ctx) -> None:
 
     texts = app_ctx.content["texts"]
     assert {(f["layer"], f["feature"]) for f in app_ctx.content["features"]} == set(SHOWCASE)
-    views = {i: microscope.view(app_ctx, texts[i]) for i in {i for i, _ in SHOWCASE.values()}}
+    views = {
+        i: microscope.view(app_ctx, texts[i], metric="max activation")
+        for i in {i for i, _ in SHOWCASE.values()}
+    }
     missing = []
     for (layer, feature), (i, token) in SHOWCASE.items():
         view = views[i]
@@ -278,3 +281,19 @@ def test_each_curated_text_shows_its_curated_features(app_ctx) -> None:
         assert min(max(row) for row in z) > 50, [max(row) for row in z]
         # The whole-text ranking draws on every layer (by raw activation: layers 12 and 15 only).
         assert set(view.text_top["layer"]) == {5, 9, 12, 15}
+
+
+def test_each_curated_text_opens_with_contrast(app_ctx) -> None:
+    """The microscope's default view teaches: the text is shaded by its strongest feature, so most
+    tokens stay light and a few stand out; shading each token by its own strongest feature (the
+    view before) leaves none light (bench/contrast.py prints the figures)."""
+    from explorer.app import microscope
+
+    for text in app_ctx.content["texts"]:
+        enc = microscope.encode_text(app_ctx, text)
+        shown = microscope.show(app_ctx, enc).shading
+        strongest = microscope.show(app_ctx, enc, shade="strongest").shading
+        assert shown.feature is not None
+        assert (shown.rel < 40).mean() >= 0.8, (text[:30], shown.feature)
+        assert 1 <= (shown.rel >= 60).sum() <= len(enc.tokens) // 4
+        assert (strongest.rel < 40).mean() < 0.1

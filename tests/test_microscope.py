@@ -86,7 +86,7 @@ def test_planted_relative_strength_beats_raw_everywhere(ctx: Context, planted) -
     (la, fa, pa), (lb, fb, pb) = planted["A"], planted["B"]
     acts = all_acts(ctx)
     assert acts[la].max() > acts[lb][:, fb].max()  # raw ranking would put A above B
-    view = microscope.view(ctx, TEXT, ["1", "2"], max_density_pct=100)
+    view = microscope.view(ctx, TEXT, ["1", "2"], "max activation", max_density_pct=100)
     top = view.text_top
     assert pairs(top)[0] == (lb, fb)
     assert top["max % of max"].iat[0] == pytest.approx(100.0)
@@ -136,7 +136,7 @@ def test_relative_strength_is_act_over_the_store_max(ctx: Context) -> None:
 
 
 def test_heatmap_is_relative_and_every_layer_reads(ctx: Context) -> None:
-    view = microscope.view(ctx, TEXT, ["1", "2"], max_density_pct=100)
+    view = microscope.view(ctx, TEXT, ["1", "2"], "max activation", max_density_pct=100)
     heat = view.heatmap.data[0]
     z = np.array(heat.z)
     assert z.shape == (2, len(view.encoding.tokens))
@@ -166,7 +166,7 @@ def test_dead_in_store_features_rank_last_and_say_so(ctx: Context, planted) -> N
 
 def test_without_a_store_each_layer_is_relative_to_the_text(ctx: Context) -> None:
     bare = replace(ctx, store=None)
-    view = microscope.view(bare, TEXT, ["1", "2"])
+    view = microscope.view(bare, TEXT, ["1", "2"], "max activation")
     assert "no maxima for layer 1, 2" in view.status
     z = np.array(view.heatmap.data[0].z)
     assert z.max(axis=1) == pytest.approx([100.0, 100.0])

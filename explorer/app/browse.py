@@ -307,8 +307,11 @@ def layout(ctx: Context) -> BrowseTab:
         first)."""
         return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead, page)
 
-    def search(*args: Any) -> tuple[Any, int]:
-        return table_update(ctx, *args, 1), 1  # new criteria: back to the first page
+    def search(
+        layer: Any, query: str, sort_by: str, desc: bool, dense: bool, dead: bool
+    ) -> tuple[Any, int]:
+        # new criteria: back to the first page
+        return table_update(ctx, layer, query, sort_by, desc, dense, dead, 1), 1
 
     def turn(step: int) -> Any:
         def go(

@@ -20,6 +20,17 @@ from explorer.labels import LabelError
 TAB_ID = "label"
 HISTORY_COLUMNS = ["id", "when", "label", "notes", "confidence", "by", "retracted"]
 
+# Clicks the export's download link once the new one is on the page (each export is a new file,
+# so its address differs from the last one clicked; give up after 10 s).
+DOWNLOAD_JS = """() => {
+  const go = (tries) => {
+    const a = document.querySelector('#export-file a[download]');
+    if (a && a.href !== window.gseLastExport) { window.gseLastExport = a.href; a.click(); }
+    else if (tries > 0) { setTimeout(() => go(tries - 1), 100); }
+  };
+  go(100);
+  return [];
+}"""
 BAND_EDGES = (1e-4, 1e-3)  # rare | sparse | common, below the store's dense threshold
 
 
@@ -210,15 +221,19 @@ def layout(ctx: Context) -> LabellingTab:
         elem_id="l-history",
     )
     with gr.Row():
-        exp_csv = gr.Button("Export CSV")
-        exp_json = gr.Button("Export JSON")
-        exp_file = gr.File(label="Export", interactive=False)
+        exp_csv = gr.Button("Export CSV", elem_id="export-csv")
+        exp_json = gr.Button("Export JSON", elem_id="export-json")
+        exp_file = gr.File(label="Last export", interactive=False, elem_id="export-file")
     with gr.Row():
         imp_file = gr.File(label="Import labels (CSV or JSON)", file_types=[".csv", ".json"])
         imp_btn = gr.Button("Import")
     imp_status = status_box("imp-status")
     with gr.Row():
-        r_label = gr.Number(None, label="Retract label # (the owner's)", precision=0, minimum=1)
+        # A text box: an empty Number shows 0, which its minimum of 1 marks as an error on open.
+        r_label = gr.Textbox(
+            label="Retract label # (the owner's)", placeholder="a label's id, e.g. 12",
+            elem_id="retract-id",
+        )  # fmt: skip
         r_label_btn = gr.Button("Retract label", elem_id="retract-label")
         r_batch = gr.Textbox(label="Retract an import batch (its id)")
         r_batch_btn = gr.Button("Retract import", elem_id="retract-batch")
@@ -274,8 +289,9 @@ def layout(ctx: Context) -> LabellingTab:
     def export_json() -> str:
         return export_labels(ctx, "json")
 
-    exp_csv.click(ui(export_csv), None, exp_file)
-    exp_json.click(ui(export_json), None, exp_file)
+    # One click downloads: the file is written, then its link is clicked as a user would.
+    for button, fn in ((exp_csv, export_csv), (exp_json, export_json)):
+        button.click(ui(fn), None, exp_file).then(None, None, None, js=DOWNLOAD_JS)
 
     def import_from(path: Any, key: str, profile: gr.OAuthProfile | None) -> str:
         return status(import_labels(ctx, path, profile, key))

@@ -1,11 +1,23 @@
 """Shareable links: the address bar follows the view, and a link reproduces it.
 
-A link is the page's query string. ``?layer=9&feature=123`` opens a feature's dashboard;
-``?text=…`` puts a text in the microscope; ``?prompt=…&steer=9:123:40:add&temperature=0.7&
-max_new_tokens=40&seed=1&frequency_penalty=0`` sets up the Steering tab (several ``steer`` items
-are separated by commas). Parsing is strict: a key given twice, a number that is not a plain
-decimal (``1e3``, ``12abc``), an unknown method: each is named in one warning and the link's
-other parts still apply. Pure functions (no Gradio): the layout reads and writes the address bar.
+A link is the page's query string; ``tab`` names the tab (``start``, ``microscope``,
+``dashboard``, ``steer``, ``browse``, ``label``) and the other keys that tab's view:
+
+- a feature's page: ``?tab=dashboard&layer=9&feature=123`` (``?layer=9&feature=123`` too);
+- the microscope: ``?tab=microscope&text=…&token=3&shade=9:123`` (the chosen token, the feature
+  shading the text, or ``shade=strongest``), with ``layers=5,9``, ``heatmap=max activation``,
+  ``density=0.5`` and ``rank=sum`` where they differ from the page's defaults;
+- steering: ``?tab=steer&prompt=…&steer=9:123:40:add&temperature=0.7&max_new_tokens=40&seed=1&
+  frequency_penalty=0`` (several ``steer`` items separated by commas) generates when opened, as
+  it always did; ``run=0`` marks a set-up not generated yet, which opens without generating;
+- browse: ``?tab=browse&q=cat&browse_page=2`` with ``browse_layer``, ``sort``, ``desc=0``,
+  ``hide_dense=0`` and ``hide_dead=0`` where they differ from the defaults (``page`` is
+  Gradio's own key: a page of a multipage app);
+- the label form: ``?tab=label&layer=9&feature=123``.
+
+Parsing is strict: a key given twice, a number that is not a plain decimal (``1e3``, ``12abc``),
+an unknown method: each is named in one warning and the link's other parts still apply. Pure
+functions (no Gradio): :mod:`explorer.app.address` reads and writes the address bar.
 """
 
 from __future__ import annotations
@@ -19,17 +31,34 @@ from urllib.parse import urlencode
 from explorer.steer import METHODS
 
 MAX_TEXT = 2000  # characters of a text or prompt kept in a link
+MAX_QUERY = 200  # characters of a browse search kept in a link (the search's own limit)
 _INT = re.compile(r"[0-9]{1,9}")
 _NUMBER = re.compile(r"-?[0-9]{1,9}(\.[0-9]{1,9})?")
+_SHADE = re.compile(r"strongest|[0-9]{1,9}:[0-9]{1,9}")
+_FLAG = {"0": False, "1": True}
+SETTINGS = ("temperature", "max_new_tokens", "seed", "frequency_penalty")
+MICRO_KEYS = ("token", "shade", "layers", "heatmap", "density", "rank")
+BROWSE_KEYS = ("q", "browse_page", "browse_layer", "sort", "desc", "hide_dense", "hide_dead")
 KNOWN = (
-    "tab", "layer", "feature", "text", "prompt", "steer", "temperature", "max_new_tokens", "seed",
-    "frequency_penalty",
+    "tab", "layer", "feature", "text", "prompt", "steer", *SETTINGS, "run", *MICRO_KEYS,
+    *BROWSE_KEYS,
 )  # fmt: skip
+# The browse table's criteria when the page opens (a link names only those that differ).
+BROWSE_DEFAULTS: dict[str, Any] = {
+    "layer": "all", "query": "", "sort_by": "density", "descending": True, "hide_dense": True,
+    "hide_dead": True, "page": 1,
+}  # fmt: skip
 
 
 @dataclass
 class Link:
-    """What a link asks for; ``problems`` are one line each, for one warning."""
+    """What a link asks for; ``problems`` are one line each, for one warning.
+
+    ``micro`` holds the microscope's view beyond its text (``token``, ``shade``, ``layers``,
+    ``metric``, ``density``, ``aggregate``), ``browse`` the browse table's criteria (the names of
+    :data:`BROWSE_DEFAULTS`), each only what the link names; ``run`` is ``False`` for a steering
+    set-up not to generate.
+    """
 
     tab: str | None = None
     feature: tuple[int, int] | None = None
@@ -37,6 +66,9 @@ class Link:
     prompt: str | None = None
     steers: list[tuple[int, int, float, str]] = field(default_factory=list)
     settings: dict[str, float] = field(default_factory=dict)
+    run: bool = True
+    micro: dict[str, Any] = field(default_factory=dict)
+    browse: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -65,27 +97,74 @@ def parse(items: Iterable[tuple[str, str]]) -> Link:
             link.feature = (layer, feature)
     for key in ("text", "prompt"):
         if key in seen:
-            value = seen[key]
-            if len(value) > MAX_TEXT:
-                link.problems.append(f"{key} is longer than {MAX_TEXT} characters: cut")
-                value = value[:MAX_TEXT]
-            setattr(link, key, value)
+            setattr(link, key, _cut(seen[key], key, MAX_TEXT, link))
     if "steer" in seen:
         for item in seen["steer"].split(","):
             parsed = _steer(item, link)
             if parsed is not None:
                 link.steers.append(parsed)
-    for key in ("temperature", "max_new_tokens", "seed", "frequency_penalty"):
+    for key in SETTINGS:
         if key in seen:
-            value = seen[key].strip()
-            if _NUMBER.fullmatch(value):
-                link.settings[key] = float(value)
-            else:
-                link.problems.append(f"{key} must be a plain number, not {value[:40]!r}")
+            number = _number(seen[key], key, link)
+            if number is not None:
+                link.settings[key] = number
+    if "run" in seen:
+        link.run = _flag(seen["run"], "run", link) is not False
+    _micro(seen, link)
+    _browse(seen, link)
     tab = seen.get("tab")
     if tab is not None:
         link.tab = tab
     return link
+
+
+def _micro(seen: dict[str, str], link: Link) -> None:
+    if "token" in seen:
+        link.micro["token"] = _int(seen["token"], "token", link)
+    if "shade" in seen:
+        value = seen["shade"].strip()
+        if _SHADE.fullmatch(value):
+            link.micro["shade"] = value
+        else:
+            link.problems.append(f"shade must be layer:feature or strongest, not {value[:40]!r}")
+    if "layers" in seen:
+        parts = [_int(p, "layers", link) for p in seen["layers"].split(",")]
+        if all(p is not None for p in parts):
+            link.micro["layers"] = parts
+    for key, name in (("heatmap", "metric"), ("rank", "aggregate")):
+        if key in seen:
+            link.micro[name] = seen[key][:40]
+    if "density" in seen:
+        link.micro["density"] = _number(seen["density"], "density", link)
+    for key in [k for k, v in link.micro.items() if v is None]:
+        del link.micro[key]
+
+
+def _browse(seen: dict[str, str], link: Link) -> None:
+    if "q" in seen:
+        link.browse["query"] = _cut(seen["q"], "the search", MAX_QUERY, link)
+    if "browse_page" in seen:
+        link.browse["page"] = _int(seen["browse_page"], "browse_page", link)
+    if "browse_layer" in seen:
+        value = seen["browse_layer"].strip()
+        link.browse["layer"] = "all" if value == "all" else _int(value, "browse_layer", link)
+    if "sort" in seen:
+        link.browse["sort_by"] = seen["sort"][:40]
+    for key, name in (
+        ("desc", "descending"),
+        ("hide_dense", "hide_dense"),
+        ("hide_dead", "hide_dead"),
+    ):
+        if key in seen:
+            link.browse[name] = _flag(seen[key], key, link)
+    for key in [k for k, v in link.browse.items() if v is None]:
+        del link.browse[key]
+
+
+def _cut(value: str, what: str, limit: int, link: Link) -> str:
+    if len(value) > limit:
+        link.problems.append(f"{what} is longer than {limit} characters: cut")
+    return value[:limit]
 
 
 def _int(value: str | None, what: str, link: Link) -> int | None:
@@ -96,6 +175,20 @@ def _int(value: str | None, what: str, link: Link) -> int | None:
         link.problems.append(f"{what} must be a whole number like 123, not {value[:40]!r}")
         return None
     return int(value)
+
+
+def _number(value: str, what: str, link: Link) -> float | None:
+    if _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    link.problems.append(f"{what} must be a plain number, not {value.strip()[:40]!r}")
+    return None
+
+
+def _flag(value: str, what: str, link: Link) -> bool | None:
+    if value.strip() in _FLAG:
+        return _FLAG[value.strip()]
+    link.problems.append(f"{what} must be 0 or 1, not {value[:40]!r}")
+    return None
 
 
 def _steer(item: str, link: Link) -> tuple[int, int, float, str] | None:
@@ -113,20 +206,68 @@ def _steer(item: str, link: Link) -> tuple[int, int, float, str] | None:
     return int(layer), int(feature), float(strength), method
 
 
-def feature_query(layer: int, feature: int) -> str:
-    """``?tab=dashboard&layer=9&feature=123``."""
-    return "?" + urlencode({"tab": "dashboard", "layer": layer, "feature": feature})
+def _query(items: dict[str, Any]) -> str:
+    return "?" + urlencode(items)
+
+
+def tab_query(tab: str) -> str:
+    """``?tab=start``: a tab with nothing of its own to show yet."""
+    return _query({"tab": tab})
+
+
+def feature_query(layer: int, feature: int, tab: str = "dashboard") -> str:
+    """``?tab=dashboard&layer=9&feature=123`` (``tab="label"``: the label form on it)."""
+    return _query({"tab": tab, "layer": layer, "feature": feature})
 
 
 def text_query(text: str) -> str:
-    return "?" + urlencode({"tab": "microscope", "text": text[:MAX_TEXT]})
+    return _query({"tab": "microscope", "text": text[:MAX_TEXT]})
 
 
-def steer_query(prompt: str, steers: Iterable[tuple[Any, Any, Any, Any]], **settings: Any) -> str:
-    """The Steering tab's set-up as a query (steers as ``layer:feature:strength:method``)."""
+def microscope_query(view: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """The microscope's view (``text``, ``token``, ``shade`` and its settings) as a query; a
+    setting equal to ``defaults``'s is left out."""
+    query: dict[str, Any] = {"tab": "microscope", "text": str(view["text"])[:MAX_TEXT]}
+    for key in ("token", "shade"):
+        if view.get(key) is not None:
+            query[key] = view[key]
+    names = {"layers": "layers", "metric": "heatmap", "density": "density", "aggregate": "rank"}
+    for name, key in names.items():
+        value = view.get(name)
+        if value is None or value == defaults.get(name):
+            continue
+        if name == "layers":
+            value = ",".join(str(n) for n in value)
+        elif name == "density":
+            value = f"{float(value):g}"
+        query[key] = value
+    return _query(query)
+
+
+def browse_query(criteria: dict[str, Any]) -> str:
+    """The browse table's criteria (:data:`BROWSE_DEFAULTS`'s names) as a query; a criterion
+    equal to its default is left out."""
+    keys = {"query": "q", "page": "browse_page", "layer": "browse_layer", "sort_by": "sort",
+            "descending": "desc", "hide_dense": "hide_dense", "hide_dead": "hide_dead"}  # fmt: skip
+    query: dict[str, Any] = {"tab": "browse"}
+    for name, key in keys.items():
+        value = criteria.get(name, BROWSE_DEFAULTS[name])
+        if value in (None, "") or value == BROWSE_DEFAULTS[name]:
+            continue
+        query[key] = int(value) if isinstance(value, bool) else value
+    return _query(query)
+
+
+def steer_query(
+    prompt: str, steers: Iterable[tuple[Any, Any, Any, Any]], run: bool = True, **settings: Any
+) -> str:
+    """The Steering tab's set-up as a query (steers as ``layer:feature:strength:method``);
+    ``run=False`` adds ``run=0``: a set-up not generated yet."""
     items = ",".join(f"{a}:{b}:{c:g}:{d}" for a, b, c, d in steers)
     query: dict[str, Any] = {"tab": "steer", "prompt": prompt[:MAX_TEXT]}
     if items:
         query["steer"] = items
     query.update({k: f"{v:g}" for k, v in settings.items()})
-    return "?" + urlencode(query)
+    if not run:
+        query["run"] = 0
+    return _query(query)

@@ -1,13 +1,21 @@
-"""The Microscope tab: a text encoded on the chosen layers; token highlights, the tokens x layers
-heatmap, one token's features and the whole text's top features.
+"""The Microscope tab's handlers: a text encoded on the chosen layers, then shown: the tokens
+shaded by one feature (:mod:`explorer.app.shading`), the tokens x layers heatmap, one token's
+features and the whole text's top features. The tab's layout and wiring are in
+:mod:`explorer.app.microscope_tab`.
+
+Encoding (the forward pass) and showing are separate: :func:`encode_text` runs the model once,
+:func:`show` builds everything on screen from that encoding, so a control (the heatmap's metric,
+the density filter, the ranking, the shading feature, the token) applies at once, without
+encoding again.
 
 **Strength is relative** (:mod:`explorer.app.strength`): a feature's activation as a % of its
 maximum over the store, shown beside the raw activation. Raw activations grow with depth, so a raw
 ranking would show almost only the last layer. Every "strongest" here is by relative strength:
-the per-token top-k kept by :func:`explorer.encode.encode`, the token shading, the heatmap, the
-token table's order and the whole text's ranking (which search by inference reuses), all on one
-colour scale (:func:`explorer.app.render.strength_colour`). The status line says when a
-fallback was taken (a feature dead in the store, a layer without store maxima).
+the per-token top-k kept by :func:`explorer.encode.encode`, the heatmap, the token table's order
+and the whole text's ranking (which search by inference reuses), all on one colour scale
+(:func:`explorer.app.render.strength_colour`). The status line says when a fallback was taken (a
+feature dead in the store, a layer without store maxima) and when the text goes past a feature's
+store maximum.
 """
 
 from __future__ import annotations
@@ -20,70 +28,40 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from explorer.app import render
+from explorer.app import render, shading
 from explorer.app.context import Context, UserError, parse_float, parse_int
-from explorer.app.strength import (
-    REL,
-    Cells,
-    LayerStrength,
-    cell_text,
-    cells,
-    per_feature,
-    rank_scales,
-    strengths,
-)
-from explorer.app.ui import status_box, status_line, ui
+from explorer.app.strength import REL, LayerStrength, cell_text, cells, per_feature, rank_scales
+from explorer.app.strength import strengths as _strengths
 from explorer.encode import EncodeError, Encoding, encode
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 TAB_ID = "microscope"
-TOP_PER_TOKEN = 32  # features kept per token and layer in the microscope
+TOP_PER_TOKEN = 32  # features kept per token and layer for the tables
 TEXT_TOP = 50  # rows of "top features for the whole text"
 FALLBACK_TEXT = "The cat sat on the mat. It was a sunny day in Paris."
 # The heatmap's metrics (API values) and their names on the page.
 METRICS = {
+    "active features": "active features (how many fire)",
     "max activation": "strongest feature, % of its max",
-    "active features": "active features",
 }
+DEFAULT_METRIC = "active features"
 AGGREGATES = ("max", "sum")
-
-# The token view reports a click as a select event with the token's position, as Gradio's own
-# HighlightedText does (keyboard users pick tokens with the Token dropdown).
-TOKENS_JS = """
-element.addEventListener('click', (e) => {
-  const t = e.target.closest('[data-pos]');
-  if (t) trigger('select', {index: Number(t.dataset.pos), value: t.textContent, selected: true});
-});
-"""
-
-
-def token_html(
-    tokens: Sequence[str], layers: Sequence[int], c: Cells, mark: int | None = None
-) -> str:
-    """The tokens shaded by their strongest feature over all layers (relative, on the one
-    colour scale), each one's tooltip naming it; ``mark`` (the chosen token) outlined."""
-    best = c.rel.argmax(axis=0)
-    cols = np.arange(len(tokens))
-    rel = c.rel[best, cols]
-    titles = [
-        f"{i}: {repr(t)[1:-1]} · "
-        + cell_text(layers[b], int(c.feature[b, i]), float(c.rel[b, i]), float(c.act[b, i]))
-        for i, (t, b) in enumerate(zip(tokens, best, strict=True))
-    ]
-    return render.token_spans(tokens, np.clip(rel, 0.0, 100.0).tolist(), 100.0, mark, titles)
 
 
 @dataclass
 class MicroscopeView:
-    """The microscope's outputs for one text.
+    """The microscope's outputs for one encoded text.
 
     Args:
-        highlighted: ``(token, strength 0..1 or None)`` per token, the shading's values.
-        tokens_html: the token view (the first token marked, as the token table shows it).
-        heatmap: tokens x layers, relative strength (0-100) or active-feature counts.
+        highlighted: ``(token, strength 0..1 or None)`` per token: the shading's values.
+        tokens_html: the token view, shaded by :attr:`shading`, :attr:`token` outlined.
+        heatmap: tokens x layers, active-feature counts or relative strength (0-100).
         text_top: the whole text's strongest features (relative first, raw beside it).
+        token: the chosen token; ``token_table`` its features on every layer.
+        shade_choices: "Shade tokens by"'s choices: the strongest-feature view, then the whole
+            text's top features (``(name, "layer:feature")``).
     """
 
     highlighted: list[tuple[str, float | None]]
@@ -93,6 +71,10 @@ class MicroscopeView:
     token_choices: list[tuple[str, int]]
     status: str
     encoding: Encoding
+    shading: shading.Shading
+    token: int
+    token_table: pd.DataFrame
+    shade_choices: list[tuple[str, str]]
 
 
 def _layers(ctx: Context, layers: Sequence[Any] | None) -> list[int]:
@@ -130,22 +112,20 @@ def density_input(ctx: Context) -> gr.Number:
     )
 
 
-def view(
-    ctx: Context,
-    text: str,
-    layers: Sequence[Any] | None = None,
-    metric: str = "max activation",
-    max_density_pct: Any = None,
-    aggregate: str = "max",
-) -> MicroscopeView:
-    """Encode ``text`` on the chosen layers; heatmap, token highlights, top features. Features
-    denser than ``max_density_pct`` (%; ``None``: the store's dense threshold) are hidden."""
-    chosen = _layers(ctx, layers)
+def check_settings(ctx: Context, metric: str, max_density_pct: Any, aggregate: str) -> None:
+    """The heatmap's metric, the density filter and the whole-text ranking, or
+    :class:`UserError` (before any forward pass)."""
+    _density(ctx, max_density_pct)
     if metric not in METRICS:
         raise UserError(f"the heatmap shows {' or '.join(METRICS)}, not {str(metric)[:40]!r}")
     if aggregate not in AGGREGATES:
         raise UserError(f"rank the whole text by max or sum, not {str(aggregate)[:40]!r}")
-    max_density = _density(ctx, max_density_pct)
+
+
+def encode_text(ctx: Context, text: str, layers: Sequence[Any] | None = None) -> Encoding:
+    """The text encoded on the chosen layers (one forward pass): each token's top features by
+    relative strength, and every active feature (for shading by any feature later)."""
+    chosen = _layers(ctx, layers)
     try:
         enc = encode(
             ctx.bundle,
@@ -153,13 +133,45 @@ def view(
             layers=chosen,
             top_k=TOP_PER_TOKEN,
             scales=rank_scales(ctx, chosen),
+            keep_active=True,
         )
     except (EncodeError, ValueError) as e:
         raise UserError(str(e)) from None
     if not enc.tokens:
         raise UserError("the text has no tokens to show")
-    st = strengths(ctx, enc, max_density)
+    return enc
+
+
+def show(
+    ctx: Context,
+    enc: Encoding,
+    metric: str = DEFAULT_METRIC,
+    max_density_pct: Any = None,
+    aggregate: str = "max",
+    shade: Any = None,
+    token: Any = 0,
+) -> MicroscopeView:
+    """Everything on screen for an encoded text, without a forward pass. ``shade`` is a
+    "Shade tokens by" value (``"9:123"`` or ``"strongest"``); ``None`` or ``""`` picks the whole
+    text's top feature. Features denser than ``max_density_pct`` (%; ``None``: the store's dense
+    threshold) are hidden from the tables and the heatmap."""
+    check_settings(ctx, metric, max_density_pct, aggregate)
+    max_density = _density(ctx, max_density_pct)
+    pos = parse_int(token if token not in (None, "") else 0, "token", 0, len(enc.tokens) - 1)
+    chosen = list(enc.layers)
+    st = _strengths(ctx, enc, max_density)
     c = cells(chosen, st)
+    table, no_max = _text_top(ctx, st, aggregate)
+    if shade in (None, ""):
+        feature = (int(table["layer"].iat[0]), int(table["feature"].iat[0])) if len(table) else None
+    else:
+        feature = shading.parse_shade(shade)
+    if feature is None:
+        shaded = shading.by_strongest(enc.tokens, chosen, c)
+    else:
+        labels = ctx.labels.current_all()
+        label = ctx.shown_label(labels, *feature)
+        shaded = shading.by_feature(ctx, enc, *feature, label=label)
     if metric == "active features":
         values = np.array([enc.layers[n].n_active.numpy() for n in chosen], dtype=float)
         what, zmax = "active features", float(values.max())
@@ -169,21 +181,61 @@ def view(
         [cell_text(n, int(f), float(r), float(a)) for f, r, a in zip(*row, strict=True)]
         for n, *row in zip(chosen, c.feature, c.rel, c.act, strict=True)
     ]
-    peak = c.rel.max(axis=0)
     highlighted = [
         (tok, min(float(v), 100.0) / 100.0 if v > 0 else None)
-        for tok, v in zip(enc.tokens, peak, strict=True)
+        for tok, v in zip(enc.tokens, shaded.rel, strict=True)
     ]
-    table, no_max = _text_top(ctx, st, aggregate)
     return MicroscopeView(
         highlighted=highlighted,
-        tokens_html=token_html(enc.tokens, chosen, c, mark=0),
+        tokens_html=shaded.html(enc.tokens, pos),
         heatmap=render.heatmap_figure(enc.tokens, chosen, values, what, zmax, hover),
         text_top=table,
         token_choices=[(f"{i}: {repr(t)[1:-1]}", i) for i, t in enumerate(enc.tokens)],
         status=_status(ctx, enc, st, max_density, no_max),
         encoding=enc,
+        shading=shaded,
+        token=pos,
+        token_table=_token_table(ctx, st, pos),
+        shade_choices=shade_choices(table, shaded.feature),
     )
+
+
+def view(
+    ctx: Context,
+    text: str,
+    layers: Sequence[Any] | None = None,
+    metric: str = DEFAULT_METRIC,
+    max_density_pct: Any = None,
+    aggregate: str = "max",
+    shade: Any = None,
+    token: Any = 0,
+) -> MicroscopeView:
+    """Encode ``text`` on the chosen layers and show it (:func:`encode_text`, :func:`show`);
+    every setting is checked before the forward pass."""
+    check_settings(ctx, metric, max_density_pct, aggregate)
+    if shade not in (None, ""):
+        shading.parse_shade(shade)
+    enc = encode_text(ctx, text, layers)
+    return show(ctx, enc, metric, max_density_pct, aggregate, shade, token)
+
+
+def shade_choices(
+    table: pd.DataFrame, chosen: tuple[int, int] | None = None
+) -> list[tuple[str, str]]:
+    """ "Shade tokens by"'s choices: each token's strongest, then the whole text's top features
+    (``layer 9 · 123 · label · 93%``), and ``chosen`` if it is none of them."""
+    rel_col = next(c for c in table.columns if c.endswith(REL))
+    out = [(shading.STRONGEST_NAME, shading.STRONGEST)]
+    for layer, feature, label, rel in zip(
+        table["layer"], table["feature"], table["label"], table[rel_col], strict=True
+    ):
+        short = str(label)[:60] + ("…" if len(str(label)) > 60 else "")
+        name = f"layer {layer} · {feature}" + (f" · {short}" if short else "") + f" · {rel:g}%"
+        out.append((name, f"{layer}:{feature}"))
+    value = shading.shade_value(chosen)
+    if all(v != value for _, v in out):
+        out.append((f"layer {chosen[0]} · {chosen[1]}" if chosen else value, value))
+    return out
 
 
 def _text_top(
@@ -235,6 +287,15 @@ def _status(
             f" {no_max} features never fired in the store (no maximum): listed by raw "
             "activation after the others."
         )
+    over = [s.rel[s.kept & (s.rel > 100)] for s in st.values() if not s.per_text]
+    n_over = sum(len(o) for o in over)
+    if n_over:
+        top = max(float(o.max()) for o in over if len(o))
+        status += (
+            f" {n_over} activations go past their feature's maximum over the corpus (up to "
+            f"{top:.0f}%): that maximum is the corpus's, a new text can exceed it; the value is "
+            "shown as it is, the colour stops at 100%."
+        )
     if enc.truncated:
         status += f" The text was cut at {ctx.bundle.spec.max_tokens} tokens."
     hidden = sum(s.hidden for s in st.values())
@@ -252,13 +313,7 @@ def _position(enc: Encoding | None, position: Any) -> tuple[Encoding, int]:
     return enc, parse_int(position, "token", 0, len(enc.tokens) - 1)
 
 
-def token_features(
-    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = None
-) -> pd.DataFrame:
-    """The chosen token's shown features on every encoded layer, strongest (relative) first,
-    all layers together; raw activation beside it."""
-    enc, pos = _position(enc, position)
-    st = strengths(ctx, enc, _density(ctx, max_density_pct))
+def _token_table(ctx: Context, st: dict[int, LayerStrength], pos: int) -> pd.DataFrame:
     cols = ["layer", "feature", "label", REL, "activation", "density %"]
     frames = [
         pd.DataFrame(
@@ -284,139 +339,31 @@ def token_features(
     return table[cols].reset_index(drop=True)
 
 
+def token_features(
+    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = None
+) -> pd.DataFrame:
+    """The chosen token's shown features on every encoded layer, strongest (relative) first,
+    all layers together; raw activation beside it."""
+    enc, pos = _position(enc, position)
+    return _token_table(ctx, _strengths(ctx, enc, _density(ctx, max_density_pct)), pos)
+
+
 def token_caption(enc: Encoding | None, position: Any) -> str:
     """The token table's title: which token it lists (plain text: a label is not HTML)."""
     enc, pos = _position(enc, position)
     shown = repr(enc.tokens[pos])[1:-1]
     shown = shown if len(shown) <= 40 else shown[:39] + "…"
-    return f"Features on token {pos}: “{shown}” (click a row to open its dashboard)"
+    return f"Features on token {pos}: “{shown}” (click a row to shade the text by it)"
 
 
 def tokens_marked(
-    ctx: Context, enc: Encoding | None, position: Any, max_density_pct: Any = None
+    ctx: Context,
+    enc: Encoding | None,
+    position: Any,
+    max_density_pct: Any = None,
+    shade: Any = None,
 ) -> str:
-    """The token view with ``position`` outlined (no forward pass: from the encoding)."""
+    """The token view with ``position`` outlined (no forward pass: from the encoding), shaded
+    by ``shade`` (a "Shade tokens by" value; ``None``: the text's top feature, as :func:`view`)."""
     enc, pos = _position(enc, position)
-    layers = list(enc.layers)
-    return token_html(
-        enc.tokens, layers, cells(layers, strengths(ctx, enc, _density(ctx, max_density_pct))), pos
-    )
-
-
-@dataclass
-class MicroscopeTab:
-    enc_state: gr.State
-    text: gr.Textbox
-    layers: gr.CheckboxGroup
-    metric: gr.Radio
-    density: gr.Number
-    aggregate: gr.Radio
-    encode_btn: gr.Button
-    status: gr.HTML
-    tokens_view: gr.HTML
-    heatmap: gr.Plot
-    token_pick: gr.Dropdown
-    token_table: gr.Dataframe
-    text_top: gr.Dataframe
-
-
-def token_outputs(ctx: Context, enc: Encoding | None, position: Any, d: Any) -> tuple[Any, ...]:
-    """The token table (titled with its token, shaded) and the token view marking the token."""
-    table = token_features(ctx, enc, position, d)
-    return (
-        gr.Dataframe(render.shade_column(table, REL), label=token_caption(enc, position)),
-        tokens_marked(ctx, enc, position, d),
-    )
-
-
-def layout(ctx: Context) -> MicroscopeTab:
-    """The tab's components and its own events (encode, pick a token)."""
-    texts = ctx.content["texts"] or [FALLBACK_TEXT]
-    layer_names = [str(n) for n in ctx.layers]
-    enc_state = gr.State(None)
-    text = gr.Textbox(texts[0], lines=3, label="Text", elem_id="micro-text")
-    gr.Examples([[t] for t in texts], inputs=text, label="Example texts")
-    with gr.Row():
-        ticked = [str(n) for n in default_layers(ctx)]
-        layers = gr.CheckboxGroup(layer_names, value=ticked, label="Layers")
-        metric = gr.Radio(
-            [(name, value) for value, name in METRICS.items()],
-            value="max activation",
-            label="Heatmap shows",
-        )
-        density = density_input(ctx)
-        aggregate = gr.Radio(list(AGGREGATES), value="max", label="Whole-text ranking")
-    encode_btn = gr.Button("Encode", variant="primary", elem_id="encode")
-    status = status_box("micro-status")
-    gr.Markdown(
-        "**Strength** is a feature's activation as a % of its maximum over the corpus (the "
-        "store), so every layer reads on the same 0–100% scale; the raw activation is beside "
-        "it. Tokens are shaded by their strongest feature (click one); BOS is not shown."
-    )
-    tokens_view = gr.HTML("", elem_id="tokens", js_on_load=TOKENS_JS, elem_classes="gse-text")
-    heatmap = gr.Plot(label="Tokens × layers: the strongest feature, or how many are active")
-    token_pick = gr.Dropdown(label="Token", choices=[], elem_id="token-pick")
-    token_table = gr.Dataframe(
-        label="Features on this token (click a row to open its dashboard)",
-        interactive=False,
-        elem_id="token-table",
-    )
-    text_top = gr.Dataframe(
-        label="Top features for the whole text (click to open)",
-        interactive=False,
-        elem_id="text-top",
-    )
-
-    def run_microscope(
-        text: str, layers: list[str], metric: str, max_density_pct: Any, aggregate: str
-    ) -> tuple[Any, ...]:
-        v = view(ctx, text, layers, metric, max_density_pct, aggregate)
-        table = token_features(ctx, v.encoding, 0, max_density_pct)
-        return (
-            v.tokens_html,
-            v.heatmap,
-            render.shade_column(v.text_top, f"{aggregate} {REL}"),
-            status_line(v.status),
-            v.encoding,
-            gr.Dropdown(choices=v.token_choices, value=0),
-            gr.Dataframe(render.shade_column(table, REL), label=token_caption(v.encoding, 0)),
-        )
-
-    encode_btn.click(
-        ui(run_microscope),
-        [text, layers, metric, density, aggregate],
-        [tokens_view, heatmap, text_top, status, enc_state, token_pick, token_table],
-        api_name="microscope",
-    )
-
-    def show_token(enc: Encoding | None, position: Any, max_density_pct: Any = None) -> Any:
-        """The chosen token's features on every encoded layer, strongest first (all layers
-        together), and the token view marking it."""
-        return token_outputs(ctx, enc, position, max_density_pct)
-
-    token_pick.input(
-        ui(show_token),
-        [enc_state, token_pick, density],
-        [token_table, tokens_view],
-        api_name="token_features",
-    )
-
-    def pick_token(enc: Any, max_density_pct: Any, evt: gr.SelectData) -> tuple[Any, ...]:
-        return (gr.Dropdown(value=evt.index), *token_outputs(ctx, enc, evt.index, max_density_pct))
-
-    tokens_view.select(ui(pick_token), [enc_state, density], [token_pick, token_table, tokens_view])
-    return MicroscopeTab(
-        enc_state=enc_state,
-        text=text,
-        layers=layers,
-        metric=metric,
-        density=density,
-        aggregate=aggregate,
-        encode_btn=encode_btn,
-        status=status,
-        tokens_view=tokens_view,
-        heatmap=heatmap,
-        token_pick=token_pick,
-        token_table=token_table,
-        text_top=text_top,
-    )
+    return show(ctx, enc, DEFAULT_METRIC, max_density_pct, "max", shade, pos).tokens_html

@@ -20,9 +20,11 @@ something a person can name: "the word *near*", "Python keywords", "speech after
 This explorer shows which features fire on your text, what each feature fires on across a corpus,
 and what happens when you push the model along a feature's direction (*steering*).
 
-**A guided path:** 1. click an example text below: it opens in the *Microscope*, encoded;
-2. click a token and open its strongest feature; 3. read the feature's top examples and interval
-samples on its page; 4. press **Steer with this feature** and compare the two completions.
+**A guided path:** 1. click an example text below: it opens in the *Microscope*, encoded and
+shaded by its strongest feature; 2. click a token, then a row of its table: the text is shaded by
+that feature, and **Open this feature's page** opens it; 3. read the feature's top examples and
+interval samples on its page; 4. press **Steer with this feature** and compare the two
+completions.
 Or click a curated feature to open its page, or a steering demo to see a feature pull the
 model's text toward its concept.
 """
