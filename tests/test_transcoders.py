@@ -202,3 +202,36 @@ def test_sparse_steps_equal_dense_autograd() -> None:
     full = scores.topk(50)
     fast = batch_topk(scores, 50, theta=float(full.values[-1]))  # candidates above half of it
     assert torch.equal(fast.indices.sort().values, full.indices.sort().values)
+
+
+def test_dead_features_are_resampled_where_the_error_is() -> None:
+    """A feature that never fires gets an encoder that fires on a high-error row and a decoder
+    along that row's error; live features and their optimizer state are untouched."""
+    from precompute.train.transcoders import _init_state, resample_dead
+
+    torch.manual_seed(0)
+    cfg = TranscoderConfig(layers=(0,), d_sae=16, k=2, free_features=0, checkpoint_every=5)
+    x = torch.randn(64, 8)
+    y = torch.randn(64, 8)
+    state = _init_state(cfg, x.bfloat16(), y.bfloat16(), 0, "cpu")
+    state.theta = 0.5
+    state.step = 100
+    p = state.params
+    (p["W_enc"].sum() + p["W_dec"].sum() + p["b_enc"].sum()).backward()
+    state.opt.step()  # moments exist
+    state.density_ema.fill_(0.01)
+    dead = torch.tensor([3, 7])
+    state.density_ema[dead] = 0
+    live_enc = p["W_enc"][:, 0].detach().clone()
+    err = torch.zeros(64, 8)
+    err[5] = torch.arange(8.0)  # all the error on one row: it is drawn
+    assert resample_dead(state, cfg, 0, x, err) == 2
+    with torch.no_grad():
+        pre = x[5] @ p["W_enc"][:, dead] + p["b_enc"][dead]
+    torch.testing.assert_close(pre, torch.full((2,), 0.75))  # 1.5 x the threshold
+    torch.testing.assert_close(p["W_dec"][dead], (err[5] / err[5].norm()).expand(2, 8))
+    assert torch.equal(p["W_enc"][:, 0], live_enc)
+    moments = state.opt.state[p["W_enc"]]
+    assert moments["exp_avg"][:, dead].abs().sum() == 0 and moments["exp_avg"][:, 0].abs().sum() > 0
+    assert bool((state.density_ema[dead] == cfg.min_density).all())
+    assert resample_dead(state, cfg, 0, x, err) == 0  # not dead any more
