@@ -92,11 +92,13 @@ def _badges(ctx: Context, rec: FeatureRecord) -> str:
     auto = ctx.description(rec.layer, rec.feature)
     line = explanation_line(ctx, rec.layer, rec.feature)
     extra = f'<div class="gse-explanation gse-muted">{render.esc(line)}</div>' if line else ""
+    steer = ctx.steer_estimate(rec.layer, rec.feature)
     if human is not None:
-        return render.badges_html(rec, human.label, ctx.dense_threshold, auto=auto) + extra
+        html = render.badges_html(rec, human.label, ctx.dense_threshold, auto=auto, steer=steer)
+        return html + extra
     curated = ctx.curated.get((rec.layer, rec.feature))
     html = render.badges_html(
-        rec, curated, ctx.dense_threshold, curated=curated is not None, auto=auto
+        rec, curated, ctx.dense_threshold, curated=curated is not None, auto=auto, steer=steer
     )
     return html + extra
 

@@ -92,6 +92,12 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         ):
             table.select(ui(open_from_row), None, dash.outputs)
 
+        # Browse's random feature: a live one of the layer its filter shows, opened.
+        def open_random(layer: Any) -> tuple[Any, ...]:
+            return dashboard.open_values(ctx, *dashboard.random_feature(ctx, layer))
+
+        found.random_btn.click(ui(open_random), [found.layer], dash.outputs)
+
         # An example text opens in the microscope, encoded (as if Encode were pressed).
         def open_text(evt: gr.SelectData) -> tuple[Any, ...]:
             return str(evt.row_value[0]), gr.Tabs(selected=microscope.TAB_ID)
