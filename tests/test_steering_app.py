@@ -344,8 +344,9 @@ def test_generate_api_has_named_parameters(served: str) -> None:
 
 
 def test_every_event_reads_the_table_as_sent(served: str, ctx: Context) -> None:
-    """The Add button and the dashboard's "steer with this feature" take the table in any
-    shape too, and answer a bad one with a message, not an error."""
+    """The Add button and the dashboard's "steer with this feature" (replace the rows) and "add
+    it to the steering table" (keep them) take the table in any shape too, and answer a bad one
+    with a message, not an error."""
     from gradio_client import Client
 
     client = Client(served, verbose=False)
@@ -356,8 +357,11 @@ def test_every_event_reads_the_table_as_sent(served: str, ctx: Context) -> None:
         [2, feature, steering.default_strength(ctx, 2, feature), "clamp"],
     ]
     client.predict("2", feature, api_name="/open_feature")  # "steer with" the feature shown
-    opened = client.predict({"data": [[1, 3, 2.5]]}, api_name="/to_steer")
+    opened = client.predict({"data": [[1, 3, 2.5]]}, api_name="/add_to_steer")
     assert [row[:3] for row in opened["data"]] == [[1, 3, 2.5], [2, feature, table["data"][1][2]]]
+    # "Steer with this feature" replaces the rows: only the feature shown is steered.
+    alone = client.predict({"data": [[1, 3, 2.5]]}, api_name="/to_steer")
+    assert [row[:3] for row in alone["data"]] == [[2, feature, table["data"][1][2]]]
     # A refused Add leaves the table alone (the page shows a warning).
     refused = client.predict([[1, "1e3"]], "2", feature, "", "add", api_name="/add_steer")
     assert refused == {"__type__": "update"}

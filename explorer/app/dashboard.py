@@ -178,6 +178,7 @@ class DashboardTab:
     open_btn: gr.Button
     rand_btn: gr.Button
     to_steer_btn: gr.Button
+    add_steer_btn: gr.Button
     header: gr.HTML
     quick_label: gr.Textbox
     quick_name: gr.Textbox
@@ -256,6 +257,7 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         open_btn = gr.Button("Open", variant="primary", elem_id="open-feature")
         rand_btn = gr.Button("Random feature")
         to_steer_btn = gr.Button("Steer with this feature", elem_id="to-steer")
+        add_steer_btn = gr.Button("Add it to the steering table", elem_id="to-steer-add")
     header_html = gr.HTML(elem_id="dash-header")
     with gr.Row():
         quick_label = gr.Textbox(
@@ -295,6 +297,7 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         open_btn=open_btn,
         rand_btn=rand_btn,
         to_steer_btn=to_steer_btn,
+        add_steer_btn=add_steer_btn,
         header=header_html,
         quick_label=quick_label,
         quick_name=quick_name,

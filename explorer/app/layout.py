@@ -117,16 +117,22 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         for table in (start_tab.demos_table, steer.demos_table):
             table.select(ui(open_demo), None, demo_outputs).then(None, None, None, js=_GENERATE)
 
-        # The dashboard's feature, added to the steering table, and the Steering tab opened.
-        def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
+        # The dashboard's feature sent to the Steering tab, opened: alone in the table (Steer
+        # with this feature), or added to the rows already there (Add it to the steering table).
+        def steer_values(table: Any, shown: Any, keep: bool) -> tuple[Any, ...]:
             if not shown:
                 raise UserError("open a feature first")
-            new = steering.with_feature(ctx, table, shown[0], shown[1])
+            new = steering.with_feature(ctx, table if keep else None, shown[0], shown[1])
             return new, gr.Tabs(selected=steering.TAB_ID)
 
-        dash.to_steer_btn.click(
-            ui(to_steer), [steer.steer_table, dash.shown], [steer.steer_table, tabs]
-        )
+        def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
+            return steer_values(table, shown, keep=False)
+
+        def add_to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
+            return steer_values(table, shown, keep=True)
+
+        for button, send in ((dash.to_steer_btn, to_steer), (dash.add_steer_btn, add_to_steer)):
+            button.click(ui(send), [steer.steer_table, dash.shown], [steer.steer_table, tabs])
 
         # The address bar follows the view: a feature opened, a text encoded, a generation.
         def feature_link(shown: Any) -> Any:
