@@ -3,10 +3,13 @@
 No model and no LLM: over the centres of a feature's stored examples (its top activations and
 the interval samples, each a distinct corpus position), the most frequent tokens with their
 counts, the token before (or after) them when one dominates, and the feature's top promoted
-tokens, e.g. ``" London" ×12, " York" ×5, " Paris" ×3 — after " in" (16/45); promotes " proper",
-" Airport"``. Deterministic, and vectorized over all features of a layer (numpy and pandas, no
-per-feature Python loop). The job computes them at the end of its reduce; :func:`add_descriptions`
-adds them to a store written before they existed, leaving every other file as it is.
+tokens that occur in the corpus, in plain words, e.g. ``fires on " London" (12 of 45 examples),
+" York" (5), " Paris" (3), mostly after " in" (16 of 45); pushes toward " proper", " Airport"``.
+Promoted tokens the corpus never contains (scripts and fragments of Gemma's 262k vocabulary that
+the unembedding ranks high by chance) are left out. Deterministic, and vectorized over all
+features of a layer (numpy and pandas, no per-feature Python loop). The job computes them at the
+end of its reduce; :func:`add_descriptions` adds them to a store written before they existed,
+leaving every other file as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explorer.steerability import is_word
 from explorer.store.codec import TokenContext
 from explorer.store.reader import Store
 from explorer.store.schema import (
@@ -70,6 +74,81 @@ def _ranked(
     rank = np.arange(len(f)) - np.maximum.accumulate(np.where(head, np.arange(len(f)), 0))
     keep = rank < limit
     return f[keep], v[keep], counts[keep], rank[keep]
+
+
+def corpus_counts(context: TokenContext) -> NDArray[np.int64]:
+    """How often each token id occurs in the store's corpus (BOS excluded), indexed by id; ids
+    past the last one the corpus uses count 0 (:func:`in_corpus`)."""
+    return np.bincount(context.flat.astype(np.int64)).astype(np.int64)
+
+
+def in_corpus(counts: NDArray[np.int64], ids: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Whether each of ``ids`` occurs in the corpus that ``counts`` (:func:`corpus_counts`)
+    counted."""
+    ok = (ids >= 0) & (ids < len(counts))
+    out = np.zeros(len(ids), dtype=bool)
+    out[ok] = counts[ids[ok]] > 0
+    return out
+
+
+def _promoted(features: pa.Table, context: TokenContext) -> NDArray[np.int64]:
+    """``[n, N_PROMOTED]`` each feature's first promoted tokens (``top_logits``, best first)
+    that occur in the corpus; -1 where fewer do.
+
+    The unembedding ranks all 262k tokens of Gemma's vocabulary, and a feature's top logit
+    effects are often tokens of scripts or fragments the corpus never contains ("人在",
+    "チック"): the unembedding's noise, which a reader cannot place. They are skipped.
+    """
+    logits = features.column("top_logits").combine_chunks()
+    starts = logits.offsets.to_numpy().astype(np.int64)
+    lens = np.diff(starts)
+    ids = logits.values.to_numpy().astype(np.int64)[starts[0] : starts[-1]]
+    owner = np.repeat(np.arange(len(lens)), lens)
+    keep = in_corpus(corpus_counts(context), ids)
+    before = np.concatenate([[0], np.cumsum(keep)])  # kept tokens before each, all features
+    rank = before[:-1] - before[starts[:-1] - starts[0]][owner]  # …and in its own feature
+    chosen = keep & (rank < N_PROMOTED)
+    promoted = np.full((len(lens), N_PROMOTED), -1, dtype=np.int64)
+    promoted[owner[chosen], rank[chosen]] = ids[chosen]
+    return promoted
+
+
+def _agreement(
+    features: pa.Table,
+    feat: NDArray[np.int64],
+    token: NDArray[np.int64],
+    after: NDArray[np.int64],
+    n_examples: NDArray[np.int32],
+    context: TokenContext,
+) -> NDArray[np.float32]:
+    """``[n]`` per feature, the share of its distinct example centres (``feat``, ``token``, the
+    token ``after`` it or -1) whose token, or the token after it, is a word the feature promotes:
+    one of its ``top_logits`` that reads as a whole word (:func:`explorer.steerability.is_word`),
+    compared as text, case and surrounding spaces aside. What :mod:`explorer.steerability`
+    reads: a feature that fires on, or just before, a word it promotes makes the model write
+    the text that makes it fire (a word piece does not count: "thunder" promotes "bolts")."""
+    logits = features.column("top_logits").combine_chunks()
+    starts = logits.offsets.to_numpy().astype(np.int64)
+    ids = logits.values.to_numpy().astype(np.int64)[starts[0] : starts[-1]]
+    owner = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    used = np.unique(np.concatenate([ids, token, after[after >= 0]]))
+    texts = context.texts(used, "descriptions")
+    norm = np.array([" ".join(t.split()).lower() for t in texts])
+    names, codes = np.unique(norm, return_inverse=True)
+    codes = np.where(norm == "", -1, codes).astype(np.int64)
+    width = len(names) + 1
+    word = np.array([is_word(t) for t in texts], dtype=bool)
+
+    def key(f: NDArray[np.int64], ids: NDArray[np.int64]) -> NDArray[np.int64]:
+        c = codes[np.searchsorted(used, ids)]
+        return np.where(c >= 0, f * width + c, -1)
+
+    promoted = np.where(word[np.searchsorted(used, ids)], key(owner, ids), -1)
+    promoted = np.unique(promoted[promoted >= 0])
+    on = np.isin(key(feat, token), promoted)
+    before = (after >= 0) & np.isin(key(feat, np.maximum(after, used[0])), promoted)
+    hits = np.bincount(feat, weights=on | before, minlength=len(n_examples))
+    return (hits / np.maximum(n_examples, 1)).astype(np.float32)
 
 
 def describe_layer(features: pa.Table, examples: pa.Table, context: TokenContext) -> pa.Table:
@@ -126,14 +205,8 @@ def describe_layer(features: pa.Table, examples: pa.Table, context: TokenContext
         cf, cv, cc = cf[dominant], cv[dominant], cc[dominant]
         ctx_kind[cf], ctx_token[cf], ctx_count[cf] = kind, cv, cc
 
-    logits = features.column("top_logits").combine_chunks()
-    starts = logits.offsets.to_numpy()
-    lens = np.diff(starts)
-    promoted = np.full((n, N_PROMOTED), -1, dtype=np.int64)
-    flat_logits = logits.values.to_numpy().astype(np.int64)
-    for j in range(N_PROMOTED):
-        has = lens > j
-        promoted[has, j] = flat_logits[starts[:-1][has] + j]
+    promoted = _promoted(features, context)
+    agreement = _agreement(features, feat, token, after, n_examples, context)
 
     # The line: token texts looked up once per distinct id, then joined column-wise.
     used = np.unique(np.concatenate([tok_ids.ravel(), ctx_token, promoted.ravel()]))
@@ -147,28 +220,28 @@ def describe_layer(features: pa.Table, examples: pa.Table, context: TokenContext
     def col(values: Any) -> pd.Series:
         return pd.Series(values, dtype=object)
 
-    line = col(np.full(n, "", dtype=object))
+    of = col(n_examples.astype(str))
+    line = col(np.where(tok_ids[:, 0] >= 0, "fires on ", ""))
     for j in range(N_TOKENS):
-        part = col(text(tok_ids[:, j])) + " ×" + col(tok_counts[:, j].astype(str))
+        count = col(tok_counts[:, j].astype(str))
+        part = (
+            col(text(tok_ids[:, j]))
+            + " ("
+            + count
+            + (" of " + of + " examples)" if j == 0 else ")")
+        )
         part = part.where(tok_ids[:, j] >= 0, "")
         sep = col(np.where((j > 0) & (tok_ids[:, j] >= 0), ", ", ""))
         line = line + sep + part
     ctx_part = (
-        " — "
-        + col(ctx_kind)
-        + " "
-        + col(text(ctx_token))
-        + " ("
-        + col(ctx_count.astype(str))
-        + "/"
-        + col(n_examples.astype(str))
-        + ")"
-    ).where(ctx_token >= 0, "")
+        ", mostly " + col(ctx_kind) + " " + col(text(ctx_token))
+        + " (" + col(ctx_count.astype(str)) + " of " + of + ")"
+    ).where(ctx_token >= 0, "")  # fmt: skip
     line = line + ctx_part
     prom = col(text(promoted[:, 0]))
     for j in range(1, N_PROMOTED):
         prom = prom + col(np.where(promoted[:, j] >= 0, ", ", "")) + col(text(promoted[:, j]))
-    lead = col(np.where(tok_ids[:, 0] >= 0, "; promotes ", "promotes "))
+    lead = col(np.where(tok_ids[:, 0] >= 0, "; pushes toward ", "pushes toward "))
     line = line + (lead + prom).where(promoted[:, 0] >= 0, "")
     line = line.where(~dead, "")
 
@@ -192,6 +265,7 @@ def describe_layer(features: pa.Table, examples: pa.Table, context: TokenContext
             "context_token": pa.array(np.where(dead, -1, ctx_token), pa.int32()),
             "context_count": pa.array(np.where(dead, 0, ctx_count), pa.int32()),
             "promoted": lists(promoted, valid_prom),
+            "agreement": pa.array(np.where(dead, 0.0, agreement), pa.float32()),
         },
         schema=descriptions_schema(),
     )

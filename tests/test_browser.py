@@ -16,7 +16,7 @@ import pytest
 from browser_ui import UI, title
 from helpers import live_feature
 
-from explorer.app import Context, dashboard, microscope, steering
+from explorer.app import Context, dashboard, microscope, render, steering
 
 TEXT = "the cat sat on the mat and the dog ran"
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1;alert(1)</script>'
@@ -91,6 +91,25 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
     expect(ui.box("default-out")).to_have_value(default)
     expect(ui.box("steered-out")).to_have_value(steered)
     ui.shot("04-steer")
+    # The table says how likely each feature is to steer (an estimate from the store).
+    estimate = render.steer_text(ctx.steer_estimate(layer, feature))
+    expect(ui.cell("steer-table", 0, 5)).to_have_text(estimate)
+    expect(page.locator("#steer-table")).to_contain_text("steering estimate")
+
+    # Back on the dashboard (which shows the estimate too): "Add it to the steering table" keeps
+    # the row and adds the feature again; "Steer with this feature" leaves it alone in the table.
+    ui.tab("dashboard")
+    expect(page.locator("#dash-header .gse-steer")).to_have_text(estimate)
+    expect(page.locator("#dash-header .gse-legend")).to_contain_text("pushes toward")
+    page.locator("#to-steer-add").click()
+    ui.expect_tab("steer")
+    grid = page.locator("#steer-table [role=grid]")
+    expect(grid).to_have_attribute("aria-rowcount", "3")  # the header and two rows
+    ui.tab("dashboard")
+    page.locator("#to-steer").click()
+    ui.expect_tab("steer")
+    expect(grid).to_have_attribute("aria-rowcount", "2")
+    expect(ui.cell("steer-table", 0, 1)).to_have_text(str(feature))
 
     # Browse finds the feature by its new label; its row opens the dashboard again.
     ui.tab("browse")
@@ -105,6 +124,15 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
     ui.cell("browse-table", 0, 1).click()
     ui.expect_tab("dashboard")
     expect(page.locator("#dash-header")).to_contain_text(f"Layer {layer} · feature {feature}")
+    # Browse explains its automatic descriptions, and opens a random feature of its layer.
+    ui.tab("browse")
+    expect(page.locator("#browse-legend")).to_contain_text("pushes toward")
+    other = 1 if layer == 2 else 2
+    page.locator("#b-layer input").click()
+    page.get_by_role("option", name=str(other), exact=True).click()
+    page.locator("#browse-random").click()
+    ui.expect_tab("dashboard")
+    expect(page.locator("#dash-header")).to_contain_text(f"Layer {other} · feature ")
 
     # The labelling queue: the tab opens on an unlabelled feature, which is labelled and stored.
     # (Next unlabelled would replace it asynchronously; the handler test covers that button.)

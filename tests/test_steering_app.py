@@ -90,7 +90,11 @@ BAD_TABLES: list[tuple[str, Any, str]] = [
     ),
     ("missing cells", [[2]], "row 1: feature is missing: enter a whole number"),
     ("missing layer", [[None, 3, S]], "row 1: layer is missing: enter a whole number"),
-    ("too many cells", [[2, 3, S, "add", "", "x"]], "row 1 has 6 cells; the table has 5 columns"),
+    (
+        "too many cells",
+        [[2, 3, S, "add", "", "", "x"]],
+        "row 1 has 7 cells; the table has 6 columns",
+    ),
     (
         "second row bad",
         [[2, 3, S, "add"], [1, "x", S, "add"]],
@@ -209,9 +213,9 @@ def test_every_table_shape_reads_the_same(ctx: Context) -> None:
     want = [Steer(2, 3, 5.0, "add"), Steer(1, 7, default, "clamp"), Steer(2, 4, 0.0, "ablate")]
     frame = pd.DataFrame(
         [
-            [2, 3, 5.0, "add", "a label"],
-            [1, 7, np.nan, "clamp", None],
-            [2, 4, np.nan, "ablate", ""],
+            [2, 3, 5.0, "add", "a label", "likely to steer (0.60)"],
+            [1, 7, np.nan, "clamp", None, None],
+            [2, 4, np.nan, "ablate", "", ""],
         ],
         columns=list(steering.STEER_COLUMNS),
     )
@@ -340,8 +344,9 @@ def test_generate_api_has_named_parameters(served: str) -> None:
 
 
 def test_every_event_reads_the_table_as_sent(served: str, ctx: Context) -> None:
-    """The Add button and the dashboard's "steer with this feature" take the table in any
-    shape too, and answer a bad one with a message, not an error."""
+    """The Add button and the dashboard's "steer with this feature" (replace the rows) and "add
+    it to the steering table" (keep them) take the table in any shape too, and answer a bad one
+    with a message, not an error."""
     from gradio_client import Client
 
     client = Client(served, verbose=False)
@@ -352,8 +357,11 @@ def test_every_event_reads_the_table_as_sent(served: str, ctx: Context) -> None:
         [2, feature, steering.default_strength(ctx, 2, feature), "clamp"],
     ]
     client.predict("2", feature, api_name="/open_feature")  # "steer with" the feature shown
-    opened = client.predict({"data": [[1, 3, 2.5]]}, api_name="/to_steer")
+    opened = client.predict({"data": [[1, 3, 2.5]]}, api_name="/add_to_steer")
     assert [row[:3] for row in opened["data"]] == [[1, 3, 2.5], [2, feature, table["data"][1][2]]]
+    # "Steer with this feature" replaces the rows: only the feature shown is steered.
+    alone = client.predict({"data": [[1, 3, 2.5]]}, api_name="/to_steer")
+    assert [row[:3] for row in alone["data"]] == [[2, feature, table["data"][1][2]]]
     # A refused Add leaves the table alone (the page shows a warning).
     refused = client.predict([[1, "1e3"]], "2", feature, "", "add", api_name="/add_steer")
     assert refused == {"__type__": "update"}

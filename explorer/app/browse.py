@@ -4,7 +4,6 @@ most active on a text)."""
 
 from __future__ import annotations
 
-import re
 import textwrap
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -13,7 +12,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from explorer.app import microscope, render
+from explorer.app import microscope, relevance, render
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import ui
 from explorer.explanations import Explanation, FeatureHits
@@ -26,6 +25,15 @@ EXPLANATION_HITS = 5000  # explanations a search takes from the full-text index,
 # whole): a 300-character one pushed density and max far off the screen's right edge.
 EXPLANATION_CHARS = 80
 AUTO_COLUMN = "automatic description"
+STEER_COLUMN = "likely to steer"  # the estimate, 0 to 1 (explorer.steerability)
+SORTS = {  # what the Sort by menu shows -> the summary's column
+    "interesting first": "interest",
+    "likely to steer": "steer",
+    "density": "density",
+    "max act": "max_act",
+    "fires": "n_fires",
+    "feature": "feature",
+}
 
 
 KEY = 1 << 32  # (layer, feature) as one int64: layer * KEY + feature
@@ -33,28 +41,6 @@ KEY = 1 << 32  # (layer, feature) as one int64: layer * KEY + feature
 
 def _keys(layers: Any, features: Any) -> np.ndarray:
     return np.asarray(layers, dtype=np.int64) * KEY + np.asarray(features, dtype=np.int64)
-
-
-_TEXT: dict[tuple[int, str], tuple[pd.DataFrame, str, np.ndarray]] = {}
-
-
-def _text_hits(df: pd.DataFrame, column: str, q: str) -> np.ndarray:
-    """Rows whose ``column`` (text) contains ``q`` (lower case): one substring scan over all
-    rows' text joined once per summary (a per-row loop took 0.5 s over 425,984 features)."""
-    cached = _TEXT.get((id(df), column))
-    if cached is None or cached[0] is not df:
-        texts = df[column].str.lower().str.replace("\n", " ", regex=False).tolist()
-        starts = np.cumsum([0] + [len(t) + 1 for t in texts])[:-1]
-        cached = (df, "\n".join(texts), starts)
-        for key in [k for k in _TEXT if k[1] == column]:
-            del _TEXT[key]
-        _TEXT[(id(df), column)] = cached
-    _, text, starts = cached
-    q = q.replace("\n", " ")  # rows are joined by newlines: a match never spans two
-    found = np.array([m.start() for m in re.finditer(re.escape(q), text)], dtype=np.int64)
-    hits = np.zeros(len(df), dtype=bool)
-    hits[np.searchsorted(starts, found, side="right") - 1] = True
-    return hits
 
 
 def _explained(ctx: Context, query: str) -> FeatureHits:
@@ -73,6 +59,39 @@ def _partial(hits: FeatureHits) -> str:
     return f"only the first {EXPLANATION_HITS:,} of {of} matching explanations searched"
 
 
+def _split(pairs: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def _tiers(
+    ctx: Context, query: str, keys: np.ndarray, labelled: dict[tuple[int, int], str]
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """:func:`relevance.tiers` of ``query`` over the summary's rows (``keys``): people's labels
+    and notes through the label index (ranked by bm25), then any label holding the query (the
+    curated ones too); explanations through theirs; tokens through :meth:`Context.tokens`.
+    The third value says whether the explanations were cut short (:func:`_partial`)."""
+    try:
+        found = ctx.labels.search(query, limit=BROWSE_ROWS)
+    except LabelError as e:
+        raise UserError(str(e)) from None
+    q = relevance.normalize(query)
+    hits = [((h.layer, h.feature), f"{h.label} {h.notes}") for h in found]
+    hits += [(k, text) for k, text in labelled.items() if q in relevance.normalize(text)]
+    best: dict[tuple[int, int], str] = {}
+    for k, text in hits:  # each feature once, at its best place
+        best.setdefault(k, text)
+    label_keys = _keys(*_split(list(best))).tolist()
+    explained = _explained(ctx, query)
+    tier, within = relevance.tiers(
+        keys,
+        query,
+        list(zip(label_keys, best.values(), strict=True)),
+        _keys(*_split(explained.features)).tolist(),
+        ctx.tokens(),
+    )
+    return tier, within, _partial(explained)
+
+
 class BrowsePage(NamedTuple):
     table: pd.DataFrame
     total: int  # the features that match and are shown by the filters, on every page
@@ -85,7 +104,7 @@ def select(
     ctx: Context,
     layer: Any = "all",
     query: str = "",
-    sort_by: str = "density",
+    sort_by: str = "interest",
     descending: bool = True,
     hide_dense: bool = True,
     hide_dead: bool = True,
@@ -117,41 +136,25 @@ def select(
     q = (query or "").strip().lower()
     if len(q) > 200:
         raise UserError("the search text is too long (200 characters at most)")
-    if sort_by not in df.columns or sort_by in ("layer", "top_tokens", "description"):
-        raise UserError(f"cannot sort by {sort_by!r}")
-    values = df[sort_by].to_numpy(dtype=float)
+    if sort_by not in SORTS.values():
+        raise UserError(f"cannot sort by {str(sort_by)[:40]!r}; choose one of {', '.join(SORTS)}")
     labels = ctx.labels.current_all()
     keys = _keys(layers, df["feature"].to_numpy())
+    labelled = {**ctx.curated, **{k: v.label for k, v in labels.items()}}
+    values = df[sort_by].to_numpy(dtype=float)
+    if sort_by == "interest":  # labelled features first: people found them worth naming
+        values = values + np.isin(keys, _keys(*_split(list(labelled))))
+    sort_key = -values if descending else values
     if q:
-        # People's labels and notes, then machine explanations (any of a feature's), each
-        # through its database's full-text index (FTS5, ranked by bm25); curated labels,
-        # automatic descriptions and top tokens as plain substrings. Label hits come first, in
-        # rank order, then explanation hits, then the rest in the chosen order.
-        try:
-            found = ctx.labels.search(query.strip(), limit=BROWSE_ROWS)
-        except LabelError as e:
-            raise UserError(str(e)) from None
-        pairs = [(h.layer, h.feature) for h in found]
-        explained = _explained(ctx, query.strip())
-        pairs += explained.features
-        partial = _partial(explained)
-        found_keys = _keys([a for a, _ in pairs], [b for _, b in pairs])
-        ranked = pd.Index(list(dict.fromkeys(found_keys.tolist())), dtype=np.int64)
-        rank = ranked.get_indexer(keys)
-        rank[rank < 0] = len(ranked)
-        labelled = {**ctx.curated, **{k: v.label for k, v in labels.items()}}
-        said = [k for k, text in labelled.items() if q in text.lower()]
-        hit = (rank < len(ranked)) | np.isin(
-            keys, _keys([k[0] for k in said], [k[1] for k in said])
-        )
-        hit |= _text_hits(df, "description", q) | _text_hits(df, "top_tokens", q)
+        tier, within, partial = _tiers(ctx, query.strip(), keys, labelled)
+        hit = tier < relevance.TIER_NONE
         rows = np.flatnonzero(mask & hit)
         hidden = int(np.count_nonzero(in_layer & ~mask & hit))
         # lexsort is stable: ties keep the summary's (layer, feature) order
-        order = rows[np.lexsort((-values[rows] if descending else values[rows], rank[rows]))]
+        order = rows[np.lexsort((sort_key[rows], within[rows], tier[rows]))]
     else:
         rows = np.flatnonzero(mask)
-        order = rows[np.argsort(-values[rows] if descending else values[rows], kind="stable")]
+        order = rows[np.argsort(sort_key[rows], kind="stable")]
     n_pages = max(1, -(-len(order) // BROWSE_ROWS))
     page_n = min(page_n, n_pages)
     shown = df.iloc[order[(page_n - 1) * BROWSE_ROWS : page_n * BROWSE_ROWS]]
@@ -162,7 +165,8 @@ def select(
         ]
     )
     cols = [
-        "layer", "feature", "label", "description", "density", "max_act", "n_fires", "top_tokens"
+        "layer", "feature", "label", "description", "density", "max_act", "n_fires", "steer",
+        "top_tokens",
     ]  # fmt: skip
     if ctx.explanations is not None:  # the best explanation of each row shown, cut short
         pairs = [(int(a), int(b)) for a, b in zip(shown["layer"], shown["feature"], strict=True)]
@@ -181,9 +185,13 @@ def select(
     out = pd.DataFrame(shown[cols]).reset_index(drop=True)
     out["density"] = (100 * out["density"]).round(4)
     out["max_act"] = out["max_act"].astype(float).round(3)
+    out["steer"] = out["steer"].astype(float).round(2)
     out = out.rename(
-        columns={"density": "density %", "max_act": "max act", "description": AUTO_COLUMN}
-    )
+        columns={
+            "density": "density %", "max_act": "max act", "description": AUTO_COLUMN,
+            "steer": STEER_COLUMN,
+        }
+    )  # fmt: skip
     return BrowsePage(out, len(order), page_n, hidden, partial)
 
 
@@ -195,7 +203,9 @@ def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
 
     The defaults show the interesting ones first: dense features (firing on more than the
     store's threshold of tokens, rarely interpretable) and dead ones are hidden, and the rest
-    are sorted by density, the most frequent first.
+    come labelled first, then by :func:`explorer.app.relevance.interest` (features that fire on
+    a rare token in most of their examples). A search ranks by relevance
+    (:func:`explorer.app.relevance.tiers`), the chosen order breaking ties.
     """
     return select(ctx, *criteria, **named)[0]
 
@@ -250,6 +260,7 @@ class BrowseTab:
     dead: gr.Checkbox
     btn: gr.Button
     page: gr.Number
+    random_btn: gr.Button
     table: gr.Dataframe
     si_text: gr.Textbox
     si_density: gr.Number
@@ -258,18 +269,17 @@ class BrowseTab:
 
 
 def layout(ctx: Context) -> BrowseTab:
-    """The tab's components and its own events (search, search by inference)."""
+    """The tab's components and its own events (search, search by inference); the random
+    feature button opens the Feature tab, which :mod:`explorer.app.layout` wires."""
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
-        b_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
+        b_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer", elem_id="b-layer")
         searched = "labels, explanations," if ctx.explanations is not None else "labels,"
         b_query = gr.Textbox(
             label=f"Search {searched} automatic descriptions and top tokens", elem_id="b-query"
         )
         b_sort = gr.Dropdown(
-            ["density", "max_act", "n_fires", "feature"],
-            value="density",
-            label="Sort by",
+            list(SORTS.items()), value="interest", label="Sort by", elem_id="b-sort"
         )
         b_desc = gr.Checkbox(True, label="Descending")
         b_dense = gr.Checkbox(True, label="Hide dense")
@@ -279,9 +289,11 @@ def layout(ctx: Context) -> BrowseTab:
         b_prev = gr.Button("◀ Previous", elem_id="browse-prev", scale=1)
         b_page = gr.Number(1, label="Page", minimum=1, precision=0, elem_id="browse-page", scale=1)
         b_next = gr.Button("Next ▶", elem_id="browse-next", scale=1)
+        b_random = gr.Button("Open a random feature", elem_id="browse-random", scale=1)
     b_table = gr.Dataframe(
         label="Features (click to open)", interactive=False, elem_id="browse-table"
     )
+    gr.Markdown(render.AUTO_LEGEND, elem_id="browse-legend", elem_classes="gse-legend")
     gr.Markdown("### Search by inference: which features are most active on a text?")
     with gr.Row():
         si_text = gr.Textbox(label="Text", scale=4)
@@ -296,7 +308,7 @@ def layout(ctx: Context) -> BrowseTab:
     def browse(
         layer: Any = "all",
         query: str = "",
-        sort_by: str = "density",
+        sort_by: str = "interest",
         descending: bool = True,
         hide_dense: bool = True,
         hide_dead: bool = True,
@@ -346,6 +358,7 @@ def layout(ctx: Context) -> BrowseTab:
         dead=b_dead,
         btn=b_btn,
         page=b_page,
+        random_btn=b_random,
         table=b_table,
         si_text=si_text,
         si_density=si_density,

@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
+from explorer import steerability
+from explorer.app import relevance
 from explorer.app.inputs import UserError, parse_float, parse_int
 from explorer.app.policy import WritePolicy
 from explorer.bundle import build_bundle, bundle_identity, preset
@@ -38,6 +42,7 @@ AUTO = "[auto] "  # marks an automatic description wherever a table shows it in 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from explorer.app.relevance import TokenIndex
     from explorer.bundle import Bundle
 
 
@@ -107,6 +112,7 @@ class Context:
     policy: WritePolicy = field(default_factory=WritePolicy)
     explanations: Explanations | None = None
     _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
+    _tokens: TokenIndex | None = field(default=None, init=False, repr=False, compare=False)
     _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _maxes: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -159,7 +165,9 @@ class Context:
         return layer_n, feature_n
 
     def summary(self) -> pd.DataFrame:
-        """Every feature of the store, all layers: the browse table's source (built once)."""
+        """Every feature of the store, all layers: the browse table's source (built once), with
+        each feature's ``interest`` (:func:`explorer.app.relevance.interest`) and ``steer``, its
+        likely-to-steer estimate (:func:`explorer.steerability.estimate`; 0 when dead)."""
         import pandas as pd
 
         if self._summary is not None:
@@ -177,8 +185,19 @@ class Context:
             df["top_tokens"] = [" ".join(repr(t)[1:-1] for t in list(ts)[:5]) for ts in tokens]
             df["description"] = self.store.descriptions(layer)
             frames.append(df)
-        self._summary = pd.concat(frames, ignore_index=True)
+        summary = pd.concat(frames, ignore_index=True)
+        summary["interest"] = relevance.interest(self.store, summary)
+        summary["steer"] = np.where(summary["dead"], 0.0, steerability.estimate(self.store))
+        self._summary = summary
         return self._summary
+
+    def tokens(self) -> TokenIndex:
+        """The tokens a search matches in every feature of the store (built once)."""
+        if self._tokens is None:
+            if self.store is None:
+                raise UserError("this bundle has no feature store: browse needs one")
+            self._tokens = relevance.token_index(self.store)
+        return self._tokens
 
     def summary_layer(self, layer: int) -> pd.DataFrame:
         s = self.summary()
@@ -211,6 +230,14 @@ class Context:
         return self._maxes
 
     # --- labels -----------------------------------------------------------------------------------
+
+    def steer_estimate(self, layer: int, feature: int) -> float | None:
+        """The feature's likely-to-steer estimate (``None`` without a store)."""
+        if self.store is None or layer not in self.store.layers:
+            return None
+        s = self.summary()
+        row = s.index[(s["layer"] == layer) & (s["feature"] == feature)]
+        return float(s.at[row[0], "steer"]) if len(row) else None
 
     def label_text(self, labels: dict[tuple[int, int], Any], layer: int, feature: int) -> str:
         """The feature's label in ``labels`` (from :meth:`Labels.current_all`), else its curated

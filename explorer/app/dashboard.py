@@ -92,11 +92,13 @@ def _badges(ctx: Context, rec: FeatureRecord) -> str:
     auto = ctx.description(rec.layer, rec.feature)
     line = explanation_line(ctx, rec.layer, rec.feature)
     extra = f'<div class="gse-explanation gse-muted">{render.esc(line)}</div>' if line else ""
+    steer = ctx.steer_estimate(rec.layer, rec.feature)
     if human is not None:
-        return render.badges_html(rec, human.label, ctx.dense_threshold, auto=auto) + extra
+        html = render.badges_html(rec, human.label, ctx.dense_threshold, auto=auto, steer=steer)
+        return html + extra
     curated = ctx.curated.get((rec.layer, rec.feature))
     html = render.badges_html(
-        rec, curated, ctx.dense_threshold, curated=curated is not None, auto=auto
+        rec, curated, ctx.dense_threshold, curated=curated is not None, auto=auto, steer=steer
     )
     return html + extra
 
@@ -176,6 +178,7 @@ class DashboardTab:
     open_btn: gr.Button
     rand_btn: gr.Button
     to_steer_btn: gr.Button
+    add_steer_btn: gr.Button
     header: gr.HTML
     quick_label: gr.Textbox
     quick_name: gr.Textbox
@@ -254,6 +257,7 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         open_btn = gr.Button("Open", variant="primary", elem_id="open-feature")
         rand_btn = gr.Button("Random feature")
         to_steer_btn = gr.Button("Steer with this feature", elem_id="to-steer")
+        add_steer_btn = gr.Button("Add it to the steering table", elem_id="to-steer-add")
     header_html = gr.HTML(elem_id="dash-header")
     with gr.Row():
         quick_label = gr.Textbox(
@@ -293,6 +297,7 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         open_btn=open_btn,
         rand_btn=rand_btn,
         to_steer_btn=to_steer_btn,
+        add_steer_btn=add_steer_btn,
         header=header_html,
         quick_label=quick_label,
         quick_name=quick_name,

@@ -80,6 +80,12 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
 
         micro.open_shade.click(ui(open_shaded), [micro.view], dash.outputs)
 
+        # Browse's random feature: a live one of the layer its filter shows, opened.
+        def open_random(layer: Any) -> tuple[Any, ...]:
+            return dashboard.open_values(ctx, *dashboard.random_feature(ctx, layer))
+
+        found.random_btn.click(ui(open_random), [found.layer], dash.outputs)
+
         # An example text opens in the microscope, encoded (as if Encode were pressed).
         def open_text(evt: gr.SelectData) -> tuple[Any, ...]:
             return str(evt.row_value[0]), gr.Tabs(selected=microscope.TAB_ID)
@@ -101,16 +107,22 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
                 None, None, None, js=click_js("#generate")
             )
 
-        # The dashboard's feature, added to the steering table, and the Steering tab opened.
-        def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
+        # The dashboard's feature sent to the Steering tab, opened: alone in the table (Steer
+        # with this feature), or added to the rows already there (Add it to the steering table).
+        def steer_values(table: Any, shown: Any, keep: bool) -> tuple[Any, ...]:
             if not shown:
                 raise UserError("open a feature first")
-            new = steering.with_feature(ctx, table, shown[0], shown[1])
+            new = steering.with_feature(ctx, table if keep else None, shown[0], shown[1])
             return new, gr.Tabs(selected=steering.TAB_ID)
 
-        dash.to_steer_btn.click(
-            ui(to_steer), [steer.steer_table, dash.shown], [steer.steer_table, tabs]
-        )
+        def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
+            return steer_values(table, shown, keep=False)
+
+        def add_to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
+            return steer_values(table, shown, keep=True)
+
+        for button, send in ((dash.to_steer_btn, to_steer), (dash.add_steer_btn, add_to_steer)):
+            button.click(ui(send), [steer.steer_table, dash.shown], [steer.steer_table, tabs])
 
         setup = [steer.prompt, steer.steer_table, steer.temperature, steer.max_new, steer.seed,
                  steer.freq]  # fmt: skip

@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from explorer import steerability
+
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
@@ -123,6 +125,31 @@ AUTO_NOTE = (
     "Derived by the precompute job from this feature's stored examples (their most frequent "
     "tokens, with counts) and its promoted tokens; not a person's label."
 )
+AUTO_LEGEND = (
+    "How to read an automatic description (derived from the store; no person, no LLM): "
+    '"fires on" names the tokens its stored examples are centred on, with how many of them; '
+    '"mostly after" / "mostly before" a token that precedes / follows most of them; '
+    '"pushes toward" its top promoted tokens (what its decoder direction raises through the '
+    "unembedding) that occur in the corpus. Promoted tokens the corpus never contains (scripts "
+    "and word pieces of the 262k-token vocabulary that the unembedding ranks high by chance) "
+    "are left out."
+)
+
+
+STEER_NOTE = (
+    "An estimate from the store alone (no generation): features whose promoted tokens are the "
+    "tokens they fire on, or the tokens that follow where they fire, tend to pull the text when "
+    "steered; features whose promoted tokens are noise do not. docs/steering.md gives how well "
+    "it predicts the steering evaluation."
+)
+
+
+def steer_text(estimate: float | None) -> str:
+    """A feature's likely-to-steer estimate as text: ``"likely to steer (0.62)"``."""
+    if estimate is None or estimate != estimate:
+        return ""
+    likely = "likely" if estimate >= steerability.LIKELY else "unlikely"
+    return f"{likely} to steer ({estimate:.2f})"
 
 
 def badges_html(
@@ -131,10 +158,12 @@ def badges_html(
     dense_threshold: float,
     curated: bool = False,
     auto: str = "",
+    steer: float | None = None,
 ) -> str:
     """The dashboard header: id, label (``curated`` marks one shipped with the app rather than a
     person's here), the automatic description ``auto`` (marked as such, below the label, never
-    in its place), density, max, mean and dead / dense badges."""
+    in its place) with its legend, density, max, mean, dead / dense badges and the
+    likely-to-steer estimate ``steer``."""
     badges = []
     if rec.dead:
         badges.append('<span class="gse-badge gse-dead">dead: never fired</span>')
@@ -149,9 +178,15 @@ def badges_html(
     described = (
         f'<div class="gse-auto"><span class="gse-badge gse-auto-badge" title="{AUTO_NOTE}">'
         f"automatic</span> {esc(auto)}</div>"
+        f'<div class="gse-legend">{esc(AUTO_LEGEND)}</div>'
         if auto
         else ""
     )
+    if steer is not None and not rec.dead:
+        badges.append(
+            f'<span class="gse-badge gse-steer" title="{esc(STEER_NOTE)}">'
+            f"{esc(steer_text(steer))}</span>"
+        )
     return (
         f'<div class="gse-header"><div class="gse-title">Layer {rec.layer} · feature '
         f"{rec.feature}</div><div class='gse-label'>{shown}</div>{described}"
@@ -276,6 +311,8 @@ CSS = """
 .gse-curated { background: #e3f2fd; color: #0d47a1; }
 .gse-auto { color: #555; font-size: 0.9em; margin: 2px 0 4px; }
 .gse-auto-badge { background: #eeeeee; color: #555; border: 1px dashed #999; }
+.gse-legend, .gse-legend p { color: #666; font-size: 0.85em; }
+.gse-steer { background: #e8f5e9; color: #1b5e20; }
 .gse-status { white-space: pre-wrap; }
 .gse-text { font-family: ui-monospace, monospace; line-height: 1.9; }
 """

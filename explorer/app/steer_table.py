@@ -15,7 +15,7 @@ The rules, in one place:
 - ``strength`` is a finite number within +-100,000; blank means the steering evaluation's
   recommended strength for the feature when the store has one, else its max activation in the
   store (blank for ``ablate``: 0). ``method`` is add, clamp or ablate (any case); blank
-  means add. ``label`` is for reading only.
+  means add. ``label`` and ``steering estimate`` are for reading only.
 - A row whose cells are all blank is skipped (the page keeps an empty row to type into); at most
   :data:`MAX_STEERS` others.
 
@@ -31,10 +31,11 @@ from typing import Any
 import pandas as pd
 
 from explorer.app.context import Context, UserError, parse_float, parse_int
+from explorer.app.render import steer_text
 from explorer.steer import MAX_STRENGTH, METHODS, Steer, SteerError
 
 MAX_STEERS = 8
-STEER_COLUMNS = ("layer", "feature", "strength", "method", "label")
+STEER_COLUMNS = ("layer", "feature", "strength", "method", "label", "steering estimate")
 _WHOLE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
 """A whole number written as text: ``12``, ``+12``, ``12.0``; not ``1e3``, ``12abc``, ``1_000``."""
 
@@ -210,10 +211,15 @@ def parse_steers(ctx: Context, table: Any) -> list[Steer]:
 
 
 def to_table(ctx: Context, steers: Sequence[Steer]) -> pd.DataFrame:
-    """The steers as the page's table, each with its feature's current label."""
+    """The steers as the page's table, each with its feature's current label and its
+    likely-to-steer estimate (:mod:`explorer.steerability`)."""
     rows = [
-        [s.layer, s.feature, s.strength, s.method, ctx.label_of(s.layer, s.feature)] for s in steers
-    ]
+        [
+            s.layer, s.feature, s.strength, s.method, ctx.label_of(s.layer, s.feature),
+            steer_text(ctx.steer_estimate(s.layer, s.feature)),
+        ]
+        for s in steers
+    ]  # fmt: skip
     return pd.DataFrame(rows, columns=list(STEER_COLUMNS))
 
 

@@ -45,6 +45,7 @@ from explorer.store.schema import (
     examples_schema,
     features_path,
     features_schema,
+    older_descriptions_schema,
     read_manifest,
     sae_ref,
     steering_schema,
@@ -127,6 +128,10 @@ class Store:
                     f"store {path}: {name} is not a readable Parquet file ({first}); {REBUILD}"
                 ) from None
             expected = schemas.get(name, optional.get(name))
+            if expected == descriptions_schema() and pf.schema_arrow.equals(
+                older_descriptions_schema()
+            ):
+                expected = pf.schema_arrow  # described before agreement: read without it
             if expected is not None and not pf.schema_arrow.equals(expected):
                 raise StoreError(
                     f"store {path}: {name} has columns {pf.schema_arrow.names}, schema version "
@@ -231,6 +236,17 @@ class Store:
         """The automatic description of one feature (``''`` when none)."""
         found = self.descriptions(layer)
         return found[feature] if 0 <= feature < len(found) else ""
+
+    def description_fields(self, layer: int) -> pa.Table | None:
+        """What ``layer``'s descriptions were derived from (the descriptions table without its
+        ``description`` line, one row per feature), or ``None`` for a store without them."""
+        self._check_layer(layer)
+        name = descriptions_path(layer)
+        if name not in self._files:
+            return None
+        pf = self._files[name]
+        columns = [c for c in pf.schema_arrow.names if c != "description"]
+        return self._read(name, "the descriptions", lambda: pf.read(columns=columns))
 
     def _load_context(self) -> TokenContext:
         """Tokens and vocab, read once."""

@@ -148,8 +148,11 @@ def descriptions_schema() -> pa.Schema:
     ``context`` is ``'after'`` when one token (``context_token``, seen ``context_count`` times)
     precedes at least half of them, else ``'before'`` when one follows at least half of them,
     else ``''`` (token -1);
-    ``promoted`` are its top promoted tokens (the first of ``top_logits``). ``description`` is the
-    line the app shows, ``''`` for a dead feature.
+    ``promoted`` are its top promoted tokens that occur in the corpus (the first of
+    ``top_logits``); ``agreement`` the share of the centres whose token, or the token after it,
+    is one of its ``top_logits`` (as text: case and surrounding spaces aside), what
+    :mod:`explorer.steerability` estimates steering from. ``description`` is the line the app
+    shows, ``''`` for a dead feature.
     """
     import pyarrow as pa
 
@@ -164,8 +167,19 @@ def descriptions_schema() -> pa.Schema:
             _col("context_token", pa.int32()),
             _col("context_count", pa.int32()),
             _col("promoted", pa.list_(pa.int32())),
+            _col("agreement", pa.float32()),
         ]
     )
+
+
+@functools.cache
+def older_descriptions_schema() -> pa.Schema:
+    """The descriptions of a store described before ``agreement`` was added: still read (the
+    lines and their tokens are the same kind), with no agreement; ``python -m precompute
+    describe`` rewrites them."""
+    import pyarrow as pa
+
+    return pa.schema([f for f in descriptions_schema() if f.name != "agreement"])
 
 
 @functools.cache
