@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from explorer.bundle import Bundle, BundleError
 from explorer.hooks import routed
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+K = TypeVar("K")
 
 
 class EncodeError(ValueError):
@@ -126,21 +128,27 @@ def tokenize(bundle: Bundle, text: str) -> tuple[list[int], bool]:
 
 
 def residuals(bundle: Bundle, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
-    """``{layer: resid [batch, pos, d_model]}`` for all ``layers`` from one forward pass.
+    """``{layer: resid [batch, pos, d_model]}`` for all ``layers`` from one forward pass."""
+    return activations(bundle, ids, {bundle.spec.hook_name(layer): layer for layer in layers})
+
+
+def activations(bundle: Bundle, ids: Tensor, names: Mapping[str, K]) -> dict[K, Tensor]:
+    """``{key: activation [batch, pos, d]}`` of every hook ``names`` maps to a key, from one
+    forward pass stopped after the last block a hook is in (``blocks.N.…``).
 
     The capture hooks are routed to this call only (:mod:`explorer.hooks`), so concurrent calls on
     the shared model never see each other's activations.
     """
     import torch
 
-    captured: dict[int, Tensor] = {}
-    names = {bundle.spec.hook_name(layer): layer for layer in layers}
+    captured: dict[K, Tensor] = {}
 
     def capture(act: Tensor, hook: Any) -> None:
         captured[names[hook.name]] = act.detach()
 
+    last = max(int(name.split(".")[1]) for name in names)
     with torch.inference_mode(), routed(bundle.model, dict.fromkeys(names, capture)):
-        bundle.model(ids.to(bundle.device), stop_at_layer=max(layers) + 1, return_type=None)
+        bundle.model(ids.to(bundle.device), stop_at_layer=last + 1, return_type=None)
     return captured
 
 

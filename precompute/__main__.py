@@ -189,7 +189,17 @@ def _add_run(sub: _SubParsers) -> None:
     p.add_argument("--corpus", default="default", help="default, a .jsonl/.txt file or hf:NAME")
     p.add_argument("--split", default="all", choices=["train", "heldout", "all"])
     p.add_argument("--tokens", type=int, default=1_000_000, help="tokens to process")
-    p.add_argument("--layers", type=int, nargs="+", default=[], help="default: all")
+    p.add_argument(
+        "--layers", type=int, nargs="+", default=[], help="the residual SAEs' layers (default: all)"
+    )
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        default=[],
+        choices=["res", "transcoder"],
+        help="default: every source the preset has (its SAEs, and its transcoders when it has "
+        "them), all from one forward pass",
+    )
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--batch-windows", type=int, default=32, help="windows per forward pass")
     p.add_argument("--shard-tokens", type=int, default=65_536, help="tokens per checkpoint")
@@ -236,6 +246,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         split=args.split,
         tokens=args.tokens,
         layers=tuple(args.layers),
+        sources=tuple(args.sources),
         context_size=args.context_size,
         batch_windows=args.batch_windows,
         shard_tokens=args.shard_tokens,
@@ -297,8 +308,8 @@ def _add_describe(sub: _SubParsers) -> None:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     described = add_descriptions(args.store)
-    for layer, n in described.items():
-        print(f"layer {layer}: {n:,} features described")
+    for unit, n in described.items():
+        print(f"{unit}: {n:,} features described")
     return 0
 
 

@@ -30,6 +30,7 @@ from explorer.store.schema import (
     descriptions_schema,
     examples_path,
     group_order,
+    unit_label,
 )
 
 if TYPE_CHECKING:
@@ -271,12 +272,13 @@ def describe_layer(features: pa.Table, examples: pa.Table, context: TokenContext
     )
 
 
-def add_descriptions(store_dir: Path) -> dict[int, int]:
-    """Compute the descriptions of every layer of the store at ``store_dir`` and add them to it.
+def add_descriptions(store_dir: Path) -> dict[str, int]:
+    """Compute the descriptions of every layer of every source of the store at ``store_dir``
+    and add them to it.
 
     Only the descriptions files and the manifest are written (each atomically, the manifest
     last, so an interrupted run leaves the store as it was); existing descriptions are replaced.
-    Returns ``{layer: described features}``.
+    Returns ``{"layer 5": described features, "transcoder layer 3": …}``.
     """
     import pyarrow.parquet as pq
 
@@ -284,18 +286,17 @@ def add_descriptions(store_dir: Path) -> dict[int, int]:
 
     t0 = time.perf_counter()
     store_dir = Path(store_dir)
-    store = Store.open(store_dir, verify=True)
-    context = store.token_context()
-    tables = {
-        descriptions_path(layer): describe_layer(
-            store.features_arrow(layer), pq.read_table(store_dir / examples_path(layer)), context
-        )
-        for layer in store.layers
-    }
+    root = Store.open(store_dir, verify=True)
+    context = root.token_context()
+    tables, described = {}, {}
+    for source in root.sources:
+        store = root.source(source)
+        for layer in store.layers:
+            name = descriptions_path(layer, source)
+            examples = pq.read_table(store_dir / examples_path(layer, source))
+            tables[name] = describe_layer(store.features_arrow(layer), examples, context)
+            lines = tables[name]["description"].to_pylist()
+            described[unit_label((source, layer))] = sum(1 for d in lines if d)
     add_to_store(store_dir, tables)
-    described = {
-        layer: int(sum(1 for d in tables[descriptions_path(layer)]["description"].to_pylist() if d))
-        for layer in store.layers
-    }
     logger.info("described %s in %.1f s", store_dir, time.perf_counter() - t0)
     return described

@@ -140,8 +140,10 @@ def tiny_bundle(
     tokenizer: PreTrainedTokenizerBase,
     sae_dirs: dict[int, Path],
     max_tokens: int = 64,
+    transcoder_dirs: dict[int, Path] | None = None,
 ) -> Bundle:
-    """A :class:`explorer.bundle.Bundle` over an in-memory model and local SAE directories."""
+    """A :class:`explorer.bundle.Bundle` over an in-memory model and local SAE directories (and
+    transcoder directories, when given)."""
     from explorer.bundle import Bundle, BundleSpec, SAESource
     from explorer.hooked import hooked_from_hf
 
@@ -150,6 +152,9 @@ def tiny_bundle(
         model="in-memory",
         saes=tuple((n, SAESource(path=str(p))) for n, p in sorted(sae_dirs.items())),
         max_tokens=max_tokens,
+        transcoders=tuple(
+            (n, SAESource(path=str(p))) for n, p in sorted((transcoder_dirs or {}).items())
+        ),
     )
     return Bundle(spec=spec, model=hooked_from_hf(hf_model, tokenizer), tokenizer=tokenizer)
 
@@ -167,11 +172,15 @@ class TinyBundleFactory:
     sae_dirs: tuple[tuple[int, str], ...]
     pid_dir: str | None = None
     delay_s: float = 0.0
+    transcoder_dirs: tuple[tuple[int, str], ...] = ()
 
     def __call__(self) -> Bundle:
         tokenizer = make_tokenizer()
         bundle = tiny_bundle(
-            make_gemma3(len(tokenizer)), tokenizer, {n: Path(p) for n, p in self.sae_dirs}
+            make_gemma3(len(tokenizer)),
+            tokenizer,
+            {n: Path(p) for n, p in self.sae_dirs},
+            transcoder_dirs={n: Path(p) for n, p in self.transcoder_dirs},
         )
         if self.delay_s:
             delay = self.delay_s

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,17 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def run_parts(tmp_path_factory, gemma3_hf):
-    """The run's config, a factory of the tiny bundle, and the single-process reference store."""
+    """The run's config, a factory of the tiny bundle (SAEs on two layers, transcoders on all
+    four: both sources), and the single-process reference store."""
+    from circuits_helpers import make_transcoders
+
     tmp = tmp_path_factory.mktemp("cluster")
     saes = make_random_saes(tmp, gemma3_hf)
-    factory = TinyBundleFactory(tuple((n, str(p)) for n, p in saes.items()))
+    make_transcoders(tmp / "tc", 32, 4, width=40, thresholds=(1.8, 2.2))
+    factory = TinyBundleFactory(
+        tuple((n, str(p)) for n, p in saes.items()),
+        transcoder_dirs=tuple((n, str(tmp / "tc" / f"tc{n}")) for n in range(4)),
+    )
     cfg = RunConfig(
         corpus=str(write_word_corpus(tmp / "c.jsonl", n_docs=80)),
         tokens=2500,
@@ -139,6 +147,7 @@ def test_cluster_store_equals_the_single_process_store(cluster, run_parts) -> No
     job = _cluster_job(run_parts, "url", work_url=work.as_uri())  # file://: the fsspec path
     store = job.run()
     assert _store_content(store) == reference
+    assert any(name.startswith("transcoder/") for name in reference["files"])
     assert (job.submitted, job.lost) == (n_shards, 0)
     assert len(list(work.glob("shard-*.npz"))) == n_shards > 10
     assert not list(work.glob(".*.tmp"))
@@ -150,7 +159,7 @@ def test_a_killed_worker_gives_the_same_store(cluster, run_parts) -> None:
     _, factory, _, reference, n_shards, tmp = run_parts
     pids, work = tmp / "pids", tmp / "killed.work"
     pids.mkdir()
-    slow = TinyBundleFactory(factory.sae_dirs, pid_dir=str(pids), delay_s=0.1)
+    slow = replace(factory, pid_dir=str(pids), delay_s=0.1)
     killed: list[int] = []
 
     def kill_one_worker_after_the_first_shard() -> None:
@@ -183,8 +192,14 @@ from precompute.store_build.accumulate import ReduceConfig
 address, path, cfg, saes, out = sys.argv[1:]
 connect(address, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False)
 d = json.loads(cfg)
-d = RunConfig(**{**d, "layers": tuple(d["layers"]), "reduce": ReduceConfig(**d["reduce"])})
-factory = TinyBundleFactory(tuple((n, p) for n, p in json.loads(saes)), delay_s=0.1)
+d = RunConfig(**{
+    **d, "layers": tuple(d["layers"]), "sources": tuple(d["sources"]),
+    "reduce": ReduceConfig(**d["reduce"]),
+})
+saes, tcs = json.loads(saes)
+factory = TinyBundleFactory(
+    tuple((n, p) for n, p in saes), delay_s=0.1, transcoder_dirs=tuple((n, p) for n, p in tcs)
+)
 job = ClusterJob(d, factory(), Path(out), bundle_meta={"model": "tiny"}, factory=factory)
 job.run()
 """
@@ -205,7 +220,7 @@ def test_a_killed_driver_resumes_redoing_only_the_missing_shards(cluster, run_pa
             address,
             path,
             json.dumps(cfg.to_dict()),
-            json.dumps(factory.sae_dirs),
+            json.dumps([factory.sae_dirs, factory.transcoder_dirs]),
             str(out),
         ],
         env=env,

@@ -270,3 +270,106 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     kept = [n for n, t in stamps.items() if (work / n).stat().st_mtime_ns == t]
     assert len(kept) == len(stamps)  # the killed run's finished shards were reused, not redone
     assert _tables(resumed) == _tables(clean)
+
+
+# ------------------------------------------------------------------------- several sources
+
+
+@pytest.fixture
+def two_source_parts(job_parts, gemma3_hf, tokenizer, random_saes):
+    """The tiny Gemma 3 with random SAEs on layers 1 and 2 and random JumpReLU transcoders on
+    all four layers (about 3% of their features firing on a token)."""
+    from circuits_helpers import make_transcoders
+
+    _, cfg, tmp = job_parts
+    make_transcoders(tmp / "tc", 32, 4, width=40, thresholds=(1.8, 2.2))
+    tcs = {n: tmp / "tc" / f"tc{n}" for n in range(4)}
+    bundle = tiny_bundle(gemma3_hf, tokenizer, random_saes, transcoder_dirs=tcs)
+    return bundle, cfg, tmp
+
+
+def _dense_codes(bundle, table, hook: str, encode) -> np.ndarray:
+    """Brute force: every window alone through the whole model, dense codes, BOS dropped."""
+    dense = []
+    for w in range(len(table.window_start)):
+        s = int(table.window_start[w])
+        e = int(table.window_end[w])
+        ids = torch.tensor([table.token_ids[s:e].astype(np.int64)])
+        with torch.no_grad():
+            _, cache = bundle.model.run_with_cache(ids)
+            codes = encode(cache[hook][0])
+        dense.append(codes[~torch.from_numpy(table.special[s:e])].numpy())
+    return np.concatenate(dense)
+
+
+def test_both_sources_in_one_pass_equal_brute_force_and_a_one_source_run(
+    two_source_parts,
+) -> None:
+    from dataclasses import replace
+
+    from explorer.store.schema import feature_name
+
+    bundle, cfg, tmp = two_source_parts
+    both = _run(bundle, cfg, tmp / "both")
+    root = Store.open(both)
+    assert root.sources == ("res", "transcoder")
+    tc = root.source("tc")
+    assert tc is root.source("transcoder") and tc.layers == (0, 1, 2, 3)
+    assert root.layers == (1, 2)
+    table = collect_windows(cfg, bundle.tokenizer)
+    for layer in (0, 3):
+        acts = _dense_codes(
+            bundle, table, f"blocks.{layer}.ln2.hook_normalized", bundle.transcoder(layer).encode
+        )
+        feats = tc.features(layer)
+        n_fires = (acts > 0).sum(0)
+        assert 0 < n_fires.sum() and feats["n_fires"].tolist() == n_fires.tolist()
+        np.testing.assert_allclose(feats["max_act"], acts.max(0), rtol=1e-5)
+        f = int(np.argmax(n_fires))
+        record = tc.feature(layer, f)
+        assert record.source == "transcoder" and feature_name(layer, f, "transcoder") == (
+            f"L{layer} tc #{f}"
+        )
+        want = np.sort(acts[:, f][acts[:, f] > 0])[::-1][:5]
+        got = [ex.acts[ex.max_pos] for ex in record.top_examples]
+        np.testing.assert_allclose(got, want, rtol=1e-3)
+        assert tc.descriptions(layer)[f]  # every live feature is described
+    # the residual SAEs' tables are those of a run without transcoders, byte for byte in content
+    res_only = _run(bundle, replace(cfg, sources=("res",)), tmp / "res")
+    tables = _tables(both)
+    assert {k: v for k, v in tables.items() if not k.startswith("transcoder/")} == _tables(res_only)
+    assert any(k.startswith("transcoder/descriptions/") for k in tables)
+    entry = root.manifest.layer(2, "transcoder")
+    assert entry is not None and entry.hook_name == "blocks.2.ln2.hook_normalized"
+    assert entry.d_sae == 40
+
+
+def test_a_store_without_transcoders_reads_and_refuses_the_source_in_one_line(
+    job_parts,
+) -> None:
+    """A store written before sources (the residual SAEs only) opens as it did; asking it for
+    transcoder features is one line naming what it holds."""
+    bundle, cfg, tmp = job_parts
+    store = Store.open(_run(bundle, cfg, tmp / "old"))
+    assert store.sources == ("res",) and store.source("res") is store
+    from explorer.store import StoreError
+
+    with pytest.raises(StoreError, match=r"has no transcoder features \(its sources: res\)"):
+        store.source("tc")
+    with pytest.raises(StoreError, match="unknown source 'mlp'"):
+        store.source("mlp")
+
+
+def test_transcoder_shards_resume_and_a_source_change_recomputes_them(two_source_parts) -> None:
+    from dataclasses import replace
+
+    bundle, cfg, tmp = two_source_parts
+    out = tmp / "store"
+    _run(bundle, replace(cfg, sources=("res",)), out)
+    first = sorted((tmp / "store.work").glob("shard-*.npz"))
+    with np.load(first[0]) as z:
+        assert "pos_1" in z and "pos_tc0" not in z
+    _run(bundle, cfg, out)  # the fingerprint names the units: every shard is recomputed
+    with np.load(first[0]) as z:
+        assert "pos_1" in z and "pos_tc0" in z and "fptr_tc3" in z
+    assert Store.open(out).source("transcoder").layers == (0, 1, 2, 3)

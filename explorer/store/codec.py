@@ -77,6 +77,7 @@ class FeatureRecord:
         feature: the feature's index in that layer's SAE.
         top_examples: the strongest activations, strongest first.
         intervals: one group per activation interval, lowest first (empty ones included).
+        source: the feature's source (``res``, ``transcoder``).
     """
 
     layer: int
@@ -100,6 +101,7 @@ class FeatureRecord:
     neighbour_cos: list[float]
     top_examples: list[Example]
     intervals: list[IntervalGroup]
+    source: str = "res"
 
 
 # ------------------------------------------------------------------------------------ encode
@@ -354,6 +356,7 @@ def feature_record(
     feature: int,
     row: dict[str, Any],
     examples: Sequence[tuple[dict[str, Any], Example]],
+    source: str = "res",
 ) -> FeatureRecord:
     """One feature's record from its features row (with logit texts) and its decoded examples
     (any order: grouped by :func:`group_order` and sorted by rank here)."""
@@ -374,6 +377,7 @@ def feature_record(
     return FeatureRecord(
         layer=layer,
         feature=feature,
+        source=source,
         hist_edges=[max_act * i / n_bins for i in range(n_bins + 1)],
         top_examples=[ex for _, ex in by_group.get(0, [])],
         intervals=intervals,

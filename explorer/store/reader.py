@@ -33,12 +33,14 @@ from explorer.store.schema import (
     BUNDLE_LAYER_KEYS,
     MANIFEST,
     REBUILD,
+    RES,
     SCHEMA_VERSION,
     STEERING,
     TOKENS,
     VOCAB,
     StoreError,
     StoreManifest,
+    check_source,
     descriptions_path,
     descriptions_schema,
     examples_path,
@@ -65,23 +67,62 @@ class Store:
     """Read-only access to a store directory; safe to share between threads (Gradio sessions).
 
     Build it with :meth:`open`. Per layer, the features table (small) and the examples index are
-    loaded on first use and kept.
+    loaded on first use and kept. A store holds one or more sources (``res``, ``transcoder``):
+    the object :meth:`open` returns reads the residual SAEs' features, and
+    :meth:`source` returns the same reader for another source (sharing files, windows and
+    vocabulary); ``layers`` and every per-layer method are its source's.
     """
 
-    def __init__(self, path: Path, manifest: StoreManifest, files: dict[str, pq.ParquetFile]):
+    def __init__(
+        self,
+        path: Path,
+        manifest: StoreManifest,
+        files: dict[str, pq.ParquetFile],
+        source: str = RES,
+        shared: Store | None = None,
+    ):
         self.path = path
         self.manifest = manifest
-        self.layers: tuple[int, ...] = manifest.layer_ids
+        self.source_name = source
+        self.layers: tuple[int, ...] = manifest.source_layers(source)
         self._files = files
         self._features: dict[int, pa.Table] = {}
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._context: TokenContext | None = None
         self._descriptions: dict[int, list[str]] = {}
-        self._recommended: dict[tuple[int, int, str], float] | None = None
         self._lock = threading.Lock()
-        self._context_lock = threading.Lock()
-        # One reader per file is not safe to share between threads: reads of a file take turns.
-        self._file_locks = {name: threading.Lock() for name in files}
+        # What every source shares: windows and vocabulary, the steering table, file locks.
+        self._root: Store = shared if shared is not None else self
+        self._views: dict[str, Store] = {source: self}
+        if shared is None:
+            self._context: TokenContext | None = None
+            self._recommended: dict[tuple[int, int, str], float] | None = None
+            self._context_lock = threading.Lock()
+            # One reader per file is not safe to share between threads: reads of a file take
+            # turns.
+            self._file_locks = {name: threading.Lock() for name in files}
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The sources this store holds (``res`` first)."""
+        return self.manifest.sources
+
+    def source(self, source: str) -> Store:
+        """The reader of one source's features (``res`` is this one; ``tc`` names the
+        transcoders too); a :class:`StoreError` when the store does not hold it."""
+        source = check_source(source)
+        root = self._root
+        with root._lock:
+            if source not in root._views:
+                if source not in self.manifest.sources:
+                    raise StoreError(
+                        f"store {self.path} has no {source} features (its sources: "
+                        f"{', '.join(self.manifest.sources)}); rebuild it with `python -m "
+                        "precompute run` and a bundle that has them"
+                    )
+                root._views[source] = Store(
+                    self.path, self.manifest, self._files, source, shared=root
+                )
+            return root._views[source]
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = False) -> Store:
@@ -95,13 +136,15 @@ class Store:
         listed: dict[str, Any] = manifest.files
         schemas = {TOKENS: tokens_schema(), VOCAB: vocab_schema()}
         optional = {STEERING: steering_schema()}
-        for layer in manifest.layer_ids:
-            schemas[features_path(layer)] = features_schema()
-            schemas[examples_path(layer)] = examples_schema()
-        described = [descriptions_path(n) in listed for n in manifest.layer_ids]
-        if any(described):  # optional, but then for every layer
-            for layer in manifest.layer_ids:
-                schemas[descriptions_path(layer)] = descriptions_schema()
+        units = [(x.source, x.layer) for x in manifest.layers]
+        for source, layer in units:
+            schemas[features_path(layer, source)] = features_schema()
+            schemas[examples_path(layer, source)] = examples_schema()
+        for source in manifest.sources:  # optional, but then for every layer of the source
+            layers = manifest.source_layers(source)
+            if any(descriptions_path(n, source) in listed for n in layers):
+                for layer in layers:
+                    schemas[descriptions_path(layer, source)] = descriptions_schema()
         for name in schemas:
             if name not in listed:
                 raise StoreError(f"store {path}: {MANIFEST} lists no {name}; {REBUILD}")
@@ -147,15 +190,16 @@ class Store:
         n_windows = opened[TOKENS].metadata.num_rows
         for entry in manifest.layers:
             for per_feature in (features_path, descriptions_path):
-                if per_feature(entry.layer) not in opened:
+                name = per_feature(entry.layer, entry.source)
+                if name not in opened:
                     continue
-                rows = opened[per_feature(entry.layer)].metadata.num_rows
+                rows = opened[name].metadata.num_rows
                 if isinstance(entry.d_sae, int) and rows != entry.d_sae:
                     raise StoreError(
-                        f"store {path}: {per_feature(entry.layer)} has {rows} features, the "
+                        f"store {path}: {name} has {rows} features, the "
                         f"layer's SAE has d_sae {entry.d_sae}; {REBUILD}"
                     )
-            name = examples_path(entry.layer)
+            name = examples_path(entry.layer, entry.source)
             lo, hi = _column_range(opened[name], "window")
             if lo < 0 or hi >= n_windows:
                 raise StoreError(
@@ -164,17 +208,21 @@ class Store:
                 )
         store = cls(path, manifest, opened)
         logger.info(
-            "opened store %s: layers %s in %.1f ms",
+            "opened store %s: %s in %.1f ms",
             path,
-            ", ".join(map(str, store.layers)),
+            "; ".join(
+                f"{s} layers {', '.join(map(str, manifest.source_layers(s)))}"
+                for s in manifest.sources
+            ),
             1000 * (time.perf_counter() - t0),
         )
         return store
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layers:
+            what = "" if self.source_name == RES else f"{self.source_name} "
             raise StoreError(
-                f"layer {layer} is not in store {self.path}; its layers are "
+                f"{what}layer {layer} is not in store {self.path}; its {what}layers are "
                 + ", ".join(map(str, self.layers))
             )
 
@@ -183,7 +231,7 @@ class Store:
         import pyarrow as pa
 
         try:
-            with self._file_locks[name]:
+            with self._root._file_locks[name]:
                 return read()
         except (OSError, pa.ArrowException) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -195,7 +243,7 @@ class Store:
         self._check_layer(layer)
         with self._lock:
             if layer not in self._features:
-                name = features_path(layer)
+                name = features_path(layer, self.source_name)
                 pf = self._files[name]
                 table = self._read(name, "the features", lambda: pf.read())
                 table = table.replace_schema_metadata(None)
@@ -213,7 +261,9 @@ class Store:
     @property
     def has_descriptions(self) -> bool:
         """Whether the store carries automatic descriptions (``descriptions/``)."""
-        return bool(self.layers) and descriptions_path(self.layers[0]) in self._files
+        return (
+            bool(self.layers) and descriptions_path(self.layers[0], self.source_name) in self._files
+        )
 
     def descriptions(self, layer: int) -> list[str]:
         """Every feature's automatic description on ``layer``, in feature order (read once);
@@ -221,7 +271,7 @@ class Store:
         self._check_layer(layer)
         with self._lock:
             if layer not in self._descriptions:
-                name = descriptions_path(layer)
+                name = descriptions_path(layer, self.source_name)
                 if name in self._files:
                     pf = self._files[name]
                     table = self._read(
@@ -241,7 +291,7 @@ class Store:
         """What ``layer``'s descriptions were derived from (the descriptions table without its
         ``description`` line, one row per feature), or ``None`` for a store without them."""
         self._check_layer(layer)
-        name = descriptions_path(layer)
+        name = descriptions_path(layer, self.source_name)
         if name not in self._files:
             return None
         pf = self._files[name]
@@ -249,11 +299,12 @@ class Store:
         return self._read(name, "the descriptions", lambda: pf.read(columns=columns))
 
     def _load_context(self) -> TokenContext:
-        """Tokens and vocab, read once."""
-        with self._context_lock:
-            if self._context is None:
-                self._context = self._read_context()
-            return self._context
+        """Tokens and vocab, read once (for every source)."""
+        root = self._root
+        with root._context_lock:
+            if root._context is None:
+                root._context = self._read_context()
+            return root._context
 
     def _read_context(self) -> TokenContext:
         tokens = self._read(TOKENS, "the windows", lambda: self._files[TOKENS].read())
@@ -263,7 +314,10 @@ class Store:
     def recommended_strength(self, layer: int, feature: int, method: str = "add") -> float | None:
         """The steering evaluation's recommended strength for the feature (``steering.parquet``'s
         row marked ``recommended``), or ``None``: not evaluated, no readable strength beat the
-        default, or a store without the table."""
+        default, or a store without the table (or a source other than ``res``: only the residual
+        SAEs' steering is evaluated)."""
+        if self.source_name != RES:
+            return None
         with self._lock:
             if self._recommended is None:
                 self._recommended = {}
@@ -284,14 +338,14 @@ class Store:
     def n_features(self, layer: int) -> int:
         """The number of features (the SAE's width) of ``layer``."""
         self._check_layer(layer)
-        return int(self._files[features_path(layer)].metadata.num_rows)
+        return int(self._files[features_path(layer, self.source_name)].metadata.num_rows)
 
     def _examples_index(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """(feature → first row, ``[F + 1]``; row group → first row, ``[G + 1]``) of ``layer``."""
         with self._lock:
             if layer in self._index:
                 return self._index[layer]
-            name = examples_path(layer)
+            name = examples_path(layer, self.source_name)
             pf = self._files[name]
             column = self._read(name, "the feature column", lambda: pf.read(columns=["feature"]))
             feature = column.column("feature").to_numpy()
@@ -315,7 +369,7 @@ class Store:
             return None
         first = int(np.searchsorted(groups, lo, side="right")) - 1
         last = int(np.searchsorted(groups, hi - 1, side="right")) - 1
-        name = examples_path(layer)
+        name = examples_path(layer, self.source_name)
         pf = self._files[name]
         table = self._read(
             name,
@@ -336,17 +390,23 @@ class Store:
         row: dict[str, Any] = table.slice(feature_id, 1).to_pylist()[0]
         rows = self._example_rows(layer, feature_id)
         examples = self._load_context().examples(rows) if rows is not None else []
-        return feature_record(layer, feature_id, row, examples)
+        return feature_record(layer, feature_id, row, examples, source=self.source_name)
 
     def check_bundle(
-        self, model: str, model_sha256: str | None, layers: dict[int, dict[str, Any]]
+        self,
+        model: str,
+        model_sha256: str | None,
+        layers: dict[int, dict[str, Any]],
+        transcoders: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         """Fail unless this store was built with this bundle.
 
         ``layers`` maps each of the bundle's layers to what is known of it under the manifest's
         names (``hook_name``, ``sae``, ``d_sae``); a key left out is not compared (``d_sae`` is
         only known once the SAE is loaded). The model sha256 is compared when both sides have one.
-        SAE paths are compared through :func:`sae_ref`.
+        SAE paths are compared through :func:`sae_ref`. ``transcoders`` does the same for the
+        store's transcoder layers (not compared when ``None``; a store's transcoders that the
+        bundle lacks are then simply not shown).
         """
         manifest = self.manifest
         hint = "use the matching bundle or rebuild the store"
@@ -361,24 +421,28 @@ class Store:
                 f"store {self.path} was built with model sha256 {stored_sha}, the bundle's is "
                 f"{model_sha256}; {hint}"
             )
-        for entry in sorted(manifest.layers, key=lambda x: x.layer):
+        for entry in sorted(manifest.layers, key=lambda x: (x.source != RES, x.layer)):
             layer = entry.layer
-            if layer not in layers:
+            known = layers if entry.source == RES else transcoders
+            what = "layer" if entry.source == RES else f"{entry.source} layer"
+            if known is None:
+                continue
+            if layer not in known:
                 raise StoreError(
-                    f"store {self.path} has layer {layer}, the bundle has layers "
-                    f"{', '.join(map(str, sorted(layers)))}; {hint}"
+                    f"store {self.path} has {what} {layer}, the bundle has {what}s "
+                    f"{', '.join(map(str, sorted(known))) or 'none'}; {hint}"
                 )
             for key in BUNDLE_LAYER_KEYS:
-                if key not in layers[layer]:
+                if key not in known[layer]:
                     continue
-                ours, theirs = getattr(entry, key), layers[layer][key]
+                ours, theirs = getattr(entry, key), known[layer][key]
                 if key == "sae" and isinstance(ours, str) and isinstance(theirs, str):
                     same = sae_ref(ours) == sae_ref(theirs)
                 else:
                     same = ours == theirs
                 if not same:
                     raise StoreError(
-                        f"store {self.path} layer {layer} has {key} {ours!r}, the bundle has "
+                        f"store {self.path} {what} {layer} has {key} {ours!r}, the bundle has "
                         f"{theirs!r}; {hint}"
                     )
 

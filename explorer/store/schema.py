@@ -36,19 +36,68 @@ class StoreError(ValueError):
     """A store that cannot be read, or that does not belong to the bundle; one line saying why."""
 
 
-def features_path(layer: int) -> str:
-    """The features file of ``layer``, relative to the store: ``features/layer=05.parquet``."""
-    return f"features/layer={layer:02d}.parquet"
+# Sources (Neuronpedia's word): the kinds of dictionary a store holds features of. ``res``, the
+# residual-stream SAEs, is every store's first; ``transcoder`` the per-layer MLP transcoders.
+RES = "res"
+TRANSCODER = "transcoder"
+SOURCES = (RES, TRANSCODER)
+SHORT = {RES: "res", TRANSCODER: "tc"}
+"""The short name of each source, as a feature's name shows it: ``L9 tc #456``."""
+BY_SHORT = {short: source for source, short in SHORT.items()}
 
 
-def examples_path(layer: int) -> str:
+def check_source(source: str) -> str:
+    """``source`` when it is one of :data:`SOURCES` (or its short name, ``tc``), else a
+    :class:`StoreError` naming the known ones."""
+    found = BY_SHORT.get(source, source)
+    if found not in SOURCES:
+        raise StoreError(f"unknown source {source!r}; the sources are {', '.join(SOURCES)}")
+    return found
+
+
+def feature_name(layer: int, feature: int, source: str = RES) -> str:
+    """How a feature is named wherever it is shown: ``L9 res #123``, ``L9 tc #456``."""
+    return f"L{layer} {SHORT[check_source(source)]} #{feature}"
+
+
+Unit = tuple[str, int]
+"""One dictionary of a store: ``(source, layer)``."""
+
+
+def as_unit(key: int | tuple[str, int]) -> Unit:
+    """A unit from a layer (the residual SAE's, as stores before sources keyed them) or a
+    ``(source, layer)`` pair."""
+    if isinstance(key, tuple):
+        return (check_source(key[0]), int(key[1]))
+    return (RES, int(key))
+
+
+def unit_label(unit: Unit) -> str:
+    """``layer 5`` for a residual SAE, ``transcoder layer 5`` for another source."""
+    source, layer = unit
+    return f"layer {layer}" if source == RES else f"{source} layer {layer}"
+
+
+def _prefix(source: str) -> str:
+    """Where a source's files live: the residual SAEs' at the top (as every store before
+    sources had them), another source's under its name (``transcoder/features/…``)."""
+    return "" if check_source(source) == RES else f"{source}/"
+
+
+def features_path(layer: int, source: str = RES) -> str:
+    """The features file of ``layer``, relative to the store: ``features/layer=05.parquet``
+    (a transcoder's: ``transcoder/features/layer=05.parquet``)."""
+    return f"{_prefix(source)}features/layer={layer:02d}.parquet"
+
+
+def examples_path(layer: int, source: str = RES) -> str:
     """The examples file of ``layer``, relative to the store: ``examples/layer=05.parquet``."""
-    return f"examples/layer={layer:02d}.parquet"
+    return f"{_prefix(source)}examples/layer={layer:02d}.parquet"
 
 
-def descriptions_path(layer: int) -> str:
+def descriptions_path(layer: int, source: str = RES) -> str:
     """The (optional) descriptions file of ``layer``: ``descriptions/layer=05.parquet``."""
-    return f"descriptions/layer={layer:02d}.parquet"
+    return f"{_prefix(source)}descriptions/layer={layer:02d}.parquet"
 
 
 def interval_group(k: int) -> str:
@@ -265,11 +314,12 @@ def sae_ref(sae: str) -> str:
 
 @dataclass(frozen=True)
 class StoreLayer:
-    """One layer of the bundle a store describes.
+    """One layer of one source of the bundle a store describes.
 
     Args:
         layer: the layer index.
-        hook_name: the hook its SAE reads (``blocks.N.hook_resid_post``).
+        source: the dictionary's source (:data:`SOURCES`): ``res`` (written only when another).
+        hook_name: the hook its SAE reads (``blocks.N.hook_resid_post``; a transcoder's input).
         sae: the SAE's reference (:func:`sae_ref`).
         d_sae: the SAE's width (the features table's row count).
         architecture: the SAE's architecture (``jumprelu``…).
@@ -282,15 +332,20 @@ class StoreLayer:
     d_sae: int | None = None
     architecture: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    source: str = RES
 
     _KEYS = ("layer", "hook_name", "sae", "d_sae", "architecture", "metrics")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._KEYS if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in self._KEYS if getattr(self, k) is not None}
+        if self.source != RES:
+            out["source"] = self.source
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreLayer:
         return cls(
+            source=check_source(str(data.get("source", RES))),
             layer=int(data["layer"]),
             hook_name=data.get("hook_name"),
             sae=data.get("sae"),
@@ -349,10 +404,21 @@ class StoreManifest:
 
     @property
     def layer_ids(self) -> tuple[int, ...]:
-        return tuple(sorted(x.layer for x in self.layers))
+        """The residual SAEs' layers (every store has them)."""
+        return self.source_layers(RES)
 
-    def layer(self, layer: int) -> StoreLayer | None:
-        return next((x for x in self.layers if x.layer == layer), None)
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The sources the store holds, in :data:`SOURCES` order (``res`` first)."""
+        held = {x.source for x in self.layers}
+        return tuple(s for s in SOURCES if s in held)
+
+    def source_layers(self, source: str) -> tuple[int, ...]:
+        """The layers of one source (none when the store does not hold it)."""
+        return tuple(sorted(x.layer for x in self.layers if x.source == source))
+
+    def layer(self, layer: int, source: str = RES) -> StoreLayer | None:
+        return next((x for x in self.layers if x.layer == layer and x.source == source), None)
 
     @property
     def dense_threshold(self) -> float:
@@ -390,6 +456,7 @@ class StoreManifest:
             or not isinstance(layers, list)
             or not layers
             or not all(isinstance(x, dict) and isinstance(x.get("layer"), int) for x in layers)
+            or not any(x.get("source", RES) == RES for x in layers)
         ):
             raise StoreError(f"{MANIFEST} lacks 'files' or 'bundle.layers'")
         known = {"kind", "schema_version", "bundle", "files", *cls._TOP, *cls._REST}

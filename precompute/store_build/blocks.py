@@ -91,7 +91,7 @@ def concat_examples(parts: list[tuple[int, Examples]]) -> Examples:
 
 def reduce_blocks(
     reader: ShardReader,
-    layer: int,
+    layer: int | str,
     n_features: int,
     table: TokenTable,
     cfg: ReduceConfig,
@@ -108,7 +108,7 @@ def reduce_blocks(
 
 
 def reduce_block(
-    reader: ShardReader, layer: int, f0: int, f1: int, table: TokenTable, cfg: ReduceConfig
+    reader: ShardReader, layer: int | str, f0: int, f1: int, table: TokenTable, cfg: ReduceConfig
 ) -> tuple[LayerStats, Examples]:
     """The statistics and examples of features ``[f0, f1)`` of ``layer`` (local feature ids)."""
     r = reader.block(layer, f0, f1)

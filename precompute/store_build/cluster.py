@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer.bundle import Bundle, build_bundle, preset
+from explorer.store.schema import Unit
 from precompute.store_build.accumulate import Examples, LayerStats, ReduceConfig
 from precompute.store_build.blocks import (
     BYTES_PER_RECORD,
@@ -44,7 +45,9 @@ from precompute.store_build.job import (
     RunConfig,
     bundle_meta,
     collect_windows,
+    dictionary,
     encode_shard,
+    shard_key,
     shard_ranges,
 )
 from precompute.store_build.records import TokenTable
@@ -113,14 +116,15 @@ class EncodeWorker:
     """A Ray actor's state: the bundle, built once, and the run's windows."""
 
     def __init__(
-        self, factory: Any, table: TokenTable, cfg: RunConfig, layers: list[int], work: WorkDir
+        self, factory: Any, table: TokenTable, cfg: RunConfig, units: list[Unit], work: WorkDir
     ) -> None:
         self.bundle = factory()
-        self.table, self.cfg, self.layers, self.work = table, cfg, layers, work
-        self.widths = {n: int(self.bundle.sae(n).cfg.d_sae) for n in layers}
+        self.bundle.max_saes = max(self.bundle.max_saes, len(units))
+        self.table, self.cfg, self.units, self.work = table, cfg, units, work
+        self.widths = {shard_key(u): int(dictionary(self.bundle, u).cfg.d_sae) for u in units}
 
     def encode(self, shard: int, windows: tuple[int, int], meta: dict[str, Any]) -> int:
-        records = encode_shard(self.bundle, self.table, windows, self.layers, self.cfg)
+        records = encode_shard(self.bundle, self.table, windows, self.units, self.cfg)
         with tempfile.TemporaryDirectory(prefix="precompute-shard-") as tmp:
             local = Path(tmp) / shard_name(shard)
             save_shard(local, records, self.widths, meta)
@@ -131,12 +135,12 @@ class EncodeWorker:
 def _reduce_task(
     work: WorkDir,
     paths: list[str],
-    layer: int,
+    key: int | str,
     block: tuple[int, int],
     table: TokenTable,
     cfg: ReduceConfig,
 ) -> tuple[LayerStats, Examples]:
-    return reduce_block(ShardReader(paths, work.open), layer, *block, table, cfg)
+    return reduce_block(ShardReader(paths, work.open), key, *block, table, cfg)
 
 
 @dataclass
@@ -159,7 +163,7 @@ class ClusterJob(Job):
     max_lost: int = 8
     submitted: int = 0
     lost: int = 0
-    _reduce_refs: dict[int, tuple[list[tuple[int, int]], list[Any]]] = field(
+    _reduce_refs: dict[Unit, tuple[list[tuple[int, int]], list[Any]]] = field(
         default_factory=dict, repr=False
     )
 
@@ -197,7 +201,7 @@ class ClusterJob(Job):
         actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **options)(EncodeWorker)
 
         def new_actor() -> Any:
-            return actor_cls.remote(self.factory, table_ref, self.cfg, self.layers, work)
+            return actor_cls.remote(self.factory, table_ref, self.cfg, self.units, work)
 
         inflight: dict[Any, tuple[Any, int]] = {}
 
@@ -229,22 +233,21 @@ class ClusterJob(Job):
         work.sweep(len(ranges))
 
     def _submit_reduce(self, reader: ShardReader, table_ref: Any, work: WorkDir) -> None:
-        """Submit every (layer, block) reduce task at once; :meth:`reduce_layer` gathers."""
+        """Submit every (unit, block) reduce task at once; :meth:`reduce_layer` gathers."""
         task = _ray().remote(num_cpus=1, max_retries=3)(_reduce_task)
         max_records = int(self.cfg.reduce_memory_mb * 2**20 / BYTES_PER_RECORD)
-        for layer in self.layers:
-            fires = reader.fires(layer, int(self.bundle.sae(layer).cfg.d_sae))
-            blocks = plan_blocks(fires, max_records)
+        for unit in self.units:
+            key = shard_key(unit)
+            blocks = plan_blocks(reader.fires(key, self.width(unit)), max_records)
             refs = [
-                task.remote(work, reader.paths, layer, b, table_ref, self.cfg.reduce)
-                for b in blocks
+                task.remote(work, reader.paths, key, b, table_ref, self.cfg.reduce) for b in blocks
             ]
-            self._reduce_refs[layer] = (blocks, refs)
+            self._reduce_refs[unit] = (blocks, refs)
 
     def reduce_layer(
-        self, reader: ShardReader, layer: int, table: TokenTable, max_records: int
+        self, reader: ShardReader, unit: Unit, table: TokenTable, max_records: int
     ) -> tuple[LayerStats, Examples, int]:
-        blocks, refs = self._reduce_refs.pop(layer)
+        blocks, refs = self._reduce_refs.pop(unit)
         parts = _ray().get(refs)
         return (
             concat_stats([s for s, _ in parts]),

@@ -5,16 +5,18 @@ whose decoder directions are nearest (cosine). Chunked over features, so memory 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from explorer.bundle import Bundle
 
 
-def logit_effects(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, ...]:
-    """Per feature the ``k`` most promoted and most suppressed tokens of ``W_dec[f] @ W_U``."""
+def logit_effects(bundle: Bundle, sae: Any, k: int = 10) -> tuple[np.ndarray, ...]:
+    """Per feature the ``k`` most promoted and most suppressed tokens of ``W_dec[f] @ W_U``
+    (``sae`` an SAE or a transcoder: both write into the residual stream)."""
     import torch
 
-    sae = bundle.sae(layer)
     w_u = bundle.model.W_U.detach().float()  # [d_model, d_vocab]
     top_i, top_v, bot_i, bot_v = [], [], [], []
     with torch.inference_mode():
@@ -29,11 +31,11 @@ def logit_effects(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, 
     return tuple(torch.cat(x).numpy() for x in (top_i, top_v, bot_i, bot_v))
 
 
-def neighbours(bundle: Bundle, layer: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def neighbours(sae: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Per feature the ``k`` other features with the most similar decoder direction (cosine)."""
     import torch
 
-    w = torch.nn.functional.normalize(bundle.sae(layer).W_dec.detach().float(), dim=-1)
+    w = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
     idx, val = [], []
     with torch.inference_mode():
         for start in range(0, w.shape[0], 1024):

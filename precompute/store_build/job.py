@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explorer import __version__
-from explorer.bundle import Bundle, build_bundle, bundle_identity, preset
-from explorer.encode import residuals
-from explorer.paths import ASSETS_SAES
+from explorer.bundle import TRANSCODER_IN, Bundle, build_bundle, bundle_identity, preset
+from explorer.encode import activations
+from explorer.paths import ASSETS_SAES, ASSETS_TRANSCODERS
 from explorer.store.codec import (
     FeatureColumns,
     TokenContext,
@@ -47,7 +47,18 @@ from explorer.store.codec import (
     vocab_table,
 )
 from explorer.store.saes import SAES_MANIFEST, SaeManifest
-from explorer.store.schema import StoreLayer, StoreManifest, sae_ref
+from explorer.store.schema import (
+    RES,
+    SHORT,
+    SOURCES,
+    TRANSCODER,
+    StoreLayer,
+    StoreManifest,
+    Unit,
+    check_source,
+    sae_ref,
+    unit_label,
+)
 from precompute.corpus import corpus_sha256, pad_windows, run_documents, token_windows
 from precompute.describe import describe_layer
 from precompute.store_build.accumulate import Examples, LayerStats, ReduceConfig
@@ -72,7 +83,10 @@ class RunConfig:
         split: ``train``, ``heldout`` or ``all`` (held-out documents first, see
             :func:`precompute.corpus.run_documents`).
         tokens: non-special tokens to process (whole windows: the last one may go past it).
-        layers: layers to precompute; empty means all of the bundle's.
+        layers: the residual SAEs' layers to precompute; empty means all of the bundle's.
+        sources: the sources to precompute (``res``, ``transcoder``); empty means every source
+            the bundle has (its residual SAEs, and its transcoders when it has them, on all
+            their layers). One forward pass serves them all.
         context_size: tokens per window, BOS included.
         batch_windows: windows per forward pass.
         shard_tokens: tokens per checkpointed shard.
@@ -86,6 +100,7 @@ class RunConfig:
     split: str = "all"
     tokens: int = 1_000_000
     layers: tuple[int, ...] = ()
+    sources: tuple[str, ...] = ()
     context_size: int = 128
     batch_windows: int = 32
     shard_tokens: int = 65_536
@@ -102,10 +117,13 @@ class RunConfig:
             raise ValueError("batch_windows and shard_tokens must be positive")
         if not self.reduce_memory_mb > 0:
             raise ValueError("reduce_memory_mb must be positive")
+        for source in self.sources:
+            check_source(source)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["layers"] = list(self.layers)
+        out["sources"] = list(self.sources)
         return out
 
     def fingerprint(self, bundle_id: str) -> str:
@@ -164,10 +182,30 @@ def shard_ranges(table: TokenTable, shard_tokens: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def shard_key(unit: Unit) -> int | str:
+    """A unit's name in the shard files: the layer for a residual SAE (as shards had before
+    sources), ``tc5`` for a transcoder."""
+    source, layer = unit
+    return layer if source == RES else f"{SHORT[source]}{layer}"
+
+
+def dictionary(bundle: Bundle, unit: Unit) -> Any:
+    """The SAE or transcoder of a unit."""
+    source, layer = unit
+    return bundle.sae(layer) if source == RES else bundle.transcoder(layer)
+
+
+def input_hook(bundle: Bundle, unit: Unit) -> str:
+    """The hook a unit's dictionary reads: the residual stream, or the MLP's normalized input."""
+    source, layer = unit
+    return bundle.spec.hook_name(layer) if source == RES else TRANSCODER_IN.format(layer=layer)
+
+
 def encode_batch(
-    bundle: Bundle, table: TokenTable, windows: range, layers: list[int]
-) -> dict[int, Records]:
-    """One forward pass over ``windows``; each layer's non-zero SAE codes as Records."""
+    bundle: Bundle, table: TokenTable, windows: range, units: list[Unit]
+) -> dict[int | str, Records]:
+    """One forward pass over ``windows``; each unit's non-zero codes as Records, keyed by
+    :func:`shard_key`."""
     import torch
 
     starts = table.window_start[windows.start : windows.stop]
@@ -179,16 +217,16 @@ def encode_batch(
     )
     # global position of every cell; pad cells get positions too, but keep drops them
     pos = torch.from_numpy(starts).unsqueeze(1) + torch.arange(ids.shape[1])
-    resid = residuals(bundle, ids, layers)
-    out: dict[int, Records] = {}
+    acts = activations(bundle, ids, {input_hook(bundle, u): u for u in units})
+    out: dict[int | str, Records] = {}
     keep_d = keep.to(bundle.device)
-    for layer in layers:
-        sae = bundle.sae(layer)
+    for unit in units:
+        sae = dictionary(bundle, unit)
         with torch.inference_mode():
-            feats = sae.encode(resid[layer].to(sae.dtype)).float()  # [B, T, F]
+            feats = sae.encode(acts[unit].to(sae.dtype)).float()  # [B, T, F]
         feats = feats * keep_d.unsqueeze(-1)
         b, t, f = torch.nonzero(feats > 0, as_tuple=True)
-        out[layer] = Records(
+        out[shard_key(unit)] = Records(
             pos=pos[b.cpu(), t.cpu()].numpy(),
             feat=f.cpu().numpy().astype(np.int32),
             act=feats[b, t, f].cpu().numpy().astype(np.float32),
@@ -254,13 +292,13 @@ def store_tokens(table: TokenTable) -> pa.Table:
 
 
 def encode_shard(
-    bundle: Bundle, table: TokenTable, windows: tuple[int, int], layers: list[int], cfg: RunConfig
-) -> dict[int, Records]:
-    """Each layer's records of the windows ``[a, b)`` of one shard, a batch at a time."""
+    bundle: Bundle, table: TokenTable, windows: tuple[int, int], units: list[Unit], cfg: RunConfig
+) -> dict[int | str, Records]:
+    """Each unit's records of the windows ``[a, b)`` of one shard, a batch at a time."""
     a, b = windows
-    parts: dict[int, list[Records]] = {n: [] for n in layers}
+    parts: dict[int | str, list[Records]] = {shard_key(u): [] for u in units}
     for w0 in range(a, b, cfg.batch_windows):
-        batch = encode_batch(bundle, table, range(w0, min(w0 + cfg.batch_windows, b)), layers)
+        batch = encode_batch(bundle, table, range(w0, min(w0 + cfg.batch_windows, b)), units)
         for n, r in batch.items():
             parts[n].append(r)
     return {n: Records.concat(p) for n, p in parts.items()}
@@ -277,9 +315,32 @@ class Job:
     bundle_meta: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Every dictionary is used on every batch: the bundle must hold them all at once.
+        per_source = max(len(self.bundle.spec.transcoders), len(self.layers))
+        self.bundle.max_saes = max(self.bundle.max_saes, per_source)
+
     @property
     def layers(self) -> list[int]:
+        """The residual SAEs' layers."""
         return self.bundle.check_layers(list(self.cfg.layers) or None)
+
+    @property
+    def units(self) -> list[Unit]:
+        """Every ``(source, layer)`` the run encodes: the residual SAEs first."""
+        want = self.cfg.sources or SOURCES
+        units: list[Unit] = [(RES, n) for n in self.layers] if RES in want else []
+        if TRANSCODER in want:
+            if self.bundle.spec.transcoders:
+                units += [(TRANSCODER, n) for n in self.bundle.spec.transcoder_layers]
+            elif TRANSCODER in self.cfg.sources:
+                raise ValueError(f"preset {self.bundle.spec.name!r} has no transcoders")
+        if not units:
+            raise ValueError("the run has no source to precompute")
+        return units
+
+    def width(self, unit: Unit) -> int:
+        return int(dictionary(self.bundle, unit).cfg.d_sae)
 
     def run(self) -> Path:
         t0 = time.perf_counter()
@@ -292,8 +353,9 @@ class Job:
 
     @property
     def fingerprint(self) -> str:
-        """What a shard's meta must carry to be reused by this run."""
-        return self.cfg.fingerprint(json.dumps(self.bundle_meta, sort_keys=True))
+        """What a shard's meta must carry to be reused by this run (the units included)."""
+        units = [list(u) for u in self.units]
+        return self.cfg.fingerprint(json.dumps([self.bundle_meta, units], sort_keys=True))
 
     def encode(self, table: TokenTable, work: Path) -> None:
         """Write every missing shard (existing valid shards of the same run are kept)."""
@@ -301,7 +363,7 @@ class Job:
 
         fingerprint = self.fingerprint
         ranges = shard_ranges(table, self.cfg.shard_tokens)
-        widths = {n: int(self.bundle.sae(n).cfg.d_sae) for n in self.layers}
+        widths = {shard_key(u): self.width(u) for u in self.units}
         ends = table.window_end
         tokens_in = [
             int((~table.special[table.window_start[a] : ends[b - 1]]).sum()) for a, b in ranges
@@ -315,7 +377,7 @@ class Job:
                 if shard_meta(path) == {**meta, "format": SHARD_FORMAT}:
                     bar.update(tokens_in[s])
                     continue
-                records = encode_shard(self.bundle, table, (a, b), self.layers, self.cfg)
+                records = encode_shard(self.bundle, table, (a, b), self.units, self.cfg)
                 save_shard(path, records, widths, meta)
                 done_tokens += tokens_in[s]
                 bar.update(tokens_in[s])
@@ -327,12 +389,13 @@ class Job:
             stale.unlink()  # from an earlier, longer run
 
     def reduce_layer(
-        self, reader: ShardReader, layer: int, table: TokenTable, max_records: int
+        self, reader: ShardReader, unit: Unit, table: TokenTable, max_records: int
     ) -> tuple[LayerStats, Examples, int]:
-        """One layer's statistics and examples, one feature block after another (the cluster
+        """One unit's statistics and examples, one feature block after another (the cluster
         run reduces the blocks in parallel instead)."""
-        n_features = int(self.bundle.sae(layer).cfg.d_sae)
-        return reduce_blocks(reader, layer, n_features, table, self.cfg.reduce, max_records)
+        return reduce_blocks(
+            reader, shard_key(unit), self.width(unit), table, self.cfg.reduce, max_records
+        )
 
     def reduce(self, table: TokenTable, work: Path) -> Path:
         """Reduce the shards of every layer and write the store atomically."""
@@ -342,46 +405,37 @@ class Job:
         """Reduce the shards ``reader`` reads, every layer, and write the store atomically."""
         t0 = time.perf_counter()
         max_records = int(self.cfg.reduce_memory_mb * 2**20 / BYTES_PER_RECORD)
-        features: dict[int, Any] = {}
-        example_tables: dict[int, Any] = {}
+        features: dict[Unit, Any] = {}
+        example_tables: dict[Unit, Any] = {}
         logit_ids: list[np.ndarray] = []
         layer_meta: list[StoreLayer] = []
-        for layer in self.layers:
-            sae = self.bundle.sae(layer)
-            stats, ex, n_blocks = self.reduce_layer(reader, layer, table, max_records)
+        for unit in self.units:
+            sae = dictionary(self.bundle, unit)
+            stats, ex, n_blocks = self.reduce_layer(reader, unit, table, max_records)
             logger.info(
-                "layer %d: %d records reduced in %d feature blocks",
-                layer,
+                "%s: %d records reduced in %d feature blocks",
+                unit_label(unit),
                 int(stats.n_fires.sum()),
                 n_blocks,
             )
-            logits = logit_effects(self.bundle, layer)
+            logits = logit_effects(self.bundle, sae)
             logit_ids.extend([logits[0].reshape(-1), logits[2].reshape(-1)])
-            features[layer], example_tables[layer] = build_tables(
+            features[unit], example_tables[unit] = build_tables(
                 stats,
                 ex,
                 table,
                 self.cfg.reduce,
                 logits=logits,
-                neighbours=neighbours(self.bundle, layer),
+                neighbours=neighbours(sae),
             )
-            layer_meta.append(
-                StoreLayer(
-                    layer=layer,
-                    hook_name=self.bundle.spec.hook_name(layer),
-                    sae=sae_ref(self.bundle.spec.source(layer).describe()),
-                    d_sae=int(sae.cfg.d_sae),
-                    architecture=sae.cfg.architecture(),
-                    metrics=self.bundle_meta.get("metrics", {}).get(str(layer), {}),
-                )
-            )
+            layer_meta.append(self.store_layer(unit, sae))
         tokens = store_tokens(table)
         used = tokens.column("token_ids").combine_chunks().flatten().to_numpy()
         vocab = vocab_table(np.concatenate([used, *logit_ids]), self._token_text)
         context = TokenContext.from_tables(self.out_dir, tokens, vocab)
         descriptions = {
-            layer: describe_layer(features[layer], example_tables[layer], context)
-            for layer in self.layers
+            unit: describe_layer(features[unit], example_tables[unit], context)
+            for unit in self.units
         }
         self.timing["reduce_s"] = round(time.perf_counter() - t0, 2)
         manifest = StoreManifest(
@@ -415,6 +469,22 @@ class Job:
             descriptions=descriptions,
         )
 
+    def store_layer(self, unit: Unit, sae: Any) -> StoreLayer:
+        """What the manifest says of one unit's dictionary."""
+        source, layer = unit
+        spec = self.bundle.spec
+        described = spec.source(layer) if source == RES else spec.transcoder_source(layer)
+        key = "metrics" if source == RES else "transcoder_metrics"
+        return StoreLayer(
+            layer=layer,
+            source=source,
+            hook_name=input_hook(self.bundle, unit),
+            sae=sae_ref(described.describe()),
+            d_sae=int(sae.cfg.d_sae),
+            architecture=sae.cfg.architecture(),
+            metrics=self.bundle_meta.get(key, {}).get(str(layer), {}),
+        )
+
     _cache: dict[int, str] = field(default_factory=dict, repr=False)
 
     def _token_text(self, ids: np.ndarray) -> list[str]:
@@ -434,6 +504,9 @@ def bundle_meta(bundle: Bundle) -> dict[str, Any]:
     if bundle.spec.name == "default" and (ASSETS_SAES / SAES_MANIFEST).is_file():
         saes = SaeManifest.read(ASSETS_SAES)
         meta["metrics"] = {str(x.layer): x.to_dict() for x in saes.layers}
+    if bundle.spec.name == "default" and bundle.spec.transcoders:
+        tcs = SaeManifest.read(ASSETS_TRANSCODERS)
+        meta["transcoder_metrics"] = {str(x.layer): x.to_dict() for x in tcs.layers}
     return meta
 
 

@@ -40,14 +40,17 @@ SHARD_FORMAT = 2
 
 
 def save_shard(
-    path: Path, records: dict[int, Records], n_features: dict[int, int], meta: dict[str, Any]
+    path: Path,
+    records: dict[int | str, Records],
+    n_features: dict[int | str, int],
+    meta: dict[str, Any],
 ) -> None:
     """Write one shard atomically: each layer's records sorted by ``(feat, pos)`` and indexed.
 
     Args:
         path: the shard file.
-        records: layer -> that layer's records of the shard.
-        n_features: layer -> the SAE width (the index has ``n_features + 1`` entries).
+        records: unit (a layer, or ``tc5``: ``job.shard_key``) -> its records of the shard.
+        n_features: unit -> the SAE width (the index has ``n_features + 1`` entries).
         meta: JSON-able; ``format`` is added.
     """
     meta = {**meta, "format": SHARD_FORMAT}
@@ -163,7 +166,7 @@ class ShardReader:
             if cast(Any, fh).readinto(out.data.cast("B")) != out.nbytes:
                 raise AccumulateError(f"shard {_name(path)}: {name} is truncated")
 
-    def fires(self, layer: int, n_features: int) -> NDArray[np.int64]:
+    def fires(self, layer: int | str, n_features: int) -> NDArray[np.int64]:
         """int64 ``[F]`` records per feature over all shards (one index read per shard)."""
         total = np.zeros(n_features, np.int64)
         for p in self.paths:
@@ -176,7 +179,7 @@ class ShardReader:
             total += np.diff(fptr)
         return total
 
-    def block(self, layer: int, f0: int, f1: int) -> Records:
+    def block(self, layer: int | str, f0: int, f1: int) -> Records:
         """Every shard's records of features ``[f0, f1)`` of ``layer``, feature ids unchanged.
 
         The rows are read straight into arrays of the block's size (no per-shard copies).

@@ -32,12 +32,16 @@ from explorer.files import atomic_write_text, file_sha256, fsync_dir, replace_di
 from explorer.store.schema import (
     KIND,
     MANIFEST,
+    RES,
     SCHEMA_VERSION,
+    SOURCES,
     STEERING,
     TOKENS,
     VOCAB,
     StoreError,
     StoreManifest,
+    Unit,
+    as_unit,
     descriptions_path,
     descriptions_schema,
     examples_path,
@@ -48,6 +52,7 @@ from explorer.store.schema import (
     read_manifest,
     steering_schema,
     tokens_schema,
+    unit_label,
     vocab_schema,
 )
 
@@ -65,7 +70,11 @@ COMPRESSION = "brotli"
 COMPRESSION_LEVEL = 11
 # Sorted, distinct ids (the vocabulary's) cost 0.7 MB dictionary-encoded, a tenth of that as deltas.
 DELTA_COLUMNS = {VOCAB: ["token_id"]}
-STORE_ENTRIES = {MANIFEST, TOKENS, VOCAB, "features", "examples", "descriptions"}
+STORE_ENTRIES = {MANIFEST, TOKENS, VOCAB, "features", "examples", "descriptions", *SOURCES[1:]}
+
+
+Tables = Mapping[int, "pa.Table | pd.DataFrame"] | Mapping[Unit, "pa.Table | pd.DataFrame"]
+"""Per unit: keyed by layer (a residual SAE's) or by ``(source, layer)``."""
 
 
 class WriteError(ValueError):
@@ -75,12 +84,12 @@ class WriteError(ValueError):
 def write_store(
     out_dir: Path,
     manifest: StoreManifest | Mapping[str, Any],
-    features: Mapping[int, pa.Table | pd.DataFrame],
-    examples: Mapping[int, pa.Table | pd.DataFrame],
+    features: Tables,
+    examples: Tables,
     tokens: pa.Table | pd.DataFrame,
     vocab: pa.Table | pd.DataFrame,
     rows_per_group: int = ROWS_PER_GROUP,
-    descriptions: Mapping[int, pa.Table] | None = None,
+    descriptions: Mapping[int, pa.Table] | Mapping[Unit, pa.Table] | None = None,
 ) -> Path:
     """Write a store to ``out_dir`` atomically and return ``out_dir``.
 
@@ -91,70 +100,78 @@ def write_store(
             a :class:`StoreManifest`, or its JSON object (``schema_version`` and ``kind`` are set
             if absent and must be right if given); its layers must be exactly those of
             ``features``.
-        features: per layer, the features table (:func:`explorer.store.features_schema`).
+        features: per layer (a residual SAE's) or ``(source, layer)``, the features table
+            (:func:`explorer.store.features_schema`); ``examples`` and ``descriptions`` are
+            keyed alike.
         examples: per layer, the examples table (:func:`explorer.store.examples_schema`), in
             any row order; each inside its window of ``tokens``.
         tokens: the run's windows (:func:`explorer.store.tokens_schema`), ``window`` 0..W-1.
         vocab: the text of every token id of ``tokens`` and of the features' logit columns
             (:func:`explorer.store.vocab_schema`).
         rows_per_group: minimum examples per Parquet row group (a feature is never split).
-        descriptions: optional, per layer (all of them), the automatic descriptions
+        descriptions: optional, per layer (all of them, every source), the automatic descriptions
             (:func:`explorer.store.descriptions_schema`, ``precompute.describe``).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    manifest = _check_manifest(manifest, features, examples)
+    units = {as_unit(k): v for k, v in features.items()}
+    unit_examples = {as_unit(k): v for k, v in examples.items()}
+    manifest = _check_manifest(manifest, units, unit_examples)
     _check_destination(out_dir)
-    d_sae = {e.layer: e.d_sae for e in manifest.layers}
+    d_sae = {(e.source, e.layer): e.d_sae for e in manifest.layers}
     windows = _conform(tokens, tokens_schema(), "tokens")
     window_len = _check_tokens(windows)
     vocab_table = _conform(vocab, vocab_schema(), "vocab")
     known = _check_vocab(vocab_table)
     _check_ids(windows.column("token_ids").combine_chunks().flatten().to_numpy(), known, "tokens")
     tables = {}
-    for layer in sorted(features):
-        feats = _conform(features[layer], features_schema(), f"layer {layer} features")
-        _check_features(feats, layer)
+    for unit in sorted(units):
+        what = unit_label(unit)
+        feats = _conform(units[unit], features_schema(), f"{what} features")
+        _check_features(feats, what)
         for side in ("top_logits", "bottom_logits"):
             ids = feats.column(side).combine_chunks().flatten().to_numpy()
-            _check_ids(ids, known, f"layer {layer} features {side}")
-        if isinstance(d_sae[layer], int) and d_sae[layer] != feats.num_rows:
+            _check_ids(ids, known, f"{what} features {side}")
+        if isinstance(d_sae[unit], int) and d_sae[unit] != feats.num_rows:
             raise WriteError(
-                f"layer {layer} features have {feats.num_rows} rows, its d_sae is {d_sae[layer]}"
+                f"{what} features have {feats.num_rows} rows, its d_sae is {d_sae[unit]}"
             )
-        exs = _conform(examples[layer], examples_schema(), f"layer {layer} examples")
-        tables[layer] = (feats, _sort_examples(exs, feats, window_len, layer))
-    described: dict[int, pa.Table] = {}
+        exs = _conform(unit_examples[unit], examples_schema(), f"{what} examples")
+        tables[unit] = (feats, _sort_examples(exs, feats, window_len, what))
+    described: dict[Unit, pa.Table] = {}
     if descriptions:
-        if set(descriptions) != set(tables):
+        described_units = {as_unit(k): v for k, v in descriptions.items()}
+        if set(described_units) != set(tables):
             raise WriteError("descriptions must be given for every layer of the store or none")
-        for layer, table in descriptions.items():
-            described[layer] = _conform(table, descriptions_schema(), f"layer {layer} descriptions")
-            if described[layer].num_rows != tables[layer][0].num_rows:
-                raise WriteError(f"layer {layer} descriptions need one row per feature")
+        for unit, table in described_units.items():
+            what = unit_label(unit)
+            described[unit] = _conform(table, descriptions_schema(), f"{what} descriptions")
+            if described[unit].num_rows != tables[unit][0].num_rows:
+                raise WriteError(f"{what} descriptions need one row per feature")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
     try:
-        (tmp / "features").mkdir(parents=True)
-        (tmp / "examples").mkdir()
+        tmp.mkdir(parents=True)
         files: dict[str, dict[str, Any]] = {
             TOKENS: write_parquet(tmp, TOKENS, [windows]),
             VOCAB: write_parquet(tmp, VOCAB, [vocab_table]),
         }
-        for layer, (feats, exs) in tables.items():
-            files[features_path(layer)] = write_parquet(tmp, features_path(layer), [feats])
-            files[examples_path(layer)] = write_parquet(
-                tmp, examples_path(layer), _feature_aligned_chunks(exs, rows_per_group)
+        for (source, layer), (feats, exs) in tables.items():
+            files[features_path(layer, source)] = write_parquet(
+                tmp, features_path(layer, source), [feats]
             )
-        if described:
-            (tmp / "descriptions").mkdir()
-        for layer, table in described.items():
-            files[descriptions_path(layer)] = write_parquet(tmp, descriptions_path(layer), [table])
+            files[examples_path(layer, source)] = write_parquet(
+                tmp, examples_path(layer, source), _feature_aligned_chunks(exs, rows_per_group)
+            )
+        for (source, layer), table in described.items():
+            name = descriptions_path(layer, source)
+            files[name] = write_parquet(tmp, name, [table])
         text = json.dumps(manifest.with_files(files).to_dict(), indent=2, ensure_ascii=False)
         atomic_write_text(tmp / MANIFEST, text + "\n")
-        for sub in ("features", "examples", *(["descriptions"] if described else []), "."):
-            fsync_dir(tmp / sub)
+        for sub in sorted({(tmp / name).parent for name in files}, reverse=True):
+            fsync_dir(sub)
+        fsync_dir(tmp)
         replace_dir(tmp, out_dir)
     except BaseException:
         _cleanup(tmp)
@@ -171,8 +188,8 @@ def write_store(
 
 def _check_manifest(
     manifest: StoreManifest | Mapping[str, Any],
-    features: Mapping[int, Any],
-    examples: Mapping[int, Any],
+    features: Mapping[Unit, Any],
+    examples: Mapping[Unit, Any],
 ) -> StoreManifest:
     if not isinstance(manifest, StoreManifest):
         for key, value in (("schema_version", SCHEMA_VERSION), ("kind", KIND)):
@@ -186,12 +203,22 @@ def _check_manifest(
             raise WriteError("manifest has no bundle.layers list") from None
     if set(features) != set(examples) or not features:
         raise WriteError(
-            f"features have layers {sorted(features)}, examples have layers {sorted(examples)}"
+            f"features have layers {_names(features)}, examples have layers {_names(examples)}"
         )
-    named = [e.layer for e in sorted(manifest.layers, key=lambda e: e.layer)]
+    named = sorted((e.source, e.layer) for e in manifest.layers)
     if named != sorted(features):
-        raise WriteError(f"manifest bundle.layers are {named}, the tables' are {sorted(features)}")
+        raise WriteError(
+            f"manifest bundle.layers are {_names(named)}, the tables' are {_names(features)}"
+        )
     return manifest
+
+
+def _names(units: Any) -> list[int] | list[str]:
+    """Units as a message shows them: plain layers when all are the residual SAEs'."""
+    units = sorted(units)
+    if all(source == RES for source, _ in units):
+        return [layer for _, layer in units]
+    return [unit_label(u) for u in units]
 
 
 def _check_destination(out_dir: Path) -> None:
@@ -261,16 +288,14 @@ def _list_lengths(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False))
 
 
-def _check_features(table: pa.Table, layer: int) -> None:
+def _check_features(table: pa.Table, what: str) -> None:
     feature = table.column("feature").to_numpy()
     if not np.array_equal(feature, np.arange(len(feature))):
-        raise WriteError(
-            f"layer {layer} features: 'feature' must be 0..{len(feature) - 1} in order"
-        )
+        raise WriteError(f"{what} features: 'feature' must be 0..{len(feature) - 1} in order")
     for name in ("hist_counts", "interval_counts"):
         lengths = _list_lengths(table, name)
         if lengths.size and (lengths.min() != lengths.max() or lengths[0] == 0):
-            raise WriteError(f"layer {layer} features: {name} lists differ in length or are empty")
+            raise WriteError(f"{what} features: {name} lists differ in length or are empty")
 
 
 def _check_tokens(table: pa.Table) -> np.ndarray:
@@ -296,10 +321,10 @@ def _check_ids(ids: np.ndarray, known: np.ndarray, what: str) -> None:
 
 
 def _sort_examples(
-    table: pa.Table, features: pa.Table, window_len: np.ndarray, layer: int
+    table: pa.Table, features: pa.Table, window_len: np.ndarray, unit: str
 ) -> pa.Table:
-    """Check the examples of ``layer`` and sort them by (feature, group, rank)."""
-    what = f"layer {layer} examples"
+    """Check the examples of ``unit`` (``layer 5``) and sort them by (feature, group, rank)."""
+    what = f"{unit} examples"
     n_features = features.num_rows
     n_intervals = len(features.column("interval_counts")[0]) if n_features else 0
     feature = table.column("feature").to_numpy()
@@ -369,6 +394,7 @@ def _feature_aligned_chunks(table: pa.Table, rows_per_group: int) -> list[pa.Tab
 def write_parquet(root: Path, name: str, chunks: list[pa.Table]) -> dict[str, Any]:
     """Write ``chunks`` as one row group each; fsync; return the manifest's entry for the file."""
     path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     schema = chunks[0].schema
     delta = DELTA_COLUMNS.get(name, [])
     writer = pq.ParquetWriter(
