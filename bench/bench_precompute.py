@@ -1,19 +1,30 @@
-"""Precompute throughput vs the bare forward pass it needs, on the same batches.
+"""Precompute throughput vs the bare forward pass it needs, on the same batches, per source.
 
 Run by hand (not a test):  python bench/bench_precompute.py [--tokens 8192] [--batch-windows 32]
-Both sides run the embedded default on the same windows: the bare side runs the model to the
-last SAE layer (``stop_at_layer``, no hooks, no logits); the precompute side runs
-``precompute.store_build.job.encode_batch`` (hooks, every SAE, sparse records). Prints tokens/s
-and the ratio.
+Every side runs the embedded default on the same windows, batch by batch and interleaved (so
+that other load on the machine hits them alike):
+
+- ``bare to layer N``: the model to layer N (``stop_at_layer``, no hooks, no logits);
+- ``res``: ``precompute.store_build.job.encode_batch`` with the residual SAEs (hooks, every SAE,
+  sparse records), against the bare forward to the last SAE layer;
+- ``res + transcoder`` (when the bundle has transcoders, ``assets/transcoders``): both sources
+  from one forward pass, against the bare forward to the last layer a transcoder needs.
+
+Prints tokens/s of each and the ratios (target >= 0.75) and the peak resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -23,13 +34,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
+    from memory import peak_rss_gb
+
     from explorer.bundle import build_bundle, preset
-    from precompute.store_build.job import RunConfig, collect_windows, encode_batch
+    from explorer.store.schema import RES, TRANSCODER, Unit
+    from precompute.store_build.job import RunConfig, collect_windows, dictionary, encode_batch
 
     bundle = build_bundle(preset("default"), device=args.device, dtype="float32")
-    layers = list(bundle.layers)
-    for layer in layers:
-        bundle.sae(layer)
+    res: list[Unit] = [(RES, n) for n in bundle.layers]
+    both: list[Unit] = res + [(TRANSCODER, n) for n in bundle.spec.transcoder_layers]
+    bundle.max_saes = max(len(res), len(both))
+    for unit in both:
+        dictionary(bundle, unit)  # every dictionary resident, as a run holds them
     table = collect_windows(RunConfig(tokens=args.tokens), bundle.tokenizer)
     n_windows = len(table.window_start)
     batches = [
@@ -37,30 +53,61 @@ def main() -> None:
         for a in range(0, n_windows, args.batch_windows)
     ]
     ends = table.window_end
-    stop = max(layers) + 1
 
-    def bare(windows: range) -> None:
-        s, e = table.window_start[windows.start : windows.stop], ends[windows.start : windows.stop]
-        ids = torch.zeros((len(s), int((e - s).max())), dtype=torch.long)
-        for row, (a, b) in enumerate(zip(s, e, strict=True)):
-            ids[row, : b - a] = torch.from_numpy(table.token_ids[a:b].astype(np.int64))
-        with torch.inference_mode():
-            bundle.model(ids.to(bundle.device), stop_at_layer=stop)
+    def bare(stop: int) -> Callable[[range], None]:
+        def run(windows: range) -> None:
+            s, e = (
+                table.window_start[windows.start : windows.stop],
+                ends[windows.start : windows.stop],
+            )
+            ids = torch.zeros((len(s), int((e - s).max())), dtype=torch.long)
+            for row, (a, b) in enumerate(zip(s, e, strict=True)):
+                ids[row, : b - a] = torch.from_numpy(table.token_ids[a:b].astype(np.int64))
+            with torch.inference_mode():
+                bundle.model(ids.to(bundle.device), stop_at_layer=stop, return_type=None)
 
-    def timed(fn) -> float:  # type: ignore[no-untyped-def]
+        return run
+
+    def encode(units: list[Unit]) -> Callable[[range], None]:
+        def run(windows: range) -> None:
+            encode_batch(bundle, table, windows, units)
+
+        return run
+
+    last_res = max(bundle.layers)
+    last_all = max(n for _, n in both)
+    sides: dict[str, Callable[[range], None]] = {
+        f"bare forward to layer {last_res}": bare(last_res + 1),
+        f"res ({len(res)} SAEs)": encode(res),
+    }
+    if len(both) > len(res):
+        sides[f"bare forward to layer {last_all}"] = bare(last_all + 1)
+        sides[f"res + transcoder ({len(res)} SAEs, {len(both) - len(res)} transcoders)"] = encode(
+            both
+        )
+    for fn in sides.values():
         fn(batches[0])  # warm-up
-        t = time.perf_counter()
-        for b in batches:
+    took = dict.fromkeys(sides, 0.0)
+    for b in batches:
+        for name, fn in sides.items():
+            t = time.perf_counter()
             fn(b)
-        return time.perf_counter() - t
-
-    t_bare = timed(bare)
-    t_pre = timed(lambda b: encode_batch(bundle, table, b, layers))
+            took[name] += time.perf_counter() - t
     n = table.n_tokens
     print(f"torch threads {torch.get_num_threads()}, {n} tokens, {len(batches)} batches")
-    print(f"bare forward to layer {stop - 1}: {n / t_bare:.0f} tok/s")
-    print(f"precompute encode ({len(layers)} layers): {n / t_pre:.0f} tok/s")
-    print(f"ratio precompute / bare: {t_bare / t_pre:.2f} (target >= 0.75)")
+    for name, seconds in took.items():
+        print(f"{name}: {n / seconds:.0f} tok/s ({seconds:.1f} s)")
+    names = list(sides)
+    print(
+        f"ratio res / bare to layer {last_res}: {took[names[0]] / took[names[1]]:.2f} "
+        "(target >= 0.75)"
+    )
+    if len(names) == 4:
+        print(
+            f"ratio res + transcoder / bare to layer {last_all}: "
+            f"{took[names[2]] / took[names[3]]:.2f} (target >= 0.75)"
+        )
+    print(f"peak RSS {peak_rss_gb():.1f} GB")
 
 
 if __name__ == "__main__":

@@ -53,9 +53,8 @@ def sampled_weights(vocab: int) -> tuple[Any, Any]:
     the same output shapes, over the first ``vocab`` token ids and within 1,024-feature blocks."""
     from precompute.store_build import features
 
-    def logit_effects(bundle: Any, layer: int, k: int = 10) -> tuple[np.ndarray, ...]:
+    def logit_effects(bundle: Any, sae: Any, k: int = 10) -> tuple[np.ndarray, ...]:
         w_u = bundle.model.W_U.detach()[:, :vocab].float()
-        sae = bundle.sae(layer)
         outs: list[list[torch.Tensor]] = [[], [], [], []]
         with torch.inference_mode():
             for chunk in sae.W_dec.detach().float().split(1024):
@@ -66,8 +65,8 @@ def sampled_weights(vocab: int) -> tuple[Any, Any]:
                     outs[j + 1].append(v)
         return tuple(torch.cat(x).numpy() for x in outs)
 
-    def neighbours(bundle: Any, layer: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        w = torch.nn.functional.normalize(bundle.sae(layer).W_dec.detach().float(), dim=-1)
+    def neighbours(sae: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        w = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
         idx, val = [], []
         with torch.inference_mode():
             for a in range(0, w.shape[0], 1024):
@@ -116,13 +115,20 @@ def main() -> None:
     p.add_argument("--gpus", type=int, default=8, help="N of the projection to N GPUs")
     p.add_argument("--ray-efficiency", type=float, default=0.9)
     p.add_argument("--app", action="store_true", help="then measure the app on the store")
+    p.add_argument(
+        "--transcoders",
+        action="store_true",
+        help="a second source: 26 random transcoders of width 16k (Gemma Scope's "
+        "gemma-scope-2b-pt-transcoders shape), encoded from the same forward pass",
+    )
     args = p.parse_args()
 
     from gemma2_shape import SAE_WIDTH, build_gemma2_shape
     from memory import dir_bytes, peak_rss_gb, rss_gb
 
     import precompute.store_build.job as job_mod
-    from precompute.store_build.job import Job, RunConfig, collect_windows
+    from explorer.store.schema import RES, TRANSCODER, Unit
+    from precompute.store_build.job import Job, RunConfig, collect_windows, dictionary
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -133,19 +139,23 @@ def main() -> None:
         shared_blocks=not args.distinct_blocks,
         max_saes=26,
         calibration_tokens=1024,
+        transcoders=args.transcoders,
     )
     bundle = shape.bundle
     model_params = sum(p.numel() for p in bundle.model.parameters())
     layers = list(bundle.layers)
-    for layer in layers:
-        bundle.sae(layer)  # all 26 resident during the encode, as a precompute run holds them
+    units: list[Unit] = [(RES, n) for n in layers]
+    units += [(TRANSCODER, n) for n in bundle.spec.transcoder_layers]
+    for unit in units:
+        dictionary(bundle, unit)  # all resident during the encode, as a precompute run holds them
     build_s = time.perf_counter() - t0
     l0 = np.mean(list(shape.calibration_l0.values()) or [np.nan])
     print(
         f"built in {build_s:.0f} s: {len(layers)} layers, d_model {bundle.model.cfg.d_model}, "
         f"vocab {bundle.model.cfg.d_vocab}, {model_params / 1e9:.2f} B parameters held "
         f"({'distinct' if args.distinct_blocks else 'shared'} blocks), {len(layers)} SAEs x "
-        f"{SAE_WIDTH}; calibration L0 {l0:.1f}; RSS {rss_gb():.1f} GB; torch threads "
+        f"{SAE_WIDTH} + {len(units) - len(layers)} transcoders x {SAE_WIDTH}; calibration L0 "
+        f"{l0:.1f}; RSS {rss_gb():.1f} GB; torch threads "
         f"{torch.get_num_threads()}; {args.device} {args.dtype}"
     )
 
@@ -171,7 +181,7 @@ def main() -> None:
             bundle.model(ids.to(bundle.device), stop_at_layer=stop, return_type=None)
 
     def encode(windows: range) -> None:
-        job_mod.encode_batch(bundle, table, windows, layers)
+        job_mod.encode_batch(bundle, table, windows, units)
 
     # Interleaved, batch by batch, so that other load on the machine hits both sides alike.
     bare(batches[0])  # warm-up
@@ -197,14 +207,16 @@ def main() -> None:
     job.encode(table, work)
     sync()
     t_pre = job.timing["encode_s"]
-    bare_flops, sae_flops, ceiling = flop_ceiling(bundle.model.cfg, len(layers), SAE_WIDTH)
+    bare_flops, sae_flops, _ = flop_ceiling(bundle.model.cfg, len(layers), SAE_WIDTH)
+    sae_flops *= len(units) / len(layers)  # a transcoder's encoder costs an SAE's
+    ceiling = bare_flops / (bare_flops + sae_flops)
     shard_bytes = dir_bytes(work, "shard-*.npz")
     print(
         f"{n_tok} positions in {len(batches)} batches of {args.batch_windows} x 128 (each side "
         "timed batch by batch, interleaved):\n"
         f"  bare forward to layer {stop - 1}: {n_tok / t_bare:.1f} tok/s ({t_bare:.1f} s)\n"
-        f"  precompute encode ({len(layers)} SAEs, sparse records): {n_tok / t_enc:.1f} tok/s "
-        f"({t_enc:.1f} s)\n"
+        f"  precompute encode ({len(units)} dictionaries, sparse records): "
+        f"{n_tok / t_enc:.1f} tok/s ({t_enc:.1f} s)\n"
         f"  ratio precompute / bare: {t_bare / t_enc:.2f} (target >= 0.75; FLOP ceiling "
         f"{bare_flops / 1e9:.2f} / ({bare_flops / 1e9:.2f} + {sae_flops / 1e9:.2f}) GFLOP a "
         f"token = {ceiling:.2f})\n"
@@ -214,6 +226,7 @@ def main() -> None:
         f"  peak RSS so far {peak_rss_gb():.1f} GB"
     )
     bundle._saes.clear()  # the reduce loads one layer at a time
+    bundle._transcoders.clear()
     bundle.max_saes = 2
     gc.collect()
     if args.weights == "sampled":
@@ -225,34 +238,37 @@ def main() -> None:
     store_bytes = dir_bytes(out)
     from explorer.store import Store
 
-    st = Store.open(out)
-    fires = [int(st.features(n, ["n_fires"])["n_fires"].sum()) for n in st.layers]
-    store_l0 = np.array(fires) / int(st.manifest.tokens or 1)
-    print(
-        f"L0 in the store: mean {store_l0.mean():.1f}, "
-        f"per layer {store_l0.min():.0f}–{store_l0.max():.0f}"
-    )
-    n_features = len(layers) * SAE_WIDTH
+    root = Store.open(out)
+    for source in root.sources:
+        st = root.source(source)
+        fires = [int(st.features(n, ["n_fires"])["n_fires"].sum()) for n in st.layers]
+        store_l0 = np.array(fires) / int(st.manifest.tokens or 1)
+        print(
+            f"{source} L0 in the store: mean {store_l0.mean():.1f}, "
+            f"per layer {store_l0.min():.0f}–{store_l0.max():.0f}"
+        )
+    n_features = len(units) * SAE_WIDTH
     parts = {
         name: dir_bytes(out, pattern)
         for name, pattern in (
             ("features", "features/*"),
             ("examples", "examples/*"),
+            ("transcoder", "transcoder/*/*"),
             ("tokens+vocab", "*.parquet"),
         )
     }
     print(
-        f"reduce ({args.weights} weight features): {t_reduce:.1f} s for {len(layers)} layers; "
+        f"reduce ({args.weights} weight features): {t_reduce:.1f} s for {len(units)} layers; "
         f"peak RSS {peak_rss_gb():.1f} GB"
     )
     if args.weights == "sampled":
         # the sampled stand-ins' own time is not in the exact projection
         t_sampled = _time_sampled(bundle, layers[0], args.sample_vocab)
-        exact = t_reduce + len(layers) * (t_logits + t_neigh - t_sampled)
+        exact = t_reduce + len(units) * (t_logits + t_neigh - t_sampled)
         print(
             f"  exact weight features, timed on a slice: logit effects {t_logits:.0f} s + "
             f"neighbours {t_neigh:.0f} s a layer; exact reduce projected: {t_reduce:.0f} + "
-            f"{len(layers)} x ({t_logits:.0f} + {t_neigh:.0f} - {t_sampled:.1f}) = {exact:.0f} s"
+            f"{len(units)} x ({t_logits:.0f} + {t_neigh:.0f} - {t_sampled:.1f}) = {exact:.0f} s"
         )
         t_reduce = exact
     print(
@@ -287,6 +303,7 @@ def main() -> None:
         "store_bytes_per_feature": store_bytes / n_features,
         "peak_rss_gb": peak_rss_gb(),
         "store_l0": float(store_l0.mean()),
+        "transcoders": args.transcoders,
     }
     (args.work / "precompute.json").write_text(json.dumps(summary, indent=1))
     if args.app:
@@ -299,8 +316,8 @@ def main() -> None:
 def _time_sampled(bundle: Any, layer: int, vocab: int) -> float:
     logit_effects, neighbours = sampled_weights(vocab)
     t = time.perf_counter()
-    logit_effects(bundle, layer)
-    neighbours(bundle, layer)
+    logit_effects(bundle, bundle.sae(layer))
+    neighbours(bundle.sae(layer))
     return time.perf_counter() - t
 
 

@@ -180,11 +180,51 @@ def calibrated_sae(
     return sae.eval()
 
 
+def calibrated_transcoder(
+    acts: torch.Tensor, width: int, l0: float, layer: int, seed: int, dtype: str = "float32"
+) -> Any:
+    """A sae-lens ``JumpReLUTranscoder`` reading ``blocks.{layer}.ln2.hook_normalized``
+    (``acts``, ``[tokens, d_in]``) and writing ``hook_mlp_out``, as Gemma Scope's: random unit
+    encoder columns and decoder rows, zero biases, each feature's threshold at the
+    ``1 - l0 / width`` quantile of its pre-activations on ``acts``."""
+    from sae_lens import JumpReLUTranscoder, JumpReLUTranscoderConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    d_in = acts.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    w_enc = torch.nn.functional.normalize(torch.randn(d_in, width, generator=gen), dim=0)
+    w_dec = torch.nn.functional.normalize(torch.randn(width, d_in, generator=gen), dim=-1)
+    q = min(max(1.0 - l0 / width, 0.0), 1.0)
+    threshold = torch.quantile(acts.float() @ w_enc, q, dim=0).clamp_min(1e-6)
+    cfg = JumpReLUTranscoderConfig(
+        d_in=d_in,
+        d_sae=width,
+        d_out=d_in,
+        dtype=dtype,
+        apply_b_dec_to_input=False,
+        metadata=SAEMetadata(
+            hook_name=f"blocks.{layer}.ln2.hook_normalized",
+            hook_name_out=f"blocks.{layer}.hook_mlp_out",
+            model_name="gemma-2-2b-shape",
+        ),
+    )
+    tc = JumpReLUTranscoder(cfg)
+    with torch.no_grad():
+        tc.W_enc.copy_(w_enc)
+        tc.W_dec.copy_(w_dec)
+        tc.b_enc.zero_()
+        tc.b_dec.zero_()
+        tc.threshold.copy_(threshold)
+    return tc.eval()
+
+
 @dataclass
 class Gemma2Shape:
     bundle: Bundle
     sae_dirs: dict[int, Path]
     calibration_l0: dict[int, float]  # L0 on the calibration tokens, per layer (if calibrated)
+    transcoder_dirs: dict[int, Path] | None = None
+    transcoder_l0: dict[int, float] | None = None  # the same, of the transcoders (if any)
 
 
 def build_gemma2_shape(
@@ -198,10 +238,14 @@ def build_gemma2_shape(
     shared_blocks: bool = False,
     max_saes: int = 8,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    transcoders: bool = False,
     **config_overrides: Any,
 ) -> Gemma2Shape:
     """The model and one calibrated SAE per layer, saved under ``where/saes/layer_N`` (reused if
-    already there and of this width), as an explorer :class:`Bundle` (SAEs load lazily)."""
+    already there and of this width), as an explorer :class:`Bundle` (SAEs load lazily); with
+    ``transcoders``, one calibrated transcoder per layer too (``where/transcoders/layer_N``,
+    Gemma Scope's ``gemma-scope-2b-pt-transcoders`` shape: 26 x 16k), the bundle's second
+    source."""
     from explorer.bundle import Bundle, BundleSpec, SAESource
     from explorer.encode import residuals
     from precompute.corpus import pad_windows, run_documents, token_windows
@@ -211,11 +255,13 @@ def build_gemma2_shape(
     model = random_model(hf_config, tok, seed, device, dtype, shared_blocks)
     layers = list(range(hf_config.num_hidden_layers))
     dirs = {n: where / "saes" / f"layer_{n}" for n in layers}
+    tc_dirs = {n: where / "transcoders" / f"layer_{n}" for n in layers} if transcoders else {}
     spec = BundleSpec(
         name="gemma-2-2b-shape",
         model="gemma-2-2b-shape",
         saes=tuple((n, SAESource(path=str(dirs[n]))) for n in layers),
         description="random weights in Gemma 2 2B's shape, 26 JumpReLU SAEs 16k (bench only)",
+        transcoders=tuple((n, SAESource(path=str(p))) for n, p in tc_dirs.items()),
     )
     bundle = Bundle(spec=spec, model=model, tokenizer=tok, device=device, dtype=dtype)
     bundle.max_saes = max_saes
@@ -227,9 +273,11 @@ def build_gemma2_shape(
             break
     ids, keep = pad_windows(windows, tok.pad_token_id or 0, set(tok.all_special_ids))
     l0s: dict[int, float] = {}
+    tc_l0s = _calibrate_transcoders(bundle, ids, keep, tc_dirs, width, l0, seed, dtype)
     missing = [n for n in layers if not _saved(dirs[n], width)]
+    shape = Gemma2Shape(bundle, dirs, l0s, tc_dirs or None, tc_l0s if transcoders else None)
     if not missing:  # saved by an earlier build with this seed: nothing to calibrate
-        return Gemma2Shape(bundle=bundle, sae_dirs=dirs, calibration_l0=l0s)
+        return shape
     resid = residuals(bundle, ids, layers)
     for layer in layers:
         acts = resid.pop(layer)[keep.to(bundle.device)].float().cpu()
@@ -245,7 +293,37 @@ def build_gemma2_shape(
         l0s[layer] = float((feats > 0).sum(-1).float().mean())
         del sae, feats, acts
     bundle._saes.clear()
-    return Gemma2Shape(bundle=bundle, sae_dirs=dirs, calibration_l0=l0s)
+    return shape
+
+
+def _calibrate_transcoders(
+    bundle: Bundle,
+    ids: torch.Tensor,
+    keep: torch.Tensor,
+    dirs: dict[int, Path],
+    width: int,
+    l0: float,
+    seed: int,
+    dtype: str,
+) -> dict[int, float]:
+    """Write a calibrated transcoder into each of ``dirs`` that lacks one of this width; their
+    L0 on the calibration tokens (only of those written)."""
+    from explorer.bundle import TRANSCODER_IN
+    from explorer.encode import activations
+
+    missing = [n for n in dirs if not _saved(dirs[n], width)]
+    if not missing:
+        return {}
+    acts_in = activations(bundle, ids, {TRANSCODER_IN.format(layer=n): n for n in missing})
+    out: dict[int, float] = {}
+    for layer in missing:
+        acts = acts_in.pop(layer)[keep.to(bundle.device)].float().cpu()
+        tc = calibrated_transcoder(acts, width, l0, layer, seed * 1000 + 500 + layer, dtype)
+        tc.save_model(dirs[layer])
+        with torch.inference_mode():
+            out[layer] = float((tc.encode(acts.to(tc.dtype)) > 0).sum(-1).float().mean())
+        del tc, acts
+    return out
 
 
 def _saved(path: Path, width: int) -> bool:

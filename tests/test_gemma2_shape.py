@@ -81,3 +81,32 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     ):
         assert torch.equal(p, q), name
     torch.testing.assert_close(a.bundle.sae(1).threshold, b.bundle.sae(1).threshold)
+
+
+def test_tiny_shape_transcoders_read_the_mlp_input_at_the_target_l0(tmp_path: Path) -> None:
+    """With ``transcoders=True`` each layer also gets a Gemma Scope-shaped transcoder (the
+    bundle's second source) whose L0 on unseen text is near the target."""
+    from explorer.bundle import TRANSCODER_IN
+    from explorer.encode import activations
+
+    width, l0 = 512, 20.0
+    shape = build_gemma2_shape(
+        tmp_path, width=width, l0=l0, calibration_tokens=1024, transcoders=True, **TINY
+    )
+    bundle = shape.bundle
+    assert bundle.spec.transcoder_layers == (0, 1)
+    assert shape.transcoder_l0 and all(abs(v - l0) < 0.1 * l0 for v in shape.transcoder_l0.values())
+    windows = []
+    for w in token_windows(run_documents("default", "train", 7), bundle.tokenizer, 128):
+        windows.append(w.token_ids)
+        if len(windows) == 8:
+            break
+    ids, keep = pad_windows(windows, 0, bundle.special_ids)
+    acts = activations(bundle, ids, {TRANSCODER_IN.format(layer=n): n for n in (0, 1)})
+    for layer in (0, 1):
+        tc = bundle.transcoder(layer)
+        assert type(tc).__name__ == "JumpReLUTranscoder" and tc.cfg.d_sae == width
+        with torch.inference_mode():
+            feats = tc.encode(acts[layer][keep])
+        measured = float((feats > 0).sum(-1).float().mean())
+        assert 0.6 * l0 < measured < 1.4 * l0, (layer, measured)
