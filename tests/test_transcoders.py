@@ -235,3 +235,40 @@ def test_dead_features_are_resampled_where_the_error_is() -> None:
     assert moments["exp_avg"][:, dead].abs().sum() == 0 and moments["exp_avg"][:, 0].abs().sum() > 0
     assert bool((state.density_ema[dead] == cfg.min_density).all())
     assert resample_dead(state, cfg, 0, x, err) == 0  # not dead any more
+
+
+def test_the_auxiliary_loss_trains_only_dead_features_toward_the_error() -> None:
+    """Gao et al.'s auxiliary loss: the ``aux_k`` dead features with the largest pre-activations
+    reconstruct the error; its gradient reaches those features alone, equals dense autograd of
+    the same loss, and it is zero when no feature is dead."""
+    from precompute.train.transcoders import _aux_loss, _init_state
+
+    torch.manual_seed(0)
+    cfg = TranscoderConfig(layers=(0,), d_sae=16, k=2, aux_k=2, skip=False, free_features=0)
+    x, y = torch.randn(32, 8), torch.randn(32, 8)
+    state = _init_state(cfg, x.bfloat16(), y.bfloat16(), 0, "cpu")
+    p = state.params
+    state.density_ema.fill_(0.01)
+    dead = torch.tensor([2, 5, 11])
+    state.density_ema[dead] = 0
+    err = torch.randn(32, 8)
+    with torch.no_grad():
+        pre = x @ p["W_enc"] + p["b_enc"]
+    loss = _aux_loss(cfg, state, x, err, pre.flatten())
+    loss.backward()
+    grad = p["W_enc"].grad
+    assert grad is not None
+    alive = torch.ones(16, dtype=torch.bool)
+    alive[dead] = False
+    assert grad[:, alive].abs().sum() == 0 and grad[:, dead].abs().sum() > 0
+    # the same loss by dense autograd: each row's two largest dead pre-activations, linear
+    w_enc = p["W_enc"].detach().clone().requires_grad_(True)
+    dense = x @ w_enc + p["b_enc"].detach()
+    picked = dense[:, dead].topk(2, dim=-1)
+    codes = torch.zeros(32, 16).scatter(1, dead[picked.indices], picked.values)
+    want = ((codes @ p["W_dec"].detach()) - err).pow(2).sum(-1).mean() / 8
+    want.backward()
+    torch.testing.assert_close(loss.detach(), want.detach())
+    torch.testing.assert_close(grad, w_enc.grad)
+    state.density_ema.fill_(0.01)
+    assert float(_aux_loss(cfg, state, x, err, pre.flatten())) == 0.0

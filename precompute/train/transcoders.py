@@ -103,6 +103,10 @@ class TranscoderConfig:
             many of the densest features the cap leaves alone; ``balance_rate`` the largest
             threshold change per step (see :func:`~precompute.train.balanced.balance_step`).
         checkpoint_every: optimizer steps between checkpoints.
+        aux_k: the auxiliary loss of Gao et al. 2024 ("Scaling and evaluating sparse
+            autoencoders"): on each row, the ``aux_k`` dead features (running firing rate under
+            ``aux_dead_rate``) with the largest pre-activations reconstruct what the live ones
+            missed, weighted ``aux_alpha``; it gives dead features a gradient (0: off).
     """
 
     preset: str = "default"
@@ -128,6 +132,10 @@ class TranscoderConfig:
     free_features: int = 150
     balance_rate: float = 0.05
     checkpoint_every: int = 20
+    aux_k: int = 256
+    aux_alpha: float = 1 / 32
+    aux_dead_rate: float = 1e-5
+    aux_relu: bool = False
 
     def __post_init__(self) -> None:
         if not self.layers or any(n < 0 for n in self.layers):
@@ -216,9 +224,11 @@ def _init_state(cfg: TranscoderConfig, x: Tensor, y: Tensor, layer: int, device:
     w_dec = torch.randn(cfg.d_sae, d_out, generator=gen)
     w_dec /= w_dec.norm(dim=-1, keepdim=True)
     w_enc = torch.randn(d_in, cfg.d_sae, generator=gen) / d_in**0.5
+    # centred pre-activations: the MLP's normalised input shares a large mean direction, and an
+    # encoder column pointing away from it would never fire (dead from the first step)
     params = {
         "W_enc": w_enc,
-        "b_enc": torch.zeros(cfg.d_sae),
+        "b_enc": -(xs.mean(0) * x_scale) @ w_enc,
         "W_dec": w_dec,
         "b_dec": (ys * y_scale).mean(0),
     }
@@ -347,6 +357,8 @@ def train_layer(
         if "W_skip" in p:
             recon = recon + xb @ p["W_skip"]
         loss = (recon - yb).pow(2).sum(-1).mean() / yb.shape[1]
+        if cfg.aux_k and float(state.density_ema.min()) >= 0:
+            loss = loss + cfg.aux_alpha * _aux_loss(cfg, state, xb, yb - recon.detach(), pre_flat)
         for group in state.opt.param_groups:
             group["lr"] = _lr(cfg, step)
         state.opt.zero_grad(set_to_none=True)
@@ -356,7 +368,10 @@ def train_layer(
             p["W_dec"] /= p["W_dec"].norm(dim=-1, keepdim=True).clamp_min(1e-8)
             smallest = float(top.values[-1].clamp_min(0))
             state.theta = smallest if state.theta < 0 else 0.99 * state.theta + 0.01 * smallest
-            density = torch.bincount(chosen % cfg.d_sae, minlength=cfg.d_sae) / xb.shape[0]
+            # the rate at which a feature fires (not at which it is chosen: the floor's bias can
+            # choose a feature whose pre-activation is never positive, which is dead all the same
+            # at inference, and must be seen as dead to be resampled)
+            density = torch.bincount(col, minlength=cfg.d_sae) / xb.shape[0]
             balance_step(
                 state.select_bias,
                 state.density_ema,
@@ -397,6 +412,29 @@ def train_layer(
     return inference_weights(state)
 
 
+def _aux_loss(cfg: TranscoderConfig, state: _State, xb: Tensor, err: Tensor, pre: Tensor) -> Tensor:
+    """The dead features' reconstruction of ``err`` (``aux_k`` per row, by pre-activation), as
+    a mean squared error per output dimension; 0 when no feature is dead."""
+    import torch
+
+    from precompute.train.sparse import SparseDecode, SparseEncode
+
+    p = state.params
+    dead = (state.density_ema < cfg.aux_dead_rate).nonzero().squeeze(-1)
+    if len(dead) == 0:
+        return err.new_zeros(())
+    b = xb.shape[0]
+    values, at = pre.view(b, cfg.d_sae)[:, dead].topk(min(cfg.aux_k, len(dead)), dim=-1)
+    row = torch.arange(b, device=xb.device).repeat_interleave(values.shape[1])
+    col, values = dead[at.flatten()], values.flatten()
+    if cfg.aux_relu:
+        keep = values > 0
+        row, col, values = row[keep], col[keep], values[keep]
+    vals = SparseEncode.apply(xb, p["W_enc"], p["b_enc"], row, col, values)
+    recon = SparseDecode.apply(vals, p["W_dec"], row, col, b)
+    return (recon - err).pow(2).sum(-1).mean() / err.shape[1]
+
+
 RESAMPLE_EVERY = 100  # steps between two looks for dead features (none in the last 20%)
 DEAD_RATE = 1e-6  # a running firing rate below this is dead (not one firing in ~500 steps)
 
@@ -420,11 +458,12 @@ def resample_dead(state: _State, cfg: TranscoderConfig, layer: int, xb: Tensor, 
     weights = err.pow(2).sum(-1).double().cpu()
     rows = torch.multinomial(weights, len(dead), replacement=True, generator=gen)
     rows = rows.to(xb.device)
-    x, e = xb[rows], err[rows]
+    mean = xb.mean(0)
+    x, e = xb[rows] - mean, err[rows]  # centred on the batch: it fires on its row, not on all
     p = state.params
     with torch.no_grad():
         p["W_enc"][:, dead] = (x / x.pow(2).sum(-1, keepdim=True) * 1.5 * state.theta).T
-        p["b_enc"][dead] = 0
+        p["b_enc"][dead] = -mean @ p["W_enc"][:, dead]
         p["W_dec"][dead] = e / e.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         for name, index in (("W_enc", (slice(None), dead)), ("b_enc", dead), ("W_dec", dead)):
             moments = state.opt.state.get(p[name], {})
