@@ -115,7 +115,7 @@ class TranscoderConfig:
     k: int = 16
     skip: bool = True
     training_tokens: int = 300_000
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 1024
     lr: float = 1e-3
     context_size: int = 128
@@ -132,7 +132,7 @@ class TranscoderConfig:
     free_features: int = 150
     balance_rate: float = 0.05
     checkpoint_every: int = 20
-    aux_k: int = 256
+    aux_k: int = 64
     aux_alpha: float = 1 / 32
     aux_dead_rate: float = 1e-5
     aux_relu: bool = False
