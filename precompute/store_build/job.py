@@ -504,7 +504,8 @@ def bundle_meta(bundle: Bundle) -> dict[str, Any]:
     if bundle.spec.name == "default" and (ASSETS_SAES / SAES_MANIFEST).is_file():
         saes = SaeManifest.read(ASSETS_SAES)
         meta["metrics"] = {str(x.layer): x.to_dict() for x in saes.layers}
-    if bundle.spec.name == "default" and bundle.spec.transcoders:
+    shipped = (ASSETS_TRANSCODERS / SAES_MANIFEST).is_file()
+    if bundle.spec.name == "default" and bundle.spec.transcoders and shipped:
         tcs = SaeManifest.read(ASSETS_TRANSCODERS)
         meta["transcoder_metrics"] = {str(x.layer): x.to_dict() for x in tcs.layers}
     return meta
