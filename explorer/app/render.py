@@ -203,13 +203,13 @@ SOURCE_WORDS = {
 
 
 def title(rec: FeatureRecord) -> str:
-    """A dashboard's title: the feature's name (``L9 tc #456``), then its layer, number and
-    source in words."""
+    """A dashboard's title: the feature's name (``L9 tc #456``), then its source in words, its
+    layer and number."""
     name = feature_name(rec.layer, rec.feature, rec.source)
     words = SOURCE_WORDS.get(rec.source, rec.source)
     return (
-        f'{esc(name)} <span class="gse-muted">Layer {rec.layer} · feature {rec.feature} · '
-        f"{esc(words)}</span>"
+        f'{esc(name)} <span class="gse-muted">{esc(words)} · Layer {rec.layer} · feature '
+        f"{rec.feature}</span>"
     )
 
 
