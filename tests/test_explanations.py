@@ -192,7 +192,9 @@ def test_browse_finds_features_by_their_explanations(
     ranked = browse.features(ctx, "all", token, "n_fires", True, False, False, source="res")
     assert _pairs(ranked)[0] == last
     assert len(ranked) == len(by_token)
-    ascending = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False, source="res")
+    ascending = browse.features(
+        ctx, "all", "minnesota", "n_fires", False, False, False, source="res"
+    )
     bottom = _pairs(ascending)[-1]
     ctx.labels.add(*bottom, "Minnesota, by a person")
     ranked = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False, source="res")
