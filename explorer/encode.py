@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from explorer.bundle import Bundle, BundleError
+from explorer.bundle import TRANSCODER_IN, Bundle, BundleError
 from explorer.hooks import routed
+from explorer.store.schema import RES, check_source
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -79,6 +80,7 @@ class Encoding:
         token_ids: their ids.
         truncated: whether the text was cut at the bundle's token limit.
         layers: per layer, the top features of each reported token.
+        source: whose features: the residual SAEs' (``res``) or the transcoders'.
     """
 
     preset: str
@@ -86,6 +88,7 @@ class Encoding:
     token_ids: list[int]
     truncated: bool
     layers: dict[int, LayerActivations]
+    source: str = RES
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's JSON shape: ``{"preset", "tokens", "truncated", "layers": {"9": [[…]]}}``."""
@@ -127,6 +130,30 @@ def tokenize(bundle: Bundle, text: str) -> tuple[list[int], bool]:
     return ids[:limit], truncated
 
 
+def dictionary(bundle: Bundle, layer: int, source: str = RES) -> Any:
+    """The SAE (``res``) or the transcoder (``transcoder``) of ``layer``."""
+    return bundle.sae(layer) if check_source(source) == RES else bundle.transcoder(layer)
+
+
+def input_hook(bundle: Bundle, layer: int, source: str = RES) -> str:
+    """What a source's dictionary of ``layer`` reads: the SAE's hook, or the transcoder's
+    :data:`explorer.bundle.TRANSCODER_IN`."""
+    if check_source(source) == RES:
+        return bundle.spec.hook_name(layer)
+    return TRANSCODER_IN.format(layer=layer)
+
+
+def check_layers(bundle: Bundle, layers: list[int] | None, source: str = RES) -> list[int]:
+    """A source's requested layers (``None``: all of them), or a :class:`BundleError`."""
+    if check_source(source) == RES:
+        return bundle.check_layers(layers)
+    if layers is None:
+        return list(bundle.spec.transcoder_layers)
+    for layer in layers:
+        bundle.spec.transcoder_source(layer)
+    return sorted(set(layers))
+
+
 def residuals(bundle: Bundle, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
     """``{layer: resid [batch, pos, d_model]}`` for all ``layers`` from one forward pass."""
     return activations(bundle, ids, {bundle.spec.hook_name(layer): layer for layer in layers})
@@ -160,6 +187,7 @@ def encode(
     include_special: bool = False,
     scales: Mapping[int, Tensor] | None = None,
     keep_active: bool = False,
+    source: str = RES,
 ) -> Encoding:
     """Encode ``text`` and return each token's ``top_k`` features on each chosen layer.
 
@@ -171,16 +199,20 @@ def encode(
     ``scales`` is ranked by raw activation. ``keep_active`` also keeps every active feature of
     every token (:attr:`LayerActivations.active`: as many entries as the SAE's L0 per token), so
     any feature's activation on the text can be read later without another forward pass.
+    ``source="transcoder"`` encodes with the transcoders instead (each reads its layer's
+    :data:`explorer.bundle.TRANSCODER_IN`), in the same one forward pass.
     """
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
         raise EncodeError(f"top-k must be a positive whole number, not {top_k!r}")
-    chosen = bundle.check_layers(layers)
-    ids, keep, resid, truncated = _reported(bundle, text, chosen, include_special)
+    source = check_source(source)
+    chosen = check_layers(bundle, layers, source)
+    ids, keep, resid, truncated = _reported(bundle, text, chosen, include_special, source)
     out: dict[int, LayerActivations] = {}
     for layer in chosen:
         scale = None if scales is None else scales.get(layer)
-        out[layer] = _layer_top(bundle, layer, resid[layer], top_k, scale, keep_active)
+        sae = dictionary(bundle, layer, source)
+        out[layer] = _layer_top(sae, layer, resid[layer], top_k, scale, keep_active)
     decode = bundle.tokenizer.decode
     return Encoding(
         preset=bundle.spec.name,
@@ -188,11 +220,12 @@ def encode(
         token_ids=[ids[i] for i in keep],
         truncated=truncated,
         layers=out,
+        source=source,
     )
 
 
 def _reported(
-    bundle: Bundle, text: str, layers: list[int], include_special: bool = False
+    bundle: Bundle, text: str, layers: list[int], include_special: bool = False, source: str = RES
 ) -> tuple[list[int], list[int], dict[int, Tensor], bool]:
     """Tokenize and run ``text`` once: ``(ids, kept positions, {layer: resid [kept, d]}, cut)``.
 
@@ -205,12 +238,13 @@ def _reported(
     special = bundle.special_ids
     keep = [i for i, t in enumerate(ids) if include_special or t not in special]
     keep_t = torch.tensor(keep, dtype=torch.long)
-    resid = residuals(bundle, torch.tensor([ids]), layers)
+    names = {input_hook(bundle, layer, source): layer for layer in layers}
+    resid = activations(bundle, torch.tensor([ids]), names)
     return ids, keep, {n: r[0, keep_t] for n, r in resid.items()}, truncated
 
 
 def _layer_top(
-    bundle: Bundle,
+    sae: Any,
     layer: int,
     resid: Tensor,
     top_k: int,
@@ -222,7 +256,6 @@ def _layer_top(
     active feature too (sparse)."""
     import torch
 
-    sae = bundle.sae(layer)
     with torch.inference_mode():
         feats = sae.encode(resid.to(sae.dtype)).float()  # [pos, d_sae]
     k = min(top_k, feats.shape[-1])
@@ -248,21 +281,29 @@ def _layer_top(
 
 
 def feature_activations(
-    bundle: Bundle, text: str, layer: int, feature: int
+    bundle: Bundle, text: str, layer: int, feature: int, source: str = RES
 ) -> tuple[list[str], list[float], bool]:
-    """One feature's activation on every (non-special) token of ``text``.
+    """One feature's activation on every (non-special) token of ``text`` (a residual SAE's or,
+    with ``source="transcoder"``, a transcoder's feature).
 
     ``(tokens, acts, truncated)``; used to mark a user's own text on a feature's dashboard.
     """
     import torch
 
-    chosen = bundle.check_layers([layer])
+    source = check_source(source)
+    chosen = check_layers(bundle, [layer], source)
+    sae = dictionary(bundle, layer, source)
     try:
-        bundle.check_feature(layer, feature)
+        if source == RES:
+            bundle.check_feature(layer, feature)
+        elif isinstance(feature, bool) or not 0 <= feature < int(sae.cfg.d_sae):
+            raise BundleError(
+                f"feature {feature} does not exist on transcoder layer {layer} "
+                f"(0–{int(sae.cfg.d_sae) - 1})"
+            )
     except BundleError as err:
         raise EncodeError(str(err)) from None
-    ids, keep, resid, truncated = _reported(bundle, text, chosen)
-    sae = bundle.sae(layer)
+    ids, keep, resid, truncated = _reported(bundle, text, chosen, source=source)
     with torch.inference_mode():
         acts = sae.encode(resid[layer].to(sae.dtype))[:, feature].float().clamp_min(0.0)
     decode = bundle.tokenizer.decode

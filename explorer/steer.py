@@ -19,6 +19,13 @@ default) or only at the positions that predict new tokens (``steer_prompt=False`
   SAE's error term is kept.
 - ``ablate``: clamp to 0.
 
+**Transcoder features** (``Steer.source == "transcoder"``): the transcoder of layer ``N`` reads
+``blocks.N.ln2.hook_normalized`` and writes ``blocks.N.hook_mlp_out``, so its feature's decoder
+row is a direction of the MLP's output: ``add`` adds ``strength * d_f`` to
+``blocks.N.hook_mlp_out`` (as if the feature fired ``strength`` more in the MLP's replacement).
+``clamp`` and ``ablate`` are refused for them: the transcoder reads the feature at the MLP's
+input, not where the direction is added, so "reads exactly ``strength``" does not hold there.
+
 **Units.** ``strength`` is in the feature's own activation units: the shipped SAEs' decoder rows
 have unit norm (0.9982 to 1.0015 on every layer), so adding ``strength`` moves the residual by
 ``strength`` in norm. The app's default is the steering evaluation's recommended strength
@@ -61,9 +68,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from explorer.bundle import Bundle, BundleError
-from explorer.encode import text_ids, with_bos
+from explorer.bundle import TRANSCODER_OUT, Bundle, BundleError
+from explorer.encode import dictionary, text_ids, with_bos
 from explorer.hooks import routed
+from explorer.store.schema import RES, StoreError, check_source, feature_name
 
 if TYPE_CHECKING:
     import torch
@@ -94,13 +102,17 @@ class Steer:
         layer: the SAE's layer.
         feature: the feature id.
         strength: activation units: added (``add``) or the value clamped to (``clamp``).
-        method: ``add``, ``clamp`` or ``ablate`` (ignores ``strength``).
+        method: ``add``, ``clamp`` or ``ablate`` (ignores ``strength``); a transcoder
+            feature's only ``add``.
+        source: ``res`` (a residual SAE's feature, added to its hook) or ``transcoder`` (``tc``:
+            a transcoder's feature, added to its layer's MLP output).
     """
 
     layer: int
     feature: int
     strength: float = 0.0
     method: str = "add"
+    source: str = RES
 
     def __post_init__(self) -> None:
         # Types first: a float feature id (1.5) or a string strength must not reach the hooks.
@@ -121,6 +133,20 @@ class Steer:
                 f"strength must be a finite number between -{MAX_STRENGTH:g} and "
                 f"{MAX_STRENGTH:g}, not {self.strength!r}"
             )
+        try:
+            object.__setattr__(self, "source", check_source(str(self.source)))
+        except StoreError:
+            raise SteerError(f"unknown source {self.source!r}: use res or tc") from None
+        if self.source != RES and self.method != "add":
+            raise SteerError(
+                f"{self.name}: a transcoder feature steers with add only (its direction is "
+                "added to the MLP's output; clamp and ablate are for res features)"
+            )
+
+    @property
+    def name(self) -> str:
+        """``L9 res #123`` / ``L9 tc #456``."""
+        return feature_name(self.layer, self.feature, self.source)
 
 
 @dataclass(frozen=True)
@@ -190,9 +216,16 @@ def check_steers(bundle: Bundle, steers: Sequence[Steer]) -> None:
     """Raise :class:`SteerError` for a layer the bundle lacks or a feature past the SAE's width."""
     for s in steers:
         try:
-            bundle.check_feature(s.layer, s.feature)
+            if s.source == RES:
+                bundle.check_feature(s.layer, s.feature)
+                continue
+            width = int(bundle.transcoder(s.layer).cfg.d_sae)
         except BundleError as err:
             raise SteerError(str(err)) from None
+        if not 0 <= s.feature < width:
+            raise SteerError(
+                f"feature {s.feature} does not exist on transcoder layer {s.layer} (0–{width - 1})"
+            )
 
 
 def check_prompt(prompt: Any) -> None:
@@ -265,8 +298,11 @@ def steering_hooks(bundle: Bundle, steers: Sequence[Steer], skip: int = 1) -> di
     return _steering_hooks(bundle, [tuple(steers)], [skip])
 
 
-def _directions(bundle: Bundle, steers: Sequence[Steer]) -> dict[tuple[int, int], torch.Tensor]:
-    """``{(layer, feature): d_f}``: what one unit of the feature adds to the reconstruction.
+def _directions(
+    bundle: Bundle, steers: Sequence[Steer]
+) -> dict[tuple[str, int, int], torch.Tensor]:
+    """``{(source, layer, feature): d_f}``: what one unit of the feature adds to the
+    reconstruction (a transcoder's: to its MLP-output reconstruction).
 
     Taken through the SAE's own ``decode`` (``decode(e_f) - decode(0)``), so any output scaling
     the SAE applies is included.
@@ -275,40 +311,46 @@ def _directions(bundle: Bundle, steers: Sequence[Steer]) -> dict[tuple[int, int]
 
     out = {}
     for s in steers:
-        sae = bundle.sae(s.layer)
+        sae = dictionary(bundle, s.layer, s.source)
         codes = torch.zeros(2, int(sae.cfg.d_sae), dtype=sae.dtype, device=sae.device)
         codes[1, s.feature] = 1.0
         with torch.inference_mode():
             dec = sae.decode(codes).float()
-        out[(s.layer, s.feature)] = (dec[1] - dec[0]).to(bundle.device)
+        out[(s.source, s.layer, s.feature)] = (dec[1] - dec[0]).to(bundle.device)
     return out
+
+
+def steer_hook(bundle: Bundle, layer: int, source: str = RES) -> str:
+    """Where a feature's steer acts: its SAE's hook, or (a transcoder's) the layer's MLP output,
+    :data:`explorer.bundle.TRANSCODER_OUT`."""
+    return bundle.spec.hook_name(layer) if source == RES else TRANSCODER_OUT.format(layer=layer)
 
 
 def _steering_hooks(
     bundle: Bundle, rows: list[tuple[Steer, ...]], skip: list[int]
 ) -> dict[str, Any]:
-    """One hook per steered layer; it changes only the rows that asked for it.
+    """One hook per steered hook point (a layer's SAE hook, or its MLP output for transcoder
+    features); it changes only the rows that asked for it.
 
     ``skip[0]`` is how many leading positions to leave alone in the current forward pass (1 in the
     prompt pass, for BOS; 0 afterwards).
     """
 
     dirs = _directions(bundle, [s for row in rows for s in row])
-    by_layer: dict[int, list[tuple[int, Steer]]] = {}
+    by_hook: dict[str, list[tuple[int, Steer]]] = {}
     for r, row in enumerate(rows):
         for s in row:
-            by_layer.setdefault(s.layer, []).append((r, s))
+            by_hook.setdefault(steer_hook(bundle, s.layer, s.source), []).append((r, s))
 
-    def make(layer: int) -> Any:
-        sae = bundle.sae(layer)
-
+    def make(name: str) -> Any:
         def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:
-            for r, s in by_layer[layer]:
+            for r, s in by_hook[name]:
                 x = resid[r, skip[0] :]
-                d = dirs[(s.layer, s.feature)].to(x.dtype)
+                d = dirs[(s.source, s.layer, s.feature)].to(x.dtype)
                 if s.method == "add":
                     x += s.strength * d
-                else:
+                else:  # a residual SAE's feature (Steer refuses clamp / ablate for others)
+                    sae = bundle.sae(s.layer)
                     a = sae.encode(x.to(sae.dtype))[:, s.feature].to(x.dtype)
                     target = s.strength if s.method == "clamp" else 0.0
                     x += (target - a)[:, None] * d
@@ -316,7 +358,7 @@ def _steering_hooks(
 
         return hook
 
-    return {bundle.spec.hook_name(layer): make(layer) for layer in by_layer}
+    return {name: make(name) for name in by_hook}
 
 
 def _stop_ids(bundle: Bundle) -> set[int]:

@@ -111,8 +111,8 @@ def ui(browser: Browser, served: str, tmp_path: Path) -> Iterator[UI]:
 
 
 def title(ui: UI) -> tuple[int, int]:
-    """``(layer, feature)`` from the header on screen (``Layer N · feature M``)."""
+    """``(layer, feature)`` from the header on screen (``L2 res #5 Layer 2 · feature 5 · …``)."""
     text = ui.panel().locator(".gse-title").inner_text()
-    found = re.fullmatch(r"Layer (\d+) · feature (\d+)", text.strip())
+    found = re.search(r"Layer (\d+) · feature (\d+)", text.strip())
     assert found, text
     return int(found[1]), int(found[2])

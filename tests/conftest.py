@@ -84,15 +84,21 @@ def random_saes(tmp_path: Path, gemma3_hf) -> dict[int, Path]:
 
 @pytest.fixture(scope="session")
 def app_parts(tmp_path_factory, gemma3_hf, tokenizer):
-    """The tiny Gemma 3 with random SAEs on layers 1 and 2, and a real store precomputed from a
-    small random-word corpus (built once: the expensive part of :func:`ctx`)."""
+    """The tiny Gemma 3 with random SAEs on layers 1 and 2 and random JumpReLU transcoders
+    (width 40) on all 4 layers, and a real store of both sources precomputed from a small
+    random-word corpus (built once: the expensive part of :func:`ctx`)."""
+    from circuits_helpers import make_transcoders
+
     from explorer.store import Store
     from precompute.store_build.accumulate import ReduceConfig
     from precompute.store_build.job import Job, RunConfig
 
     tmp = tmp_path_factory.mktemp("app")
     corpus = write_word_corpus(tmp / "c.jsonl")
-    bundle = tiny_bundle(gemma3_hf, tokenizer, make_random_saes(tmp, gemma3_hf))
+    make_transcoders(tmp / "tc", 32, 4, width=40, thresholds=(1.8, 2.2))
+    tcs = {n: tmp / "tc" / f"tc{n}" for n in range(4)}
+    saes = make_random_saes(tmp, gemma3_hf)
+    bundle = tiny_bundle(gemma3_hf, tokenizer, saes, transcoder_dirs=tcs)
     cfg = RunConfig(
         corpus=str(corpus),
         tokens=1500,
@@ -107,13 +113,18 @@ def app_parts(tmp_path_factory, gemma3_hf, tokenizer):
 @pytest.fixture
 def ctx(app_parts, tmp_path: Path):
     """The app's :class:`explorer.app.Context` over :func:`app_parts`, with a label database of
-    its own (a test never sees labels another test saved)."""
+    its own (a test never sees labels another test saved): the residual SAEs' labels in scope
+    ``tiny``, the transcoders' in ``tiny/transcoder`` of the same file."""
     from explorer.app import Context
     from explorer.labels import Labels
 
     bundle, store = app_parts
-    labels = Labels(tmp_path / "labels.sqlite", scope="tiny", widths={1: 48, 2: 48})
-    return Context(bundle=bundle, store=store, labels=labels)
+    path = tmp_path / "labels.sqlite"
+    labels = Labels(path, scope="tiny", widths={1: 48, 2: 48})
+    tc_labels = Labels(path, scope="tiny/transcoder", widths=dict.fromkeys(range(4), 40))
+    return Context(
+        bundle=bundle, store=store, labels=labels, source_labels={"transcoder": tc_labels}
+    )
 
 
 @pytest.fixture

@@ -285,10 +285,14 @@ def test_curated_labels_show_until_someone_labels_the_feature(ctx: Context) -> N
 def test_browse_pages_cover_every_match_once_in_order(
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole = browse.features(ctx, "all", "", "n_fires", True, False, False)
-    assert len(whole) == 96  # 2 layers x 48: one page of 500 holds them all
+    both = browse.features(ctx, "all", "", "n_fires", True, False, False)
+    assert len(both) == 96 + 160  # res: 2 layers x 48; tc: 4 layers x 40
+    whole = browse.features(ctx, "all", "", "n_fires", True, False, False, source="res")
+    assert len(whole) == 96 and set(whole["source"]) == {"res"}  # one page of 500 holds them
     monkeypatch.setattr(browse, "BROWSE_ROWS", 10)
-    pages = [browse.select(ctx, "all", "", "n_fires", True, False, False, p) for p in range(1, 11)]
+    pages = [
+        browse.select(ctx, "all", "", "n_fires", True, False, False, p, "res") for p in range(1, 11)
+    ]
     assert [len(p.table) for p in pages] == [10] * 9 + [6]
     assert {p.total for p in pages} == {96} and {p.hidden for p in pages} == {0}
     joined = pd.concat([p.table for p in pages], ignore_index=True)
@@ -296,12 +300,12 @@ def test_browse_pages_cover_every_match_once_in_order(
     # ties in the sort key keep (layer, feature) order
     keys = list(zip(-joined["n_fires"], joined["layer"], joined["feature"], strict=True))
     assert keys == sorted(keys)
-    table, total, page, *_ = browse.select(ctx, "all", "", "n_fires", True, False, False, 99)
+    table, total, page, *_ = browse.select(ctx, "all", "", "n_fires", True, False, False, 99, "res")
     assert page == 10 and table.equals(pages[-1].table)  # past the end: the last page
     assert browse.page_caption(total, page) == (
         "Features 91–96 of 96 (page 10 of 10; click a row to open)"
     )
-    ascending = browse.features(ctx, "2", "", "feature", False, False, False)
+    ascending = browse.features(ctx, "2", "", "feature", False, False, False, source="res")
     assert ascending["feature"].tolist() == list(range(10))
     with pytest.raises(UserError, match="page"):
         browse.features(ctx, "all", "", "density", True, True, True, 0)
@@ -309,15 +313,17 @@ def test_browse_pages_cover_every_match_once_in_order(
 
 def test_a_search_says_how_many_matches_the_filters_hide(ctx: Context) -> None:
     everything = browse.features(ctx, "all", "", hide_dense=False, hide_dead=False)
-    df = ctx.summary()
+    df = ctx.browse_summary()
     token = everything["top_tokens"].iat[0].split()[0]
     found = browse.select(ctx, "all", token, hide_dense=False, hide_dead=False)
     shown = browse.select(ctx, "all", token, hide_dense=True, hide_dead=True)
     assert found.hidden == 0 and found.total > 0
-    hits = set(zip(found.table["layer"], found.table["feature"], strict=True))
+    hits = set(
+        zip(found.table["layer"], found.table["feature"], found.table["source"], strict=True)
+    )
     dense_or_dead = {
-        (a, b) for a, b, x, y in zip(df["layer"], df["feature"], df["dense"], df["dead"],
-                                     strict=True) if x or y
+        (a, b, c) for a, b, c, x, y in zip(df["layer"], df["feature"], df["source"], df["dense"],
+                                           df["dead"], strict=True) if x or y
     }  # fmt: skip
     assert shown.hidden == len(hits & dense_or_dead) > 0  # the tiny store's live ones are dense
     assert shown.total == found.total - shown.hidden

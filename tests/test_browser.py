@@ -118,7 +118,8 @@ def test_a_user_goes_from_text_to_feature_label_steering_and_browse(ui: UI, ctx:
     page.locator("#browse-btn").click()
     expect(page.locator("#browse-table [role=grid]")).to_have_attribute("aria-rowcount", "2")
     expect(ui.cell("browse-table", 0, 1)).to_have_text(str(feature))
-    expect(ui.cell("browse-table", 0, 2)).to_have_text(label)
+    expect(ui.cell("browse-table", 0, 2)).to_have_text("res")
+    expect(ui.cell("browse-table", 0, 3)).to_have_text(label)
     expect(ui.panel().get_by_text("Features 1–1 of 1 (page 1 of 1")).to_be_visible()
     ui.shot("05-browse")
     ui.cell("browse-table", 0, 1).click()
@@ -209,11 +210,11 @@ def test_hostile_text_and_labels_are_shown_as_text(ui: UI, ctx: Context) -> None
     ui.panel().get_by_label("Hide dense").uncheck()
     ui.box("b-query").fill("window.__pwned")
     page.locator("#browse-btn").click()
-    expect(ui.cell("browse-table", 0, 2)).to_contain_text("<script>")
+    expect(ui.cell("browse-table", 0, 3)).to_contain_text("<script>")
     n_rows = int(page.locator("#browse-table [role=grid]").get_attribute("aria-rowcount") or 0)
     shown = {ui.cell("browse-table", r, 1).inner_text(): r for r in range(n_rows - 1)}
     assert str(feature) in shown
-    expect(ui.cell("browse-table", shown[str(feature)], 2)).to_have_text(HOSTILE)
+    expect(ui.cell("browse-table", shown[str(feature)], 3)).to_have_text(HOSTILE)
     expect(page.locator("#browse-table img, #browse-table script")).to_have_count(0)
     ui.shot("10-hostile-browse")
 

@@ -180,21 +180,24 @@ def test_browse_finds_features_by_their_explanations(
     shown = dict(zip(_pairs(hits), hits["explanation"], strict=True))
     assert shown[(1, f1)] == "weekdays"  # the column holds the best explanation
     assert shown[(2, f2)] == hostile  # verbatim: the table shows text
-    assert list(hits.columns[:4]) == ["layer", "feature", "label", "explanation"]
-    # Explanation hits rank before plain top-token hits, labels before both, whatever the sort.
+    assert list(hits.columns[:5]) == ["layer", "feature", "source", "label", "explanation"]
+    # Explanation hits rank before plain top-token hits, labels before both, whatever the sort
+    # (explanations and these labels are the residual SAEs' features').
     token = next(t for t in plain["top_tokens"] if len(t.split()[0].strip()) >= 3).split()[0]
-    by_token = browse.features(ctx, "all", token, "n_fires", True, False, False)
+    by_token = browse.features(ctx, "all", token, "n_fires", True, False, False, source="res")
     assert len(by_token) >= 2
     last = _pairs(by_token)[-1]
     db.add([NewExplanation(layer=last[0], feature=last[1], text=f"says {token}", source="llm",
                            method="m", model="x")])  # fmt: skip
-    ranked = browse.features(ctx, "all", token, "n_fires", True, False, False)
+    ranked = browse.features(ctx, "all", token, "n_fires", True, False, False, source="res")
     assert _pairs(ranked)[0] == last
     assert len(ranked) == len(by_token)
-    ascending = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False)
+    ascending = browse.features(
+        ctx, "all", "minnesota", "n_fires", False, False, False, source="res"
+    )
     bottom = _pairs(ascending)[-1]
     ctx.labels.add(*bottom, "Minnesota, by a person")
-    ranked = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False)
+    ranked = browse.features(ctx, "all", "minnesota", "n_fires", False, False, False, source="res")
     assert _pairs(ranked)[0] == bottom
     # A long explanation is cut short in the table, at a word.
     db.add([NewExplanation(layer=1, feature=f1, text="Minnesota " + "lakes and rivers " * 20,

@@ -88,8 +88,9 @@ def test_a_curated_label_is_not_put_in_the_label_box(ctx: Context) -> None:
 
 
 def test_the_label_tab_opens_on_a_queued_feature_and_shows_what_it_saved(ctx: Context) -> None:
-    shown, layer, feature, header, _, history = labelling.first_values(ctx)
-    assert shown == (int(layer), feature) and f"feature {feature}" in header
+    shown, _, feature, header, _, history, source = labelling.first_values(ctx)
+    assert shown == (shown[0], feature, "transcoder" if source == "tc" else "res")
+    assert f"Layer {shown[0]} · feature {feature}" in header
     assert list(history.columns) == labelling.HISTORY_COLUMNS and history.empty
 
 

@@ -46,7 +46,7 @@ def test_a_browse_view_round_trips_without_gradios_page_key() -> None:
 def test_a_steering_set_up_is_marked_not_generated() -> None:
     query = links.steer_query("hi", [(2, 5, 40.0, "add")], run=False, temperature=0.7, seed=1)
     found = parsed(query)
-    assert found.run is False and found.steers == [(2, 5, 40.0, "add")]
+    assert found.run is False and found.steers == [(2, 5, 40.0, "add", "res")]
     assert parsed(links.steer_query("hi", [], temperature=0)).run is True  # old links generate
 
 

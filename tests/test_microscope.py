@@ -74,7 +74,7 @@ def planted(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[in
     maxes = {n: np.maximum(m, 2 * acts[n].max(axis=0)) for n, m in ctx.max_acts().items()}
     maxes[layer_a][feat_a] = 10 * acts[layer_a][pos_a, feat_a]
     maxes[layer_b][feat_b] = acts[layer_b][pos_b, feat_b]
-    monkeypatch.setattr(ctx, "max_acts", lambda: maxes)
+    monkeypatch.setattr(ctx, "max_acts", lambda source="res": maxes)
     return {"A": (layer_a, int(feat_a), int(pos_a)), "B": (layer_b, feat_b, pos_b)}
 
 
@@ -103,7 +103,7 @@ def test_planted_relative_strength_beats_raw_everywhere(ctx: Context, planted) -
         r'<span class="gse-tok" data-pos="(\d+)" style="([^"]*)" title="([^"]*)"', view.tokens_html
     )[pb]
     assert f"background: {render.strength_colour(1.0)};" in span[1]
-    assert f"layer {lb} feature {fb}: 100% of its max" in span[2]
+    assert f"L{lb} res #{fb}: 100% of its max" in span[2]
     assert view.highlighted[pb][1] == pytest.approx(1.0)
     assert view.heatmap.data[0].z[LAYERS.index(lb)][pb] == pytest.approx(100.0)
     found = browse.search_by_inference(ctx, TEXT, 100)
@@ -117,7 +117,7 @@ def test_whole_text_ranking_equals_brute_force(ctx: Context, planted, aggregate:
     assert pairs(view.text_top) == want[: microscope.TEXT_TOP]
     assert list(view.text_top.columns) == [
         "layer", "feature", "label", f"{aggregate} % of max", f"{aggregate} act", "tokens",
-        "density %",
+        "density %", "source",
     ]  # fmt: skip
 
 

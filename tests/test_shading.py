@@ -66,7 +66,7 @@ def test_past_the_store_maximum_is_said_and_the_colour_capped(
     peak = float(acts[:, feature].max())
     maxes = {n: m.copy() for n, m in ctx.max_acts().items()}
     maxes[2][feature] = peak / 2  # the text reaches 200% of the "corpus" maximum
-    monkeypatch.setattr(ctx, "max_acts", lambda: maxes)
+    monkeypatch.setattr(ctx, "max_acts", lambda source="res": maxes)
     v = microscope.view(ctx, TEXT, ["1", "2"], max_density_pct=100, shade=f"2:{feature}")
     at = int(acts[:, feature].argmax())
     assert v.shading.rel[at] == pytest.approx(200.0, abs=0.1)

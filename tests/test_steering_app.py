@@ -92,8 +92,8 @@ BAD_TABLES: list[tuple[str, Any, str]] = [
     ("missing layer", [[None, 3, S]], "row 1: layer is missing: enter a whole number"),
     (
         "too many cells",
-        [[2, 3, S, "add", "", "", "x"]],
-        "row 1 has 7 cells; the table has 6 columns",
+        [[2, 3, S, "add", "", "", "res", "x"]],
+        "row 1 has 8 cells; the table has 7 columns",
     ),
     (
         "second row bad",
@@ -213,9 +213,9 @@ def test_every_table_shape_reads_the_same(ctx: Context) -> None:
     want = [Steer(2, 3, 5.0, "add"), Steer(1, 7, default, "clamp"), Steer(2, 4, 0.0, "ablate")]
     frame = pd.DataFrame(
         [
-            [2, 3, 5.0, "add", "a label", "likely to steer (0.60)"],
-            [1, 7, np.nan, "clamp", None, None],
-            [2, 4, np.nan, "ablate", "", ""],
+            [2, 3, 5.0, "add", "a label", "likely to steer (0.60)", "res"],
+            [1, 7, np.nan, "clamp", None, None, None],
+            [2, 4, np.nan, "ablate", "", "", ""],
         ],
         columns=list(steering.STEER_COLUMNS),
     )

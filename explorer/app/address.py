@@ -30,6 +30,7 @@ from explorer.app.labelling import LabellingTab
 from explorer.app.microscope_tab import MicroscopeTab
 from explorer.app.steering import SteeringTab
 from explorer.app.ui import warn
+from explorer.store.schema import RES, SHORT
 
 TAB_IDS = (
     start.TAB_ID, microscope.TAB_ID, dashboard.TAB_ID, steering.TAB_ID, browse.TAB_ID,
@@ -79,10 +80,11 @@ class Parts:
     steer_ran: gr.State  # the steering set-up last generated, as its link (None: none yet)
 
 
-def micro_defaults(ctx: Context) -> dict[str, Any]:
-    """The microscope's settings when the page opens (a link names only those that differ)."""
+def micro_defaults(ctx: Context, source: str = RES) -> dict[str, Any]:
+    """The microscope's settings when the page opens (a link names only those that differ);
+    ``source``'s default layers."""
     return {
-        "layers": microscope.default_layers(ctx),
+        "layers": microscope.default_layers(ctx, source),
         "metric": microscope.DEFAULT_METRIC,
         "density": round(100 * ctx.dense_threshold, 6),
         "aggregate": "max",
@@ -92,20 +94,26 @@ def micro_defaults(ctx: Context) -> dict[str, Any]:
 def micro_link(ctx: Context, view: dict[str, Any] | None) -> str:
     if not view or not view.get("text"):
         return links.tab_query(microscope.TAB_ID)
-    return links.microscope_query(view, micro_defaults(ctx))
+    source = links.SOURCE_NAMES.get(str(view.get("source") or RES), RES)
+    return links.microscope_query(view, micro_defaults(ctx, source))
 
 
 def shown_link(shown: Any, tab: str) -> str:
     """The dashboard's or the label form's feature (``shown``) as a link."""
-    return links.feature_query(shown[0], shown[1], tab=tab) if shown else links.tab_query(tab)
+    if not shown:
+        return links.tab_query(tab)
+    layer, feature, source = dashboard.shown_feature(shown)
+    return links.feature_query(layer, feature, tab=tab, source=source)
 
 
 def browse_link(
-    layer: Any, query: Any, sort_by: Any, desc: Any, dense: Any, dead: Any, page: Any
-) -> str:
+    layer: Any, query: Any, sort_by: Any, desc: Any, dense: Any, dead: Any, page: Any,
+    source: Any = "all",
+) -> str:  # fmt: skip
     criteria = {"layer": layer, "query": (query or "").strip(), "sort_by": sort_by,
                 "descending": bool(desc), "hide_dense": bool(dense), "hide_dead": bool(dead),
-                "page": int(page) if page not in (None, "") else 1}  # fmt: skip
+                "page": int(page) if page not in (None, "") else 1,
+                "source": source or "all"}  # fmt: skip
     return links.browse_query(criteria)
 
 
@@ -131,7 +139,7 @@ def steer_link(
         }
     except (UserError, TypeError, ValueError):
         return None
-    rows = [(s.layer, s.feature, s.strength, s.method) for s in steers]
+    rows = [(s.layer, s.feature, s.strength, s.method, s.source) for s in steers]
     return links.steer_query(prompt or "", rows, run=run, **values)
 
 
@@ -141,7 +149,7 @@ def wire(ctx: Context, demo: gr.Blocks, p: Parts) -> None:
     autorun = gr.Textbox(visible="hidden", elem_id="gse-autorun")
     p.link.change(None, [p.link], None, js=SET_URL)
     criteria = [p.found.layer, p.found.query, p.found.sort, p.found.desc, p.found.dense,
-                p.found.dead, p.found.page]  # fmt: skip
+                p.found.dead, p.found.page, p.found.source]  # fmt: skip
     setup: list[Any] = [p.steer.prompt, p.steer.steer_table, p.steer.temperature, p.steer.max_new,
              p.steer.seed, p.steer.freq]  # fmt: skip
 
@@ -208,7 +216,8 @@ def wire(ctx: Context, demo: gr.Blocks, p: Parts) -> None:
     p.steer.gen_btn.click(generated, [active, *everything], [p.link, p.steer_ran],
                           api_visibility="private")  # fmt: skip
 
-    outputs = [*p.dash.outputs, p.micro.text, p.micro.layers, p.micro.metric, p.micro.density,
+    outputs = [*p.dash.outputs, p.micro.text, p.micro.source, p.micro.layers, p.micro.metric,
+               p.micro.density,
                p.micro.aggregate, p.micro.view, *setup, p.steer_ran, *criteria, p.found.table,
                *p.label.outputs, active, autorun]  # fmt: skip
 
@@ -255,7 +264,7 @@ def opened(ctx: Context, found: links.Link, p: Parts) -> tuple[Any, ...]:
     label_feature = found.feature if tab == labelling.TAB_ID else None
     if found.feature is not None and label_feature is None:
         try:
-            dash_values = list(dashboard.open_values(ctx, *found.feature))
+            dash_values = list(dashboard.open_values(ctx, *found.feature, source=found.source))
         except UserError as e:
             found.problems.append(f"cannot open the feature: {e}")
     dash_values[-1] = gr.Tabs(selected=tab) if tab != start.TAB_ID else gr.skip()
@@ -264,7 +273,7 @@ def opened(ctx: Context, found: links.Link, p: Parts) -> tuple[Any, ...]:
     browse_values = _browse_values(ctx, found)
     try:
         label_values = list(
-            labelling.show_values(ctx, *label_feature)
+            labelling.show_values(ctx, *label_feature, found.source)
             if label_feature
             else labelling.first_values(ctx)
         )
@@ -285,13 +294,20 @@ def opened(ctx: Context, found: links.Link, p: Parts) -> tuple[Any, ...]:
 
 
 def _micro_values(ctx: Context, found: links.Link) -> list[Any]:
-    """The microscope's text, layers, metric, density, ranking and view record from a link."""
+    """The microscope's text, source, layers, metric, density, ranking and view record from a
+    link."""
     if found.text is None:
-        return [gr.skip() for _ in range(6)]
+        return [gr.skip() for _ in range(7)]
     asked = found.micro
+    try:
+        source = ctx.source(found.source)
+    except UserError as e:
+        found.problems.append(str(e))
+        source = RES
+    have = ctx.source_layers(source)
     layers = asked.get("layers")
-    if layers is not None and not set(layers) <= set(ctx.layers):
-        found.problems.append(f"layers must be among {', '.join(map(str, ctx.layers))}")
+    if layers is not None and not set(layers) <= set(have):
+        found.problems.append(f"layers must be among {', '.join(map(str, have))}")
         layers = None
     metric, aggregate = asked.get("metric"), asked.get("aggregate")
     if metric is not None and metric not in microscope.METRICS:
@@ -304,12 +320,17 @@ def _micro_values(ctx: Context, found: links.Link) -> list[Any]:
     if density is not None and not 0 <= density <= 100:
         found.problems.append("density must be a % from 0 to 100")
         density = None
-    view = {"text": found.text, "token": asked.get("token"), "shade": asked.get("shade")}
+    view = {"text": found.text, "token": asked.get("token"), "shade": asked.get("shade"),
+            "source": SHORT[source]}  # fmt: skip
 
     def given(value: Any) -> Any:
         return value if value is not None else gr.skip()
 
-    return [found.text, [str(n) for n in layers] if layers else gr.skip(), given(metric),
+    ticked = [str(n) for n in (layers or microscope.default_layers(ctx, source))]
+    shown = gr.CheckboxGroup(choices=[str(n) for n in have], value=ticked)
+    if source == RES and not layers:
+        shown = gr.skip()
+    return [found.text, SHORT[source] if source != RES else gr.skip(), shown, given(metric),
             given(density), given(aggregate), view]  # fmt: skip
 
 
@@ -319,11 +340,12 @@ def _steer_values(ctx: Context, found: links.Link) -> list[Any]:
     values: list[Any] = [found.prompt if found.prompt is not None else gr.skip()]
     if found.steers:
         rows: list[Any] = []
-        for layer, feature, strength, method in found.steers:
+        for layer, feature, strength, method, source in found.steers:
             try:
-                rows = steering.add_steer(ctx, rows, layer, feature, strength, method)
+                rows = steering.add_steer(ctx, rows, layer, feature, strength, method, source)
             except UserError as e:
-                found.problems.append(f"steer {layer}:{feature}: {e}")
+                prefix = "" if source == RES else SHORT[source]
+                found.problems.append(f"steer {prefix}{layer}:{feature}: {e}")
         values.append(steering.to_table(ctx, rows))
     else:
         values.append(gr.skip())
@@ -344,10 +366,10 @@ def _browse_values(ctx: Context, found: links.Link) -> list[Any]:
         try:
             page = browse.select(ctx, **criteria)
         except UserError:
-            return [gr.skip() for _ in range(8)]
+            return [gr.skip() for _ in range(9)]
     table = gr.Dataframe(value=page.table, label=browse.page_caption(*page[1:]))
     layer = criteria["layer"]
     return [
         str(layer), criteria["query"], criteria["sort_by"], criteria["descending"],
-        criteria["hide_dense"], criteria["hide_dead"], page.page, table,
+        criteria["hide_dense"], criteria["hide_dead"], page.page, criteria["source"], table,
     ]  # fmt: skip

@@ -1,6 +1,10 @@
 """The Browse & search tab: the store's features as a table (filtered, searched by label,
 explanation, automatic description or top token, sorted), and search by inference (the features
-most active on a text)."""
+most active on a text).
+
+The table holds every source the store has (the residual SAEs' features, ``res``, and the
+transcoders', ``tc``), with a ``source`` column and a source filter; a search, "interesting
+first" and the random feature cover them all."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import ui
 from explorer.explanations import Explanation, FeatureHits
 from explorer.labels import LabelError
+from explorer.store.schema import BY_SHORT, RES, SHORT
 
 TAB_ID = "browse"
 BROWSE_ROWS = 500  # rows a page of the browse table shows (never the whole store)
@@ -36,11 +41,23 @@ SORTS = {  # what the Sort by menu shows -> the summary's column
 }
 
 
-KEY = 1 << 32  # (layer, feature) as one int64: layer * KEY + feature
+KEY = 1 << 32  # (source, layer, feature) as one int64: (source * SOURCE_KEY + layer) * KEY + f
+SOURCE_KEY = 1 << 16
+SOURCE_FILTER = ("all", SHORT[RES], "tc")  # the source filter's values
 
 
-def _keys(layers: Any, features: Any) -> np.ndarray:
-    return np.asarray(layers, dtype=np.int64) * KEY + np.asarray(features, dtype=np.int64)
+def _keys(layers: Any, features: Any, sources: Any = 0) -> np.ndarray:
+    """Each feature as one int64; ``sources`` is 0 for a ``res`` feature, 1 for a ``tc`` one."""
+    src = np.asarray(sources, dtype=np.int64) * SOURCE_KEY
+    return (src + np.asarray(layers, dtype=np.int64)) * KEY + np.asarray(features, dtype=np.int64)
+
+
+Labelled = dict[tuple[int, int, int], str]
+"""``{(source index, layer, feature): label text}``: source 0 is ``res``, 1 ``tc``."""
+
+
+def _split3(pairs: list[tuple[int, int, int]]) -> tuple[list[int], list[int], list[int]]:
+    return [b for _, b, _ in pairs], [c for _, _, c in pairs], [a for a, _, _ in pairs]
 
 
 def _explained(ctx: Context, query: str) -> FeatureHits:
@@ -64,23 +81,25 @@ def _split(pairs: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
 
 
 def _tiers(
-    ctx: Context, query: str, keys: np.ndarray, labelled: dict[tuple[int, int], str]
+    ctx: Context, query: str, keys: np.ndarray, labelled: Labelled
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """:func:`relevance.tiers` of ``query`` over the summary's rows (``keys``): people's labels
     and notes through the label index (ranked by bm25), then any label holding the query (the
     curated ones too); explanations through theirs; tokens through :meth:`Context.tokens`.
     The third value says whether the explanations were cut short (:func:`_partial`)."""
-    try:
-        found = ctx.labels.search(query, limit=BROWSE_ROWS)
-    except LabelError as e:
-        raise UserError(str(e)) from None
+    hits: list[tuple[tuple[int, int, int], str]] = []
+    for i, source in enumerate(ctx.browse_sources()):
+        try:
+            found = ctx.labels_for(source).search(query, limit=BROWSE_ROWS)
+        except LabelError as e:
+            raise UserError(str(e)) from None
+        hits += [((i, h.layer, h.feature), f"{h.label} {h.notes}") for h in found]
     q = relevance.normalize(query)
-    hits = [((h.layer, h.feature), f"{h.label} {h.notes}") for h in found]
     hits += [(k, text) for k, text in labelled.items() if q in relevance.normalize(text)]
-    best: dict[tuple[int, int], str] = {}
+    best: dict[tuple[int, int, int], str] = {}
     for k, text in hits:  # each feature once, at its best place
         best.setdefault(k, text)
-    label_keys = _keys(*_split(list(best))).tolist()
+    label_keys = _keys(*_split3(list(best))).tolist()
     explained = _explained(ctx, query)
     tier, within = relevance.tiers(
         keys,
@@ -109,20 +128,25 @@ def select(
     hide_dense: bool = True,
     hide_dead: bool = True,
     page: Any = 1,
+    source: Any = "all",
 ) -> BrowsePage:
     """One page of :func:`features` (``BROWSE_ROWS`` rows), the number of matching features,
     the page number shown (a page past the end shows the last one) and, for a search, how many
-    more features match among those Hide dense / Hide dead leave out.
+    more features match among those Hide dense / Hide dead leave out. ``source`` shows one
+    source's features (``res``, ``tc``; ``"all"``: every source the store holds).
 
     Vectorized over the store's features (425,984 for Gemma Scope's 26 x 16k): masks, one stable
     sort of row numbers, and per-row Python only for the rows of the page.
     """
-    df = ctx.summary()
+    df = ctx.browse_summary()
     in_layer = np.ones(len(df), dtype=bool)
     layers = df["layer"].to_numpy()
+    src = (df["source"].to_numpy() != SHORT[RES]).astype(np.int64)
+    if source not in (None, "", "all"):
+        in_layer &= df["source"].to_numpy() == SHORT[ctx.source(source)]
     if layer not in (None, "", "all"):
         layer_n = parse_int(layer, "layer")
-        if layer_n not in ctx.layers:
+        if layer_n not in browse_layers(ctx):
             raise UserError(f"layer {layer_n} has no SAE here")
         in_layer &= layers == layer_n
     mask = in_layer.copy()
@@ -138,12 +162,15 @@ def select(
         raise UserError("the search text is too long (200 characters at most)")
     if sort_by not in SORTS.values():
         raise UserError(f"cannot sort by {str(sort_by)[:40]!r}; choose one of {', '.join(SORTS)}")
-    labels = ctx.labels.current_all()
-    keys = _keys(layers, df["feature"].to_numpy())
-    labelled = {**ctx.curated, **{k: v.label for k, v in labels.items()}}
+    shorts = [SHORT[s] for s in ctx.browse_sources()]
+    labels = {short: ctx.labels_for(BY_SHORT[short]).current_all() for short in shorts}
+    keys = _keys(layers, df["feature"].to_numpy(), src)
+    labelled: Labelled = {(0, a, b): text for (a, b), text in ctx.curated.items()}
+    for i, short in enumerate(shorts):
+        labelled.update({(i, a, b): v.label for (a, b), v in labels[short].items()})
     values = df[sort_by].to_numpy(dtype=float)
     if sort_by == "interest":  # labelled features first: people found them worth naming
-        values = values + np.isin(keys, _keys(*_split(list(labelled))))
+        values = values + np.isin(keys, _keys(*_split3(list(labelled))))
     sort_key = -values if descending else values
     if q:
         tier, within, partial = _tiers(ctx, query.strip(), keys, labelled)
@@ -160,28 +187,32 @@ def select(
     shown = df.iloc[order[(page_n - 1) * BROWSE_ROWS : page_n * BROWSE_ROWS]]
     shown = shown.assign(
         label=[
-            ctx.label_text(labels, int(a), int(b))
-            for a, b in zip(shown["layer"], shown["feature"], strict=True)
+            ctx.label_text(labels.get(c, {}), int(a), int(b), BY_SHORT[c])
+            for a, b, c in zip(shown["layer"], shown["feature"], shown["source"], strict=True)
         ]
     )
     cols = [
-        "layer", "feature", "label", "description", "density", "max_act", "n_fires", "steer",
-        "top_tokens",
+        "layer", "feature", "source", "label", "description", "density", "max_act", "n_fires",
+        "steer", "top_tokens",
     ]  # fmt: skip
-    if ctx.explanations is not None:  # the best explanation of each row shown, cut short
-        pairs = [(int(a), int(b)) for a, b in zip(shown["layer"], shown["feature"], strict=True)]
+    if ctx.explanations is not None:  # the best explanation of each res row shown, cut short
+        pairs = [
+            (int(a), int(b))
+            for a, b, c in zip(shown["layer"], shown["feature"], shown["source"], strict=True)
+            if c == SHORT[RES]
+        ]
         best: dict[tuple[int, int], Explanation] = ctx.read_explanations(
             lambda x: x.best_many(pairs), {}
         )
         shown = shown.assign(
             explanation=[
-                textwrap.shorten(best[p].text, EXPLANATION_CHARS, placeholder=" …")
-                if p in best
+                textwrap.shorten(best[(int(a), int(b))].text, EXPLANATION_CHARS, placeholder=" …")
+                if c == SHORT[RES] and (int(a), int(b)) in best
                 else ""
-                for p in pairs
+                for a, b, c in zip(shown["layer"], shown["feature"], shown["source"], strict=True)
             ]
         )
-        cols.insert(3, "explanation")
+        cols.insert(4, "explanation")
     out = pd.DataFrame(shown[cols]).reset_index(drop=True)
     out["density"] = (100 * out["density"]).round(4)
     out["max_act"] = out["max_act"].astype(float).round(3)
@@ -193,6 +224,12 @@ def select(
         }
     )  # fmt: skip
     return BrowsePage(out, len(order), page_n, hidden, partial)
+
+
+def browse_layers(ctx: Context) -> list[int]:
+    """Every layer of a source the store holds (the layer filter's choices)."""
+    found = {n for s in ctx.browse_sources() for n in ctx.source_layers(s)}
+    return sorted(found or ctx.layers)
 
 
 def features(ctx: Context, *criteria: Any, **named: Any) -> pd.DataFrame:
@@ -252,6 +289,7 @@ def search_by_inference(ctx: Context, text: str, max_density_pct: Any = None) ->
 
 @dataclass
 class BrowseTab:
+    source: gr.Dropdown
     layer: gr.Dropdown
     query: gr.Textbox
     sort: gr.Dropdown
@@ -271,8 +309,12 @@ class BrowseTab:
 def layout(ctx: Context) -> BrowseTab:
     """The tab's components and its own events (search, search by inference); the random
     feature button opens the Feature tab, which :mod:`explorer.app.layout` wires."""
-    layer_names = [str(n) for n in ctx.layers]
+    layer_names = [str(n) for n in browse_layers(ctx)]
     with gr.Row():
+        b_source = gr.Dropdown(
+            list(SOURCE_FILTER), value="all", label="Source", elem_id="b-source",
+            visible=len(ctx.browse_sources()) > 1,
+        )  # fmt: skip
         b_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer", elem_id="b-layer")
         searched = "labels, explanations," if ctx.explanations is not None else "labels,"
         b_query = gr.Textbox(
@@ -313,24 +355,26 @@ def layout(ctx: Context) -> BrowseTab:
         hide_dense: bool = True,
         hide_dead: bool = True,
         page: Any = 1,
+        source: Any = "all",
     ) -> pd.DataFrame:
         """Features of the store as a table: filtered, searched by label, explanation,
         automatic description or top token, sorted; one page of at most 500 rows (``page`` 1
-        first)."""
-        return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead, page)
+        first); ``source`` res, tc or all."""
+        return features(ctx, layer, query, sort_by, descending, hide_dense, hide_dead, page, source)
 
     def search(
-        layer: Any, query: str, sort_by: str, desc: bool, dense: bool, dead: bool
+        layer: Any, query: str, sort_by: str, desc: bool, dense: bool, dead: bool, source: Any
     ) -> tuple[Any, int]:
         # new criteria: back to the first page
-        return table_update(ctx, layer, query, sort_by, desc, dense, dead, 1), 1
+        return table_update(ctx, layer, query, sort_by, desc, dense, dead, 1, source), 1
 
     def turn(step: int) -> Any:
         def go(
-            layer: Any, query: str, sort_by: str, desc: bool, dense: bool, dead: bool, page: Any
-        ) -> tuple[Any, int]:
+            layer: Any, query: str, sort_by: str, desc: bool, dense: bool, dead: bool, page: Any,
+            source: Any,
+        ) -> tuple[Any, int]:  # fmt: skip
             wanted = max(1, parse_int(page or 1, "page") + step)
-            found = select(ctx, layer, query, sort_by, desc, dense, dead, wanted)
+            found = select(ctx, layer, query, sort_by, desc, dense, dead, wanted, source)
             return gr.Dataframe(value=found.table, label=page_caption(*found[1:])), found.page
 
         return go
@@ -339,17 +383,21 @@ def layout(ctx: Context) -> BrowseTab:
     # The API's endpoint returns the table alone; the page's own events also set its caption
     # (which rows of how many) and the page number.
     api = gr.Button(visible=False)
-    api.click(ui(browse), [*criteria, b_page], b_table, api_name="browse")
-    for event in (b_btn.click, b_query.submit):  # new criteria: back to the first page
-        event(ui(search), criteria, [b_table, b_page], api_visibility="private")
+    api.click(ui(browse), [*criteria, b_page, b_source], b_table, api_name="browse")
+    for event in (b_btn.click, b_query.submit, b_source.input):  # back to the first page
+        event(ui(search), [*criteria, b_source], [b_table, b_page], api_visibility="private")
     for event, step in ((b_prev.click, -1), (b_next.click, 1), (b_page.submit, 0)):
-        event(ui(turn(step)), [*criteria, b_page], [b_table, b_page], api_visibility="private")
+        event(
+            ui(turn(step)), [*criteria, b_page, b_source], [b_table, b_page],
+            api_visibility="private",
+        )  # fmt: skip
 
     def search_inference(text: str, max_density_pct: Any) -> Any:
         return render.shade_column(search_by_inference(ctx, text, max_density_pct), SI_RANK)
 
     si_btn.click(ui(search_inference), [si_text, si_density], si_table, api_name="search_inference")
     return BrowseTab(
+        source=b_source,
         layer=b_layer,
         query=b_query,
         sort=b_sort,

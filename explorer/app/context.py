@@ -32,8 +32,15 @@ from explorer.bundle import build_bundle, bundle_identity, preset
 from explorer.explanations import ExplanationError, Explanations
 from explorer.labels import LabelError, Labels
 from explorer.paths import ASSETS_STORE, CURATED
-from explorer.store import Store
-from explorer.store.schema import DEFAULT_DENSE_THRESHOLD
+from explorer.store import Store, StoreError
+from explorer.store.schema import (
+    DEFAULT_DENSE_THRESHOLD,
+    RES,
+    SHORT,
+    TRANSCODER,
+    check_source,
+    feature_name,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +106,16 @@ class Context:
         content: the curated example texts and features (the Start tab's table, the
             microscope's example texts).
         policy: who may write labels, import and retract (open unless published).
-        explanations: generated and imported explanations (``None``: none to show).
+        explanations: generated and imported explanations (``None``: none to show); they are
+            the residual SAEs' features' only.
+        source_labels: the label database of each other source (``transcoder``): the same file
+            as ``labels``, a scope of its own (:func:`source_scope`), so a label saved for
+            ``L2 tc #5`` never shows on ``L2 res #5``; opened on first use when not given.
+
+    Sources (Neuronpedia's word): the app offers the residual SAEs' features (``res``) always
+    and the transcoders' (``transcoder``, ``tc``) when the bundle has transcoders
+    (:attr:`sources`); a source's dashboards, browse rows and strengths need the store to hold
+    it too (:meth:`reader`), its encoding and steering need only the bundle.
     """
 
     bundle: Bundle
@@ -111,14 +127,90 @@ class Context:
     )
     policy: WritePolicy = field(default_factory=WritePolicy)
     explanations: Explanations | None = None
-    _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
+    source_labels: dict[str, Labels] = field(default_factory=dict)
+    _summary: dict[str, pd.DataFrame] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
     _tokens: TokenIndex | None = field(default=None, init=False, repr=False, compare=False)
-    _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
-    _maxes: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _dens: dict[str, dict[int, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _maxes: dict[str, dict[int, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _tc_widths: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def layers(self) -> list[int]:
+        """The residual SAEs' layers."""
         return list(self.bundle.layers)
+
+    # --- sources ----------------------------------------------------------------------------------
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The sources the app offers: ``res``, and ``transcoder`` when the bundle has them."""
+        spec = getattr(self.bundle, "spec", None)  # a stand-in bundle may have no spec
+        return (RES, TRANSCODER) if getattr(spec, "transcoder_layers", ()) else (RES,)
+
+    def source(self, source: Any = RES) -> str:
+        """A source as the page, a link or the API names it (``res``, ``tc``, ``transcoder``;
+        blank: ``res``), checked against :attr:`sources`; else :class:`UserError`."""
+        if source is None or (isinstance(source, str) and not source.strip()):
+            return RES
+        text = str(source).strip().lower()
+        try:
+            found = check_source(text)
+        except StoreError:
+            raise UserError(f"unknown source {str(source)[:40]!r}: use res or tc") from None
+        if found not in self.sources:
+            raise UserError(
+                "this bundle has no transcoders: its features are the residual SAEs' (res)"
+            )
+        return found
+
+    def source_layers(self, source: str = RES) -> list[int]:
+        """The layers of a source's dictionaries in the bundle."""
+        if source == RES:
+            return self.layers
+        return list(self.bundle.spec.transcoder_layers)
+
+    def reader(self, source: str = RES) -> Store | None:
+        """The store's reader of ``source`` (``None``: no store, or one without that source)."""
+        if self.store is None or source not in self.sources:
+            return None
+        if source == RES:
+            return self.store
+        return self.store.source(source) if source in self.store.sources else None
+
+    def need_reader(self, source: str = RES, what: str = "a dashboard") -> Store:
+        """:meth:`reader`, or :class:`UserError` saying why there is none and how to build it."""
+        found = self.reader(source)
+        if found is not None:
+            return found
+        if self.store is None:
+            raise UserError(
+                f"this bundle has no feature store, so there is no {what}; build one with "
+                "`python -m precompute run`"
+            )
+        raise UserError(
+            f"the feature store has no {source} data, so there is no {what} for {SHORT[source]} "
+            "features (they still encode and steer); rebuild the store with `python -m "
+            "precompute run` and this bundle, which has transcoders"
+        )
+
+    def labels_for(self, source: str = RES) -> Labels:
+        """The label database of ``source`` (the transcoders': opened on first use, the same
+        file as :attr:`labels`, scope :func:`source_scope`)."""
+        if source == RES:
+            return self.labels
+        if source not in self.source_labels:
+            reader = self.reader(source)
+            widths = {n: reader.n_features(n) for n in reader.layers} if reader else None
+            self.source_labels[source] = Labels(
+                self.labels.path, scope=source_scope(self.labels.scope, source), widths=widths
+            )
+        return self.source_labels[source]
 
     def read_explanations(self, read: Callable[[Explanations], T], default: T) -> T:
         """``read(explanations)``, or ``default`` without an explanations file or when it cannot
@@ -149,121 +241,162 @@ class Context:
 
     # --- features ---------------------------------------------------------------------------------
 
-    def width(self, layer: int) -> int:
-        if self.store is not None and layer in self.store.layers:
-            return self.store.n_features(layer)
-        return self.bundle.width(layer)
+    def width(self, layer: int, source: str = RES) -> int:
+        """The number of features of a layer's dictionary (the store's, else the bundle's)."""
+        reader = self.reader(source)
+        if reader is not None and layer in reader.layers:
+            return reader.n_features(layer)
+        if source == RES:
+            return self.bundle.width(layer)
+        if layer not in self._tc_widths:
+            self._tc_widths[layer] = int(self.bundle.transcoder(layer).cfg.d_sae)
+        return self._tc_widths[layer]
 
-    def check_feature(self, layer: Any, feature: Any) -> tuple[int, int]:
-        """``(layer, feature)`` as ints, or :class:`UserError` naming what exists."""
+    def check_feature(self, layer: Any, feature: Any, source: Any = RES) -> tuple[int, int]:
+        """``(layer, feature)`` of ``source`` as ints, or :class:`UserError` naming what
+        exists."""
+        source = self.source(source)
         layer_n = parse_int(layer, "layer")
-        if layer_n not in self.layers:
-            have = ", ".join(map(str, self.layers))
-            raise UserError(f"layer {layer_n} has no SAE here; the layers are {have}")
-        width = self.width(layer_n)
+        have = self.source_layers(source)
+        if layer_n not in have:
+            what = "SAE" if source == RES else "transcoder"
+            shown = ", ".join(map(str, have))
+            raise UserError(f"layer {layer_n} has no {what} here; the layers are {shown}")
+        width = self.width(layer_n, source)
         feature_n = parse_int(feature, "feature", 0, width - 1)
         return layer_n, feature_n
 
-    def summary(self) -> pd.DataFrame:
-        """Every feature of the store, all layers: the browse table's source (built once), with
-        each feature's ``interest`` (:func:`explorer.app.relevance.interest`) and ``steer``, its
-        likely-to-steer estimate (:func:`explorer.steerability.estimate`; 0 when dead)."""
+    def name(self, layer: int, feature: int, source: str = RES) -> str:
+        """How the page names a feature: ``L9 res #123``, ``L9 tc #456``."""
+        return feature_name(layer, feature, source)
+
+    def summary(self, source: str = RES) -> pd.DataFrame:
+        """Every feature of one source in the store, all layers (built once), with each
+        feature's ``source``, ``interest`` (:func:`explorer.app.relevance.interest`) and
+        ``steer``, its likely-to-steer estimate (:func:`explorer.steerability.estimate`; 0 when
+        dead). :meth:`browse_summary` is every source's together."""
         import pandas as pd
 
-        if self._summary is not None:
-            return self._summary
-        if self.store is None:
-            raise UserError("this bundle has no feature store: browse needs one")
+        if source in self._summary:
+            return self._summary[source]
+        store = self.need_reader(source, "browse")
         frames = []
-        for layer in self.store.layers:
-            df = self.store.features(
+        for layer in store.layers:
+            df = store.features(
                 layer,
                 ["feature", "density", "n_fires", "max_act", "mean_act", "dead", "dense"],
             )
-            tokens = self.store.features(layer, ["top_logits_tokens"])["top_logits_tokens"]
+            tokens = store.features(layer, ["top_logits_tokens"])["top_logits_tokens"]
             df.insert(0, "layer", layer)
             df["top_tokens"] = [" ".join(repr(t)[1:-1] for t in list(ts)[:5]) for ts in tokens]
-            df["description"] = self.store.descriptions(layer)
+            df["description"] = store.descriptions(layer)
             frames.append(df)
         summary = pd.concat(frames, ignore_index=True)
-        summary["interest"] = relevance.interest(self.store, summary)
-        summary["steer"] = np.where(summary["dead"], 0.0, steerability.estimate(self.store))
-        self._summary = summary
-        return self._summary
+        summary.insert(2, "source", SHORT[source])
+        summary["interest"] = relevance.interest(store, summary)
+        summary["steer"] = np.where(summary["dead"], 0.0, steerability.estimate(store))
+        self._summary[source] = summary
+        return summary
+
+    def browse_sources(self) -> list[str]:
+        """The sources the store holds features of, of those offered (``res`` first)."""
+        return [s for s in self.sources if self.reader(s) is not None]
+
+    def browse_summary(self) -> pd.DataFrame:
+        """:meth:`summary` of every source the store holds (``res``'s rows first): browse's
+        table."""
+        import pandas as pd
+
+        if "all" not in self._summary:
+            sources = self.browse_sources() or [RES]
+            frames = [self.summary(s) for s in sources]
+            self._summary["all"] = pd.concat(frames, ignore_index=True)
+        return self._summary["all"]
 
     def tokens(self) -> TokenIndex:
-        """The tokens a search matches in every feature of the store (built once)."""
+        """The tokens a search matches in every feature of :meth:`browse_summary` (built
+        once)."""
         if self._tokens is None:
-            if self.store is None:
+            sources = self.browse_sources()
+            if not sources:
                 raise UserError("this bundle has no feature store: browse needs one")
-            self._tokens = relevance.token_index(self.store)
+            indexes = [relevance.token_index(self.need_reader(s)) for s in sources]
+            sizes = [len(self.summary(s)) for s in sources]
+            self._tokens = relevance.concat(indexes, sizes)
         return self._tokens
 
-    def summary_layer(self, layer: int) -> pd.DataFrame:
-        s = self.summary()
+    def summary_layer(self, layer: int, source: str = RES) -> pd.DataFrame:
+        s = self.summary(source)
         return s[s["layer"] == layer].reset_index(drop=True)
 
-    def densities(self) -> dict[int, Any]:
-        """``{layer: density per feature}`` (numpy), from the store, built once."""
-        if self.store is None:
-            return {}
-        if self._dens is None:
-            s = self.summary()
-            self._dens = {
-                layer: s.loc[s["layer"] == layer, "density"].to_numpy()
-                for layer in self.store.layers
-            }
-        return self._dens
+    def densities(self, source: str = RES) -> dict[int, Any]:
+        """``{layer: density per feature}`` (numpy) of one source, from the store, built once
+        (``{}`` without that source's data)."""
+        return self._per_layer(self._dens, source, "density")
 
-    def max_acts(self) -> dict[int, Any]:
-        """``{layer: max activation per feature}`` (numpy float64) over the store, built once: the
-        denominator of the microscope's relative strength (0 for a feature dead in the store).
-        ``{}`` without a store."""
-        if self.store is None:
+    def max_acts(self, source: str = RES) -> dict[int, Any]:
+        """``{layer: max activation per feature}`` (numpy float64) of one source over the
+        store, built once: the denominator of the microscope's relative strength (0 for a
+        feature dead in the store). ``{}`` without that source's data."""
+        return self._per_layer(self._maxes, source, "max_act")
+
+    def _per_layer(self, cache: dict[str, dict[int, Any]], source: str, column: str) -> Any:
+        reader = self.reader(source)
+        if reader is None:
             return {}
-        if self._maxes is None:
-            s = self.summary()
-            self._maxes = {
-                layer: s.loc[s["layer"] == layer, "max_act"].to_numpy(dtype=float)
-                for layer in self.store.layers
+        if source not in cache:
+            s = self.summary(source)
+            cache[source] = {
+                layer: s.loc[s["layer"] == layer, column].to_numpy(dtype=float)
+                for layer in reader.layers
             }
-        return self._maxes
+        return cache[source]
 
     # --- labels -----------------------------------------------------------------------------------
 
-    def steer_estimate(self, layer: int, feature: int) -> float | None:
-        """The feature's likely-to-steer estimate (``None`` without a store)."""
-        if self.store is None or layer not in self.store.layers:
+    def steer_estimate(self, layer: int, feature: int, source: str = RES) -> float | None:
+        """The feature's likely-to-steer estimate (``None`` without the source's data)."""
+        reader = self.reader(source)
+        if reader is None or layer not in reader.layers:
             return None
-        s = self.summary()
+        s = self.summary(source)
         row = s.index[(s["layer"] == layer) & (s["feature"] == feature)]
         return float(s.at[row[0], "steer"]) if len(row) else None
 
-    def label_text(self, labels: dict[tuple[int, int], Any], layer: int, feature: int) -> str:
-        """The feature's label in ``labels`` (from :meth:`Labels.current_all`), else its curated
-        one, else ``""``."""
+    def label_text(
+        self, labels: dict[tuple[int, int], Any], layer: int, feature: int, source: str = RES
+    ) -> str:
+        """The feature's label in ``labels`` (from :meth:`Labels.current_all` of its source),
+        else its curated one (the residual SAEs' only), else ``""``."""
         found = labels.get((layer, feature))
-        return found.label if found is not None else self.curated.get((layer, feature), "")
+        if found is not None:
+            return str(found.label)
+        return self.curated.get((layer, feature), "") if source == RES else ""
 
-    def description(self, layer: int, feature: int) -> str:
+    def description(self, layer: int, feature: int, source: str = RES) -> str:
         """The feature's automatic description from the store (``''`` when none)."""
-        if self.store is None or layer not in self.store.layers:
+        reader = self.reader(source)
+        if reader is None or layer not in reader.layers:
             return ""
-        return self.store.description(layer, feature)
+        return reader.description(layer, feature)
 
-    def shown_label(self, labels: dict[tuple[int, int], Any], layer: int, feature: int) -> str:
+    def shown_label(
+        self, labels: dict[tuple[int, int], Any], layer: int, feature: int, source: str = RES
+    ) -> str:
         """What a table shows in a feature's label column: its label (:meth:`label_text`), else
         its automatic description marked ``[auto]``, else ``""``."""
-        label = self.label_text(labels, layer, feature)
+        label = self.label_text(labels, layer, feature, source)
         if label:
             return label
-        auto = self.description(layer, feature)
+        auto = self.description(layer, feature, source)
         return AUTO + auto if auto else ""
 
-    def label_of(self, layer: int, feature: int) -> str:
+    def label_of(self, layer: int, feature: int, source: str = RES) -> str:
         """The feature's current label, else its curated one, else ``""``."""
-        found = self.labels.current(layer, feature)
-        return found.label if found is not None else self.curated.get((layer, feature), "")
+        found = self.labels_for(source).current(layer, feature)
+        if found is not None:
+            return found.label
+        return self.curated.get((layer, feature), "") if source == RES else ""
 
     def save_label(
         self,
@@ -275,19 +408,29 @@ class Context:
         labeller: str,
         profile: Any = None,
         key: Any = "",
+        source: Any = RES,
     ) -> str:
-        """Store a label (the dashboard's quick label and the Label tab); the message to show.
+        """Store a label (the dashboard's quick label and the Label tab) in ``source``'s label
+        database; the message to show.
 
         ``profile`` (a logged-in account) and ``key`` (the owner's key) matter on a public app
         only, where :attr:`policy` decides who may write and under which name.
         """
-        layer_n, feature_n = self.check_feature(layer, feature)
+        source = self.source(source)
+        layer_n, feature_n = self.check_feature(layer, feature, source)
         name = self.policy.labeller(labeller, profile, key)
         try:
-            saved = self.labels.add(layer_n, feature_n, label, notes, confidence, name)
+            saved = self.labels_for(source).add(layer_n, feature_n, label, notes, confidence, name)
         except LabelError as e:
             raise UserError(str(e)) from None
-        return f"Saved label #{saved.id} for layer {layer_n} feature {feature_n}: {saved.label!r}"
+        named = feature_name(layer_n, feature_n, source)
+        return f"Saved label #{saved.id} for {named}: {saved.label!r}"
+
+
+def source_scope(scope: str, source: str) -> str:
+    """The label scope of a source: the bundle's scope for ``res`` (as before sources),
+    ``<scope>/transcoder`` for the transcoders."""
+    return scope if source == RES else f"{scope}/{source}"
 
 
 def default_labels_path() -> Path:
@@ -322,10 +465,16 @@ def open_explorer(
     ident = bundle_identity(spec)
     if store is not None:
         store.check_bundle(ident["model"], ident["model_sha256"], ident["layers"])
-    bundle = build_bundle(spec, cache_dir=cache_dir)
+    # The embedded default's transcoders are small (18 x ~10 MB): all of them fit at once, so
+    # the microscope shows every transcoder layer without reloading.
+    room = len(spec.transcoder_layers) if spec.name == "default" else 0
+    bundle = build_bundle(spec, cache_dir=cache_dir, max_saes=max(8, room))
     if store is not None:
         layers = {n: {"d_sae": bundle.width(n)} for n in store.layers}
-        store.check_bundle(ident["model"], None, layers)
+        transcoders: dict[int, dict[str, Any]] | None = None
+        if spec.transcoder_layers and TRANSCODER in store.sources:
+            transcoders = {n: {} for n in spec.transcoder_layers}
+        store.check_bundle(ident["model"], None, layers, transcoders)
     content = load_curated(spec.name)
     return Context(
         bundle=bundle,

@@ -1,5 +1,6 @@
 """The Feature tab: one feature's dashboard (header, histogram, logit effects, neighbours, top
-examples, interval samples), tested on a text, labelled quickly, or sent to steering."""
+examples, interval samples), tested on a text, labelled quickly, or sent to steering; a residual
+SAE's feature (``res``) or a transcoder's (``tc``), chosen beside the layer and feature."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import pandas as pd
 
-from explorer.app import render
+from explorer.app import render, sources
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import status, status_box, ui
 from explorer.encode import EncodeError, feature_activations
 from explorer.store import StoreError
+from explorer.store.schema import RES, SHORT
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -56,31 +58,33 @@ class DashboardView:
     label: str = ""
     human_label: str = ""
     record: FeatureRecord | None = None
+    source: str = RES
 
 
-def record(ctx: Context, layer: Any, feature: Any) -> FeatureRecord:
-    """The feature's record in the store, or :class:`UserError`."""
-    layer_n, feature_n = ctx.check_feature(layer, feature)
-    if ctx.store is None:
-        raise UserError(
-            "this bundle has no feature store, so there is no dashboard; build one with "
-            "`python -m precompute run`"
-        )
+def record(ctx: Context, layer: Any, feature: Any, source: Any = RES) -> FeatureRecord:
+    """The feature's record in the store (``source``: ``res`` or ``tc``), or
+    :class:`UserError` (a store without that source's data says how to rebuild it)."""
+    source = ctx.source(source)
+    layer_n, feature_n = ctx.check_feature(layer, feature, source)
+    reader = ctx.need_reader(source)
     try:
-        return ctx.store.feature(layer_n, feature_n)
+        return reader.feature(layer_n, feature_n)
     except StoreError as e:
         raise UserError(str(e)) from None
 
 
-def header(ctx: Context, layer: Any, feature: Any) -> str:
+def header(ctx: Context, layer: Any, feature: Any, source: Any = RES) -> str:
     """The dashboard's header alone (after a label is saved, only it changes)."""
-    rec = record(ctx, layer, feature)
+    rec = record(ctx, layer, feature, source)
     return _badges(ctx, rec)
 
 
-def explanation_line(ctx: Context, layer: int, feature: int) -> str:
+def explanation_line(ctx: Context, layer: int, feature: int, source: str = RES) -> str:
     """The feature's best explanation as plain text, with its score and source ('' if none).
-    Machine output, never a label: the header shows it apart, escaped."""
+    Machine output, never a label: the header shows it apart, escaped. Explanations are the
+    residual SAEs' features' only: none for another source's."""
+    if source != RES:
+        return ""
     best = ctx.read_explanations(lambda x: x.best(layer, feature), None)
     return "" if best is None else f"Explanation: {best.describe()}"
 
@@ -88,15 +92,16 @@ def explanation_line(ctx: Context, layer: int, feature: int) -> str:
 def _badges(ctx: Context, rec: FeatureRecord) -> str:
     """The header: a person's label as is, a curated one marked as curated; then the best
     explanation, if any, on a line of its own."""
-    human = ctx.labels.current(rec.layer, rec.feature)
-    auto = ctx.description(rec.layer, rec.feature)
-    line = explanation_line(ctx, rec.layer, rec.feature)
+    source = rec.source
+    human = ctx.labels_for(source).current(rec.layer, rec.feature)
+    auto = ctx.description(rec.layer, rec.feature, source)
+    line = explanation_line(ctx, rec.layer, rec.feature, source)
     extra = f'<div class="gse-explanation gse-muted">{render.esc(line)}</div>' if line else ""
-    steer = ctx.steer_estimate(rec.layer, rec.feature)
+    steer = ctx.steer_estimate(rec.layer, rec.feature, source)
     if human is not None:
         html = render.badges_html(rec, human.label, ctx.dense_threshold, auto=auto, steer=steer)
         return html + extra
-    curated = ctx.curated.get((rec.layer, rec.feature))
+    curated = ctx.curated.get((rec.layer, rec.feature)) if source == RES else None
     html = render.badges_html(
         rec, curated, ctx.dense_threshold, curated=curated is not None, auto=auto, steer=steer
     )
@@ -104,16 +109,23 @@ def _badges(ctx: Context, rec: FeatureRecord) -> str:
 
 
 def view(
-    ctx: Context, layer: Any, feature: Any, test_text: str = "", log_counts: bool = False
+    ctx: Context,
+    layer: Any,
+    feature: Any,
+    test_text: str = "",
+    log_counts: bool = False,
+    source: Any = RES,
 ) -> DashboardView:
     """Everything about one feature; ``test_text`` (optional) is marked on its histogram."""
-    rec = record(ctx, layer, feature)
-    label = ctx.label_of(rec.layer, rec.feature)
-    human = ctx.labels.current(rec.layer, rec.feature)
+    rec = record(ctx, layer, feature, source)
+    source = rec.source
+    labels_db = ctx.labels_for(source)
+    label = ctx.label_of(rec.layer, rec.feature, source)
+    human = labels_db.current(rec.layer, rec.feature)
     marks: list[float] = []
     test = ""
     if test_text and test_text.strip():
-        tokens, acts, truncated = _feature_acts(ctx, rec.layer, rec.feature, test_text)
+        tokens, acts, truncated = _feature_acts(ctx, rec.layer, rec.feature, test_text, source)
         peak = max(acts, default=0.0)
         marks = [peak] if peak > 0 else []
         test = (
@@ -123,12 +135,13 @@ def view(
             + ("" if peak > 0 else " — the feature does not fire on it")
             + "</p>"
         )
-    labels = ctx.labels.current_all(rec.layer)
+    labels = labels_db.current_all(rec.layer)
     neighbours = pd.DataFrame(
         {
             "feature": rec.neighbours,
+            "name": [ctx.name(rec.layer, int(f), source) for f in rec.neighbours],
             "cosine": [round(float(c), 3) for c in rec.neighbour_cos],
-            "label": [ctx.shown_label(labels, rec.layer, f) for f in rec.neighbours],
+            "label": [ctx.shown_label(labels, rec.layer, f, source) for f in rec.neighbours],
         }
     )
     return DashboardView(
@@ -145,34 +158,50 @@ def view(
         label=label,
         human_label=human.label if human is not None else "",
         record=rec,
+        source=source,
     )
 
 
 def _feature_acts(
-    ctx: Context, layer: int, feature: int, text: str
+    ctx: Context, layer: int, feature: int, text: str, source: str = RES
 ) -> tuple[list[str], list[float], bool]:
     try:
-        return feature_activations(ctx.bundle, text, layer, feature)
+        return feature_activations(ctx.bundle, text, layer, feature, source)
     except (EncodeError, ValueError) as e:
         raise UserError(str(e)) from None
 
 
 def random_feature(
-    ctx: Context, layer: Any = "all", rng: random.Random | None = None
+    ctx: Context, layer: Any = "all", rng: random.Random | None = None, source: Any = RES
 ) -> tuple[int, int]:
-    """A random live feature (fired at least once), of one layer or any."""
-    df = ctx.summary()
+    """A random live feature (fired at least once) of ``source``, of one layer or any
+    (:func:`random_any` picks among every source's)."""
+    picked = random_any(ctx, layer, rng, ctx.source(source))
+    return picked[0], picked[1]
+
+
+def random_any(
+    ctx: Context, layer: Any = "all", rng: random.Random | None = None, source: Any = "all"
+) -> tuple[int, int, str]:
+    """A random live feature ``(layer, feature, source)`` of one source (``"all"``: any the
+    store holds), of one layer or any."""
+    if source in (None, "", "all"):
+        df = ctx.browse_summary()
+    else:
+        df = ctx.summary(ctx.source(source))
     df = df[~df["dead"]]
     if layer not in (None, "", "all"):
         df = df[df["layer"] == parse_int(layer, "layer")]
     if df.empty:
         raise UserError("no live features to choose from")
     i = (rng or random.Random()).randrange(len(df))
-    return int(df["layer"].iat[i]), int(df["feature"].iat[i])
+    short = str(df["source"].iat[i])
+    return int(df["layer"].iat[i]), int(df["feature"].iat[i]), ctx.source(short)
 
 
 @dataclass
 class DashboardTab:
+    source: gr.Radio
     layer: gr.Dropdown
     feature: gr.Number
     open_btn: gr.Button
@@ -215,23 +244,29 @@ class DashboardTab:
             self.test_html,
             self.shown,
             self.label_status,
+            self.source,
             self.tabs,
         ]
 
 
 def open_values(
-    ctx: Context, layer: Any, feature: Any, test: str = "", log_counts: bool = False
+    ctx: Context,
+    layer: Any,
+    feature: Any,
+    test: str = "",
+    log_counts: bool = False,
+    source: Any = RES,
 ) -> tuple[Any, ...]:
     """A feature's dashboard as the values of :attr:`DashboardTab.outputs` (its tab selected).
 
-    ``shown``, ``(layer, feature)``, is the session's record of what the dashboard shows: a label
-    is saved for it (never for the inputs, which the user may have changed since). The label box
-    holds a person's label only: a curated one is shown, marked, in the header, and is not copied
-    as the user's own on Save.
+    ``shown``, ``(layer, feature, source)``, is the session's record of what the dashboard
+    shows: a label is saved for it (never for the inputs, which the user may have changed
+    since). The label box holds a person's label only: a curated one is shown, marked, in the
+    header, and is not copied as the user's own on Save.
     """
-    v = view(ctx, layer, feature, test, log_counts)
+    v = view(ctx, layer, feature, test, log_counts, source)
     return (
-        str(v.layer),
+        sources.layers_update(ctx, v.source, v.layer),
         v.feature,
         v.header,
         v.human_label,
@@ -242,8 +277,9 @@ def open_values(
         v.top_examples,
         v.intervals,
         v.test,
-        (v.layer, v.feature),
+        (v.layer, v.feature, v.source),
         "",
+        SHORT[v.source],
         gr.Tabs(selected=TAB_ID),
     )
 
@@ -252,6 +288,7 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
     """The tab's components and its own events; opening a feature selects this tab in ``tabs``."""
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
+        d_source = sources.radio(ctx, "d-source")
         d_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer", elem_id="d-layer")
         d_feature = gr.Number(0, label="Feature", precision=0, minimum=0, elem_id="d-feature")
         open_btn = gr.Button("Open", variant="primary", elem_id="open-feature")
@@ -291,7 +328,9 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
     top_html = gr.HTML(elem_id="top-examples")
     gr.Markdown(f"### Interval samples\n{INTERVAL_NOTE}")
     intervals_html = gr.HTML()
+    sources.follow(ctx, d_source, d_layer)
     tab = DashboardTab(
+        source=d_source,
         layer=d_layer,
         feature=d_feature,
         open_btn=open_btn,
@@ -320,34 +359,37 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
     outputs = tab.outputs
 
     def open_feature(
-        layer: Any, feature: Any, test: str = "", log_scale: bool = False
+        layer: Any, feature: Any, test: str = "", log_scale: bool = False, source: Any = RES
     ) -> tuple[Any, ...]:
-        return open_values(ctx, layer, feature, test, bool(log_scale))
+        return open_values(ctx, layer, feature, test, bool(log_scale), source)
 
     def open_neighbour(shown: Any, log_scale: bool, evt: gr.SelectData) -> tuple[Any, ...]:
         if not shown:
             raise UserError("open a feature first")
-        return open_values(ctx, shown[0], evt.row_value[0], "", bool(log_scale))
+        layer, _, source = shown_feature(shown)
+        return open_values(ctx, layer, evt.row_value[0], "", bool(log_scale), source)
 
     neighbours.select(ui(open_neighbour), [shown, log_counts], outputs)
     open_btn.click(
-        ui(open_feature), [d_layer, d_feature, gr.State(""), log_counts], outputs,
+        ui(open_feature), [d_layer, d_feature, gr.State(""), log_counts, d_source], outputs,
         api_name="open_feature",
     )  # fmt: skip
     test_btn.click(
-        ui(open_feature), [d_layer, d_feature, test_text, log_counts], outputs,
+        ui(open_feature), [d_layer, d_feature, test_text, log_counts, d_source], outputs,
         api_name="test_feature",
     )  # fmt: skip
 
     def random_open(layer: Any, log_scale: bool) -> tuple[Any, ...]:
-        return open_values(ctx, *random_feature(ctx, "all"), "", bool(log_scale))
+        layer_n, feature_n, source = random_any(ctx, "all")
+        return open_values(ctx, layer_n, feature_n, "", bool(log_scale), source)
 
     rand_btn.click(ui(random_open), [d_layer, log_counts], outputs)
 
     def redraw_histogram(shown: Any, test: str, log_scale: bool) -> Any:
         if not shown:
             return gr.skip()
-        return view(ctx, shown[0], shown[1], test, bool(log_scale)).histogram
+        layer, feature, source = shown_feature(shown)
+        return view(ctx, layer, feature, test, bool(log_scale), source).histogram
 
     log_counts.change(ui(redraw_histogram), [shown, test_text, log_counts], hist)
 
@@ -357,9 +399,11 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         """Save a label for the feature whose dashboard is shown (not the inputs' feature)."""
         if not shown:
             raise UserError("open a feature first: the label is saved for the feature shown")
-        layer, feature = shown
-        message = ctx.save_label(layer, feature, label, "", "medium", labeller, profile, key)
-        return status(message), header(ctx, layer, feature)
+        layer, feature, source = shown_feature(shown)
+        message = ctx.save_label(
+            layer, feature, label, "", "medium", labeller, profile, key, source
+        )
+        return status(message), header(ctx, layer, feature, source)
 
     quick_save.click(
         ui(save_label),
@@ -368,3 +412,10 @@ def layout(ctx: Context, tabs: gr.Tabs) -> DashboardTab:
         api_name="save_label",
     )
     return tab
+
+
+def shown_feature(shown: Any) -> tuple[int, int, str]:
+    """A tab's record of the feature on screen as ``(layer, feature, source)`` (a record of
+    ``(layer, feature)`` is a residual SAE's feature)."""
+    layer, feature, *rest = shown
+    return int(layer), int(feature), str(rest[0]) if rest else RES

@@ -1,5 +1,11 @@
 """The Label tab: a queue of unlabelled features by density band, the label form and a feature's
-label history, and import / export of the label database."""
+label history, and import / export of the label database.
+
+Labels are per source: the queue and the form take a source (``res``, ``tc``) beside the layer,
+and a transcoder feature's labels live in their own scope of the same file
+(:meth:`explorer.app.context.Context.labels_for`). Export, import and retraction work on the
+residual SAEs' labels (``python -m explorer.labels --scope <scope>/transcoder`` reaches the
+others)."""
 
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from explorer.app import dashboard
+from explorer.app import dashboard, sources
 from explorer.app.context import Context, UserError, parse_int
 from explorer.app.ui import status, status_box, ui
 from explorer.labels import LabelError
+from explorer.store.schema import RES, SHORT
 
 TAB_ID = "label"
 HISTORY_COLUMNS = ["id", "when", "label", "notes", "confidence", "by", "retracted"]
@@ -50,10 +57,16 @@ def density_bands(dense_threshold: float) -> dict[str, tuple[float, float]]:
 
 
 def next_unlabelled(
-    ctx: Context, layer: Any = "all", band: str = "any", rng: random.Random | None = None
+    ctx: Context,
+    layer: Any = "all",
+    band: str = "any",
+    rng: random.Random | None = None,
+    source: Any = RES,
 ) -> tuple[int, int]:
-    """A random live, unlabelled feature in a density band (the labelling queue)."""
-    df = ctx.summary()
+    """A random live, unlabelled feature of ``source`` in a density band (the labelling
+    queue)."""
+    source = ctx.source(source)
+    df = ctx.summary(source)
     df = df[~df["dead"]]
     if layer not in (None, "", "all"):
         df = df[df["layer"] == parse_int(layer, "layer")]
@@ -62,7 +75,7 @@ def next_unlabelled(
     if lo is None or hi is None:
         raise UserError(f"unknown density band {band!r}")
     df = df[(df["density"] > lo) & (df["density"] <= hi)]
-    done = set(ctx.labels.current_all())
+    done = set(ctx.labels_for(source).current_all())
     todo = [
         (int(a), int(b))
         for a, b in zip(df["layer"], df["feature"], strict=True)
@@ -73,9 +86,10 @@ def next_unlabelled(
     return (rng or random.Random()).choice(todo)
 
 
-def label_history(ctx: Context, layer: Any, feature: Any) -> pd.DataFrame:
+def label_history(ctx: Context, layer: Any, feature: Any, source: Any = RES) -> pd.DataFrame:
     """Every label the feature was given, newest first."""
-    layer_n, feature_n = ctx.check_feature(layer, feature)
+    source = ctx.source(source)
+    layer_n, feature_n = ctx.check_feature(layer, feature, source)
     rows = [
         {
             "id": h.id,
@@ -86,7 +100,7 @@ def label_history(ctx: Context, layer: Any, feature: Any) -> pd.DataFrame:
             "by": h.labeller,
             "retracted": h.retracted_at or "",
         }
-        for h in ctx.labels.history(layer_n, feature_n)
+        for h in ctx.labels_for(source).history(layer_n, feature_n)
     ]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
@@ -115,22 +129,23 @@ def import_labels(ctx: Context, path: Any, profile: Any = None, key: Any = "") -
     return "\n".join(lines)
 
 
-def show_values(ctx: Context, layer: Any, feature: Any) -> tuple[Any, ...]:
+def show_values(ctx: Context, layer: Any, feature: Any, source: Any = RES) -> tuple[Any, ...]:
     """A feature in the label form: the values of :attr:`LabellingTab.outputs` (the first is what
-    is shown, the state a label is saved for)."""
-    v = dashboard.view(ctx, layer, feature)
+    is shown, ``(layer, feature, source)``, the state a label is saved for)."""
+    v = dashboard.view(ctx, layer, feature, source=source)
     return (
-        (v.layer, v.feature),
-        str(v.layer),
+        (v.layer, v.feature, v.source),
+        sources.layers_update(ctx, v.source, v.layer),
         v.feature,
         v.header,
         v.top_examples,
-        label_history(ctx, v.layer, v.feature),
+        label_history(ctx, v.layer, v.feature, v.source),
+        SHORT[v.source],
     )
 
 
 def first_values(ctx: Context, rng: random.Random | None = None) -> tuple[Any, ...]:
-    """What the tab opens on: a feature of the queue (any layer, any density)."""
+    """What the tab opens on: a feature of the queue (any layer, any density; ``res``)."""
     return show_values(ctx, *next_unlabelled(ctx, "all", "any", rng or random.Random()))
 
 
@@ -153,6 +168,8 @@ def retract(ctx: Context, what: str, ident: Any, profile: Any = None, key: Any =
 
 @dataclass
 class LabellingTab:
+    q_source: gr.Radio
+    source: gr.Radio
     q_layer: gr.Dropdown
     q_band: gr.Dropdown
     q_next: gr.Button
@@ -180,19 +197,24 @@ class LabellingTab:
     @property
     def outputs(self) -> list[Any]:
         """What showing a feature updates, in the order of :func:`show_values`."""
-        return [self.shown, self.layer, self.feature, self.header, self.examples, self.history]
+        return [
+            self.shown, self.layer, self.feature, self.header, self.examples, self.history,
+            self.source,
+        ]  # fmt: skip
 
 
 def layout(ctx: Context) -> LabellingTab:
     """The tab's components and its own events (queue, save, import, export)."""
     layer_names = [str(n) for n in ctx.layers]
     with gr.Row():
+        q_source = sources.radio(ctx, "q-source", "Queue's source")
         q_layer = gr.Dropdown(["all", *layer_names], value="all", label="Layer")
         q_band = gr.Dropdown(
             ["any", *density_bands(ctx.dense_threshold)], value="any", label="Density"
         )
         q_next = gr.Button("Next unlabelled feature", elem_id="next-unlabelled")
     with gr.Row():
+        l_source = sources.radio(ctx, "l-source")
         l_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer", elem_id="l-layer")
         l_feature = gr.Number(0, label="Feature", precision=0, minimum=0, elem_id="l-feature")
         l_open = gr.Button("Open", elem_id="l-open")
@@ -239,17 +261,26 @@ def layout(ctx: Context) -> LabellingTab:
         r_batch_btn = gr.Button("Retract import", elem_id="retract-batch")
     r_status = status_box("retract-status")
 
-    label_outputs = [l_shown, l_layer, l_feature, l_header, l_examples, l_history]
+    label_outputs = [l_shown, l_layer, l_feature, l_header, l_examples, l_history, l_source]
+    sources.follow(ctx, l_source, l_layer)
 
-    def show_for_label(layer: Any, feature: Any) -> tuple[Any, ...]:
-        return show_values(ctx, layer, feature)
+    def queue_layers(source: Any) -> Any:
+        return gr.Dropdown(choices=["all", *sources.layer_names(ctx, source)], value="all")
 
-    def show_next(layer: Any, band: str) -> tuple[Any, ...]:
-        return show_for_label(*next_unlabelled(ctx, layer, band, random.Random()))
+    q_source.input(queue_layers, q_source, q_layer, api_visibility="private")
 
-    q_next.click(ui(show_next), [q_layer, q_band], label_outputs, api_name="next_unlabelled")
-    l_feature.submit(ui(show_for_label), [l_layer, l_feature], label_outputs)
-    l_open.click(ui(show_for_label), [l_layer, l_feature], label_outputs)
+    def show_for_label(layer: Any, feature: Any, source: Any = RES) -> tuple[Any, ...]:
+        return show_values(ctx, layer, feature, source)
+
+    def show_next(layer: Any, band: str, source: Any = RES) -> tuple[Any, ...]:
+        source = ctx.source(source)
+        return show_for_label(*next_unlabelled(ctx, layer, band, random.Random(), source), source)
+
+    q_next.click(
+        ui(show_next), [q_layer, q_band, q_source], label_outputs, api_name="next_unlabelled"
+    )
+    l_feature.submit(ui(show_for_label), [l_layer, l_feature, l_source], label_outputs)
+    l_open.click(ui(show_for_label), [l_layer, l_feature, l_source], label_outputs)
 
     def save_and_next(
         shown: Any,
@@ -260,25 +291,28 @@ def layout(ctx: Context) -> LabellingTab:
         key: str,
         queue_layer: Any,
         band: str,
+        queue_source: Any,
         profile: gr.OAuthProfile | None,
     ) -> tuple[Any, ...]:
         """Save the label for the feature shown (whatever the inputs say now), then show the
         next one of the queue; the saved entry stays visible in "Just saved"."""
         if not shown:
             raise UserError("open a feature first: the label is saved for the feature shown")
-        layer, feature = shown
-        message = ctx.save_label(layer, feature, label, notes, confidence, labeller, profile, key)
-        saved = label_history(ctx, layer, feature)
+        layer, feature, source = dashboard.shown_feature(shown)
+        message = ctx.save_label(
+            layer, feature, label, notes, confidence, labeller, profile, key, source
+        )
+        saved = label_history(ctx, layer, feature, source)
         try:
-            following = show_next(queue_layer, band)
+            following = show_next(queue_layer, band, queue_source)
         except UserError as e:
-            following = show_for_label(layer, feature)
+            following = show_for_label(layer, feature, source)
             message += f" · {e}"
         return (*following, status(message), saved, "", "")
 
     l_save.click(
         ui(save_and_next),
-        [l_shown, l_label, l_notes, l_conf, l_name, l_key, q_layer, q_band],
+        [l_shown, l_label, l_notes, l_conf, l_name, l_key, q_layer, q_band, q_source],
         [*label_outputs, l_status, l_saved, l_label, l_notes],
         api_name="save_and_next",
     )
@@ -307,6 +341,8 @@ def layout(ctx: Context) -> LabellingTab:
     r_label_btn.click(ui(retract_label), [r_label, l_key], r_status, api_name="retract_label")
     r_batch_btn.click(ui(retract_import), [r_batch, l_key], r_status, api_name="retract_import")
     return LabellingTab(
+        q_source=q_source,
+        source=l_source,
         q_layer=q_layer,
         q_band=q_band,
         q_next=q_next,

@@ -30,6 +30,8 @@ TAB_IDS = set(address.TAB_IDS)
 def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
     """The app over one :class:`Context`: its tabs, and what connects them."""
     layer_names = [str(n) for n in ctx.layers]
+    tc_layers = ctx.source_layers("transcoder") if len(ctx.sources) > 1 else []
+    tc_line = f" · transcoders (tc) on {len(tc_layers)} layers" if tc_layers else ""
     store_line = (
         f"store: {ctx.store_tokens:,} corpus tokens"
         if ctx.store_tokens is not None
@@ -39,7 +41,7 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         with gr.Row():
             gr.Markdown(
                 f"# {title}\nbundle **{ctx.bundle.spec.name}** · layers "
-                f"{', '.join(layer_names)} · {store_line}"
+                f"{', '.join(layer_names)}{tc_line} · {store_line}"
             )
             copy_btn = gr.Button("Copy link", scale=0, size="sm", elem_id="copy-link")
             if ctx.policy.login:
@@ -63,28 +65,35 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             with gr.Tab("Label", id=labelling.TAB_ID) as items[labelling.TAB_ID]:
                 label_tab = labelling.layout(ctx)
 
-        # A row of any feature table opens that feature's dashboard.
-        def open_from_row(evt: gr.SelectData) -> tuple[Any, ...]:
-            row = evt.row_value
-            return dashboard.open_values(ctx, row[0], row[1])
+        # A row of any feature table opens that feature's dashboard (of the row's source: the
+        # column ``source_at`` holds it; none: a residual SAE's feature).
+        def opener(source_at: int | None) -> Any:
+            def open_from_row(evt: gr.SelectData) -> tuple[Any, ...]:
+                row = evt.row_value
+                source = row[source_at] if source_at is not None else "res"
+                return dashboard.open_values(ctx, row[0], row[1], source=source)
 
-        for table in (start_tab.curated_table, found.table, found.si_table):
-            table.select(ui(open_from_row), None, dash.outputs)
+            return open_from_row
+
+        for table, source_at in ((start_tab.curated_table, None), (found.table, 2),
+                                 (found.si_table, None)):  # fmt: skip
+            table.select(ui(opener(source_at)), None, dash.outputs)
 
         # The microscope's shading feature opens on its own page.
         def open_shaded(view: Any) -> tuple[Any, ...]:
-            feature = shading.parse_shade((view or {}).get("shade"))
+            feature = shading.parse_shade_source((view or {}).get("shade"))
             if feature is None:
                 raise UserError("pick a feature to shade the text by first (a row of a table)")
-            return dashboard.open_values(ctx, *feature)
+            return dashboard.open_values(ctx, feature[0], feature[1], source=feature[2])
 
         micro.open_shade.click(ui(open_shaded), [micro.view], dash.outputs)
 
-        # Browse's random feature: a live one of the layer its filter shows, opened.
-        def open_random(layer: Any) -> tuple[Any, ...]:
-            return dashboard.open_values(ctx, *dashboard.random_feature(ctx, layer))
+        # Browse's random feature: a live one of the layer and source its filters show, opened.
+        def open_random(layer: Any, source: Any) -> tuple[Any, ...]:
+            layer_n, feature_n, picked = dashboard.random_any(ctx, layer, source=source)
+            return dashboard.open_values(ctx, layer_n, feature_n, source=picked)
 
-        found.random_btn.click(ui(open_random), [found.layer], dash.outputs)
+        found.random_btn.click(ui(open_random), [found.layer, found.source], dash.outputs)
 
         # An example text opens in the microscope, encoded (as if Encode were pressed).
         def open_text(evt: gr.SelectData) -> tuple[Any, ...]:
@@ -112,7 +121,8 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
         def steer_values(table: Any, shown: Any, keep: bool) -> tuple[Any, ...]:
             if not shown:
                 raise UserError("open a feature first")
-            new = steering.with_feature(ctx, table if keep else None, shown[0], shown[1])
+            layer, feature, source = dashboard.shown_feature(shown)
+            new = steering.with_feature(ctx, table if keep else None, layer, feature, source=source)
             return new, gr.Tabs(selected=steering.TAB_ID)
 
         def to_steer(table: Any, shown: Any) -> tuple[Any, ...]:
@@ -155,10 +165,14 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
             label: str,
             labeller: str = "",
             key: str = "",
+            source: str = "res",
             profile: gr.OAuthProfile | None = None,
         ) -> str:
-            """Save a label for (layer, feature); on a public app, with a login or the key."""
-            return ctx.save_label(layer, feature, label, "", "medium", labeller, profile, key)
+            """Save a label for (layer, feature) of ``source`` (res or tc); on a public app,
+            with a login or the key."""
+            return ctx.save_label(
+                layer, feature, label, "", "medium", labeller, profile, key, source
+            )
 
         gr.api(ui(label_feature), api_name="label_feature")
     return demo

@@ -16,6 +16,12 @@ and the whole text's ranking (which search by inference reuses), all on one colo
 (:func:`explorer.app.render.strength_colour`). The status line says when a fallback was taken (a
 feature dead in the store, a layer without store maxima) and when the text goes past a feature's
 store maximum.
+
+**Sources.** A text is encoded with one source's dictionaries: the residual SAEs' (``res``) or
+the transcoders' (``tc``, each reading its layer's MLP input), chosen beside the layers; the
+heatmap then shows that source's layers (every transcoder layer, 18 on the embedded default,
+when the bundle's cache holds them) and every table and shading names its features
+(``L9 tc #456``).
 """
 
 from __future__ import annotations
@@ -30,9 +36,18 @@ import pandas as pd
 
 from explorer.app import render, shading
 from explorer.app.context import Context, UserError, parse_float, parse_int
-from explorer.app.strength import REL, LayerStrength, cell_text, cells, per_feature, rank_scales
+from explorer.app.strength import (
+    REL,
+    LayerStrength,
+    cell_text,
+    cells,
+    layer_name,
+    per_feature,
+    rank_scales,
+)
 from explorer.app.strength import strengths as _strengths
 from explorer.encode import EncodeError, Encoding, encode
+from explorer.store.schema import RES, SHORT, feature_name
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -77,20 +92,21 @@ class MicroscopeView:
     shade_choices: list[tuple[str, str]]
 
 
-def _layers(ctx: Context, layers: Sequence[Any] | None) -> list[int]:
+def _layers(ctx: Context, layers: Sequence[Any] | None, source: str = RES) -> list[int]:
     """The chosen layers: ``None`` (an API call that names none) means all, ``[]`` is an error."""
     if layers is None:
-        return ctx.layers
+        return ctx.source_layers(source)
     if not layers:
         raise UserError("choose at least one layer")
     return [parse_int(n, "layer") for n in layers]
 
 
-def default_layers(ctx: Context) -> list[int]:
-    """The layers ticked when the page opens: all of them when the bundle's SAE cache holds them
-    (the default's 4), else as many as it holds, evenly spread (8 of Gemma Scope's 26, so the
-    first encoding does not reload SAEs; the others are one tick away)."""
-    have = ctx.layers
+def default_layers(ctx: Context, source: str = RES) -> list[int]:
+    """The layers ticked when the page opens: all of them when the bundle's cache holds them
+    (the default's 4 SAEs and its 18 transcoders), else as many as it holds, evenly spread (8 of
+    Gemma Scope's 26, so the first encoding does not reload SAEs; the others are one tick
+    away)."""
+    have = ctx.source_layers(source)
     room = max(1, min(len(have), ctx.bundle.max_saes))
     if room >= len(have):
         return have
@@ -122,18 +138,23 @@ def check_settings(ctx: Context, metric: str, max_density_pct: Any, aggregate: s
         raise UserError(f"rank the whole text by max or sum, not {str(aggregate)[:40]!r}")
 
 
-def encode_text(ctx: Context, text: str, layers: Sequence[Any] | None = None) -> Encoding:
-    """The text encoded on the chosen layers (one forward pass): each token's top features by
-    relative strength, and every active feature (for shading by any feature later)."""
-    chosen = _layers(ctx, layers)
+def encode_text(
+    ctx: Context, text: str, layers: Sequence[Any] | None = None, source: Any = RES
+) -> Encoding:
+    """The text encoded on the chosen layers of ``source`` (one forward pass): each token's top
+    features by relative strength, and every active feature (for shading by any feature
+    later)."""
+    source = ctx.source(source)
+    chosen = _layers(ctx, layers, source)
     try:
         enc = encode(
             ctx.bundle,
             text,
             layers=chosen,
             top_k=TOP_PER_TOKEN,
-            scales=rank_scales(ctx, chosen),
+            scales=rank_scales(ctx, chosen, source),
             keep_active=True,
+            source=source,
         )
     except (EncodeError, ValueError) as e:
         raise UserError(str(e)) from None
@@ -161,16 +182,17 @@ def show(
     chosen = list(enc.layers)
     st = _strengths(ctx, enc, max_density)
     c = cells(chosen, st)
-    table, no_max = _text_top(ctx, st, aggregate)
+    table, no_max = _text_top(ctx, st, aggregate, enc.source)
+    feature: tuple[int, int] | None
     if shade in (None, ""):
         feature = (int(table["layer"].iat[0]), int(table["feature"].iat[0])) if len(table) else None
     else:
-        feature = shading.parse_shade(shade)
+        feature = _shade_feature(enc, shade)
     if feature is None:
-        shaded = shading.by_strongest(enc.tokens, chosen, c)
+        shaded = shading.by_strongest(enc.tokens, chosen, c, enc.source)
     else:
-        labels = ctx.labels.current_all()
-        label = ctx.shown_label(labels, *feature)
+        labels = ctx.labels_for(enc.source).current_all()
+        label = ctx.shown_label(labels, *feature, enc.source)
         shaded = shading.by_feature(ctx, enc, *feature, label=label)
     if metric == "active features":
         values = np.array([enc.layers[n].n_active.numpy() for n in chosen], dtype=float)
@@ -178,26 +200,43 @@ def show(
     else:
         values, what, zmax = np.clip(c.rel, 0.0, 100.0), REL, 100.0
     hover = [
-        [cell_text(n, int(f), float(r), float(a)) for f, r, a in zip(*row, strict=True)]
+        [cell_text(n, int(f), float(r), float(a), enc.source) for f, r, a in zip(*row, strict=True)]
         for n, *row in zip(chosen, c.feature, c.rel, c.act, strict=True)
     ]
     highlighted = [
         (tok, min(float(v), 100.0) / 100.0 if v > 0 else None)
         for tok, v in zip(enc.tokens, shaded.rel, strict=True)
     ]
+    names = [layer_name(n, enc.source) for n in chosen]
     return MicroscopeView(
         highlighted=highlighted,
         tokens_html=shaded.html(enc.tokens, pos),
-        heatmap=render.heatmap_figure(enc.tokens, chosen, values, what, zmax, hover),
+        heatmap=render.heatmap_figure(enc.tokens, chosen, values, what, zmax, hover, names),
         text_top=table,
         token_choices=[(f"{i}: {repr(t)[1:-1]}", i) for i, t in enumerate(enc.tokens)],
         status=_status(ctx, enc, st, max_density, no_max),
         encoding=enc,
         shading=shaded,
         token=pos,
-        token_table=_token_table(ctx, st, pos),
-        shade_choices=shade_choices(table, shaded.feature),
+        token_table=_token_table(ctx, st, pos, enc.source),
+        shade_choices=shade_choices(table, shaded.feature, enc.source),
     )
+
+
+def _shade_feature(enc: Encoding, shade: Any) -> tuple[int, int] | None:
+    """A "Shade tokens by" value as a feature of the encoding's source, or :class:`UserError`
+    (a transcoder feature on a text encoded with the residual SAEs, or the other way round)."""
+    found = shading.parse_shade_source(shade)
+    if found is None:
+        return None
+    layer, feature, source = found
+    if source != enc.source:
+        raise UserError(
+            f"{feature_name(layer, feature, source)} is a {SHORT[source]} feature and the text "
+            f"is encoded with the {SHORT[enc.source]} layers: choose the source "
+            f"{SHORT[source]} to shade by it"
+        )
+    return layer, feature
 
 
 def view(
@@ -209,42 +248,44 @@ def view(
     aggregate: str = "max",
     shade: Any = None,
     token: Any = 0,
+    source: Any = RES,
 ) -> MicroscopeView:
-    """Encode ``text`` on the chosen layers and show it (:func:`encode_text`, :func:`show`);
-    every setting is checked before the forward pass."""
+    """Encode ``text`` on the chosen layers of ``source`` and show it (:func:`encode_text`,
+    :func:`show`); every setting is checked before the forward pass."""
     check_settings(ctx, metric, max_density_pct, aggregate)
     if shade not in (None, ""):
-        shading.parse_shade(shade)
-    enc = encode_text(ctx, text, layers)
+        shading.parse_shade_source(shade)
+    enc = encode_text(ctx, text, layers, source)
     return show(ctx, enc, metric, max_density_pct, aggregate, shade, token)
 
 
 def shade_choices(
-    table: pd.DataFrame, chosen: tuple[int, int] | None = None
+    table: pd.DataFrame, chosen: tuple[int, int] | None = None, source: str = RES
 ) -> list[tuple[str, str]]:
     """ "Shade tokens by"'s choices: each token's strongest, then the whole text's top features
-    (``layer 9 · 123 · label · 93%``), and ``chosen`` if it is none of them."""
+    (``L9 res #123 · label · 93%``), and ``chosen`` if it is none of them."""
     rel_col = next(c for c in table.columns if c.endswith(REL))
     out = [(shading.STRONGEST_NAME, shading.STRONGEST)]
     for layer, feature, label, rel in zip(
         table["layer"], table["feature"], table["label"], table[rel_col], strict=True
     ):
         short = str(label)[:60] + ("…" if len(str(label)) > 60 else "")
-        name = f"layer {layer} · {feature}" + (f" · {short}" if short else "") + f" · {rel:g}%"
-        out.append((name, f"{layer}:{feature}"))
-    value = shading.shade_value(chosen)
+        named = feature_name(int(layer), int(feature), source)
+        name = named + (f" · {short}" if short else "") + f" · {rel:g}%"
+        out.append((name, shading.shade_value((int(layer), int(feature)), source)))
+    value = shading.shade_value(chosen, source)
     if all(v != value for _, v in out):
-        out.append((f"layer {chosen[0]} · {chosen[1]}" if chosen else value, value))
+        out.append((feature_name(*chosen, source) if chosen else value, value))
     return out
 
 
 def _text_top(
-    ctx: Context, st: dict[int, LayerStrength], aggregate: str
+    ctx: Context, st: dict[int, LayerStrength], aggregate: str, source: str = RES
 ) -> tuple[pd.DataFrame, int]:
     """The whole text's top features by relative strength (max or sum over its tokens), raw
     beside it; and how many shown features have no store maximum."""
     rel_col, act_col = f"{aggregate} {REL}", f"{aggregate} act"
-    columns = ["layer", "feature", "label", rel_col, act_col, "tokens", "density %"]
+    columns = ["layer", "feature", "label", rel_col, act_col, "tokens", "density %", "source"]
     agg = per_feature(st, aggregate)
     no_max = int(np.isnan(agg.rel).sum())
     top = agg.order[:TEXT_TOP]
@@ -257,25 +298,27 @@ def _text_top(
             "tokens": agg.tokens[top],
         }
     )
-    _describe(ctx, table)
+    _describe(ctx, table, source)
     return table[columns].reset_index(drop=True), no_max
 
 
-def _describe(ctx: Context, table: pd.DataFrame) -> None:
-    """Add each row's label and density (in %) to ``table`` (in place)."""
-    labels = ctx.labels.current_all()
-    dens = ctx.densities()
+def _describe(ctx: Context, table: pd.DataFrame, source: str = RES) -> None:
+    """Add each row's label, density (in %) and source to ``table`` (in place)."""
+    labels = ctx.labels_for(source).current_all()
+    dens = ctx.densities(source)
     pairs = list(zip(table["layer"].astype(int), table["feature"].astype(int), strict=True))
-    table["label"] = [ctx.shown_label(labels, la, f) for la, f in pairs]
+    table["label"] = [ctx.shown_label(labels, la, f, source) for la, f in pairs]
     table["density %"] = [
         round(100 * float(dens[la][f]), 4) if la in dens else None for la, f in pairs
     ]
+    table["source"] = SHORT[source]
 
 
 def _status(
     ctx: Context, enc: Encoding, st: dict[int, LayerStrength], max_density: float, no_max: int
 ) -> str:
-    status = f"{len(enc.tokens)} tokens × {len(st)} layers."
+    which = "layers" if enc.source == RES else "transcoder (tc) layers"
+    status = f"{len(enc.tokens)} tokens × {len(st)} {which}."
     per_text = [str(n) for n, s in st.items() if s.per_text]
     if per_text:
         status += (
@@ -313,8 +356,10 @@ def _position(enc: Encoding | None, position: Any) -> tuple[Encoding, int]:
     return enc, parse_int(position, "token", 0, len(enc.tokens) - 1)
 
 
-def _token_table(ctx: Context, st: dict[int, LayerStrength], pos: int) -> pd.DataFrame:
-    cols = ["layer", "feature", "label", REL, "activation", "density %"]
+def _token_table(
+    ctx: Context, st: dict[int, LayerStrength], pos: int, source: str = RES
+) -> pd.DataFrame:
+    cols = ["layer", "feature", "label", REL, "activation", "density %", "source"]
     frames = [
         pd.DataFrame(
             {
@@ -335,7 +380,7 @@ def _token_table(ctx: Context, st: dict[int, LayerStrength], pos: int) -> pd.Dat
     )
     table[REL] = table[REL].astype(float).round(1)
     table["activation"] = table["activation"].astype(float).round(3)
-    _describe(ctx, table)
+    _describe(ctx, table, source)
     return table[cols].reset_index(drop=True)
 
 
@@ -345,7 +390,7 @@ def token_features(
     """The chosen token's shown features on every encoded layer, strongest (relative) first,
     all layers together; raw activation beside it."""
     enc, pos = _position(enc, position)
-    return _token_table(ctx, _strengths(ctx, enc, _density(ctx, max_density_pct)), pos)
+    return _token_table(ctx, _strengths(ctx, enc, _density(ctx, max_density_pct)), pos, enc.source)
 
 
 def token_caption(enc: Encoding | None, position: Any) -> str:

@@ -5,7 +5,9 @@ in the session; every other control applies at once from it: the heatmap's metri
 filter, the whole-text ranking, the shading feature (a row of either table, or "Shade tokens by")
 and the token (a click on it, or the Token box). ``view`` (a ``gr.State``) records what is on
 screen (text, settings, shading feature, token): the address bar is written from it, and
-encoding the same text again keeps its token and feature.
+encoding the same text again keeps its token and feature. The source choice (residual SAEs or
+transcoders, when the bundle has them) offers that source's layers and encodes the text on screen
+again with them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.app import microscope, render, shading
+from explorer.app import microscope, render, shading, sources
 from explorer.app.context import Context, UserError
 from explorer.app.microscope import METRICS, REL, MicroscopeView
 from explorer.app.ui import click_js, status_box, status_line, ui, warn
 from explorer.encode import Encoding
+from explorer.store.schema import RES, SHORT
 
 # The token view reports a click as a select event with the token's position, as Gradio's own
 # HighlightedText does (keyboard users pick tokens with the Token dropdown).
@@ -45,6 +48,7 @@ class MicroscopeTab:
     enc_state: gr.State
     view: gr.State
     text: gr.Textbox
+    source: gr.Radio
     layers: gr.CheckboxGroup
     metric: gr.Radio
     density: gr.Number
@@ -79,8 +83,9 @@ def view_record(
         "metric": metric,
         "density": density,
         "aggregate": aggregate,
-        "shade": shading.shade_value(v.shading.feature),
+        "shade": v.shading.value,
         "token": v.token,
+        "source": SHORT[v.encoding.source],
     }
 
 
@@ -90,7 +95,7 @@ def shown(v: MicroscopeView, record: dict[str, Any]) -> tuple[Any, ...]:
     return (
         v.tokens_html,
         status_line(v.shading.caption),
-        gr.Dropdown(choices=v.shade_choices, value=shading.shade_value(v.shading.feature)),
+        gr.Dropdown(choices=v.shade_choices, value=v.shading.value),
         v.heatmap,
         render.shade_column(v.text_top, rank),
         gr.Dropdown(choices=v.token_choices, value=v.token),
@@ -114,12 +119,14 @@ def kept_choices(enc: Encoding, before: dict[str, Any] | None, text: str) -> tup
     token = before.get("token", 0)
     token = token if isinstance(token, int) and 0 <= token < len(enc.tokens) else 0
     try:
-        feature = shading.parse_shade(before.get("shade"))
+        found = shading.parse_shade_source(before.get("shade"))
     except UserError:
         return None, token
-    if feature is not None and feature[0] not in enc.layers:
+    if found is None:
+        return shading.STRONGEST, token
+    if found[0] not in enc.layers or found[2] != enc.source:
         return None, token
-    return shading.shade_value(feature), token
+    return shading.shade_value(found[:2], found[2]), token
 
 
 def layout(ctx: Context) -> MicroscopeTab:
@@ -133,6 +140,7 @@ def layout(ctx: Context) -> MicroscopeTab:
         [[t] for t in texts], inputs=text, label="Example texts (click: encoded)"
     )
     with gr.Row():
+        source = sources.radio(ctx, "m-source", "Features of")
         ticked = [str(n) for n in microscope.default_layers(ctx)]
         layers = gr.CheckboxGroup(layer_names, value=ticked, label="Layers", elem_id="m-layers")
         metric = gr.Radio(
@@ -173,8 +181,10 @@ def layout(ctx: Context) -> MicroscopeTab:
         interactive=False,
         elem_id="text-top",
     )
+    if len(ctx.sources) > 1:
+        gr.Markdown(sources.TC_NOTE)
     tab = MicroscopeTab(
-        enc_state=enc_state, view=view, text=text, layers=layers, metric=metric,
+        enc_state=enc_state, view=view, text=text, source=source, layers=layers, metric=metric,
         density=density, aggregate=aggregate, encode_btn=encode_btn, status=status,
         shade_by=shade_by, open_shade=open_shade, shade_caption=shade_caption,
         tokens_view=tokens_view, heatmap=heatmap, token_pick=token_pick,
@@ -190,11 +200,12 @@ def layout(ctx: Context) -> MicroscopeTab:
         max_density_pct: Any,
         aggregate: str,
         before: dict[str, Any] | None = None,
+        source: Any = RES,
     ) -> tuple[Any, ...]:
-        """Encode the text on the chosen layers and show it (the same text keeps its token and
-        shading feature)."""
+        """Encode the text on the chosen layers of ``source`` (res or tc) and show it (the same
+        text keeps its token and shading feature)."""
         microscope.check_settings(ctx, metric, max_density_pct, aggregate)
-        enc = microscope.encode_text(ctx, text, layers)
+        enc = microscope.encode_text(ctx, text, layers, source)
         shade, token = kept_choices(enc, before, text)
         try:
             v = microscope.show(ctx, enc, metric, max_density_pct, aggregate, shade, token)
@@ -205,7 +216,9 @@ def layout(ctx: Context) -> MicroscopeTab:
             v = microscope.show(ctx, enc, metric, max_density_pct, aggregate, None, token)
         return shown(v, view_record(text, layers, metric, max_density_pct, aggregate, v))
 
-    encode_btn.click(ui(run_microscope), [text, *settings, view], outputs, api_name="microscope")
+    encode_btn.click(
+        ui(run_microscope), [text, *settings, view, source], outputs, api_name="microscope"
+    )
     examples.load_input_event.then(None, None, None, js=click_js("#encode"))
 
     def redraw(
@@ -254,18 +267,39 @@ def layout(ctx: Context) -> MicroscopeTab:
         max_density_pct: Any,
         aggregate: str,
         before: dict[str, Any] | None,
+        source: Any,
     ) -> tuple[Any, ...]:
         """A layer ticked or unticked: the text on screen is encoded again on the new layers."""
         if not before:
             return tuple(gr.skip() for _ in outputs)
-        return run_microscope(text, layers, metric, max_density_pct, aggregate, before)
+        return run_microscope(text, layers, metric, max_density_pct, aggregate, before, source)
 
     layers.input(
         ui(reencode),
-        [text, *settings, view],
+        [text, *settings, view, source],
         outputs,
         api_visibility="private",
         trigger_mode="always_last",
+    )
+
+    def switch_source(
+        text: str, metric: str, max_density_pct: Any, aggregate: str, before: Any, source: Any
+    ) -> tuple[Any, ...]:
+        """Another source: its layers (those the cache holds ticked), and the text on screen
+        encoded again with them."""
+        ticked = [str(n) for n in microscope.default_layers(ctx, ctx.source(source))]
+        names = sources.layer_names(ctx, source)
+        update = gr.CheckboxGroup(choices=names, value=ticked)
+        if not before:
+            return (update, *(gr.skip() for _ in outputs))
+        again = run_microscope(text, ticked, metric, max_density_pct, aggregate, before, source)
+        return (update, *again)
+
+    source.input(
+        ui(switch_source),
+        [text, metric, density, aggregate, view, source],
+        [layers, *outputs],
+        api_visibility="private",
     )
 
     def with_shade(enc: Encoding | None, before: dict[str, Any] | None, shade: Any) -> Any:
@@ -280,7 +314,8 @@ def layout(ctx: Context) -> MicroscopeTab:
 
     def shade_row(enc: Encoding | None, before: dict[str, Any] | None, evt: gr.SelectData) -> Any:
         row = evt.row_value
-        return with_shade(enc, before, f"{int(row[0])}:{int(row[1])}")
+        source = enc.source if enc is not None else RES
+        return with_shade(enc, before, shading.shade_value((int(row[0]), int(row[1])), source))
 
     for table in (token_table, text_top):
         table.select(ui(shade_row), [enc_state, view], outputs, api_visibility="private")

@@ -240,3 +240,24 @@ def tiers(
     part_rows = np.flatnonzero(index.partial(q, n))
     put(part_rows, TIER_TOKEN_PART, np.zeros(len(part_rows)))
     return tier, within
+
+
+def concat(indexes: list[TokenIndex], sizes: list[int]) -> TokenIndex:
+    """One :class:`TokenIndex` over several summaries stacked in order (``sizes``: each one's
+    rows): browse's rows of every source together."""
+    keys = sorted({k for index in indexes for k in index.keys})
+    codes = {k: i for i, k in enumerate(keys)}
+    rows, code, weight = [], [], []
+    base = 0
+    for index, size in zip(indexes, sizes, strict=True):
+        remap = np.array([codes[k] for k in index.keys], dtype=np.int64)
+        rows.append(index.row + base)
+        code.append(remap[index.code] if len(index.code) else index.code)
+        weight.append(index.weight)
+        base += size
+    return TokenIndex(
+        row=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+        code=np.concatenate(code) if code else np.zeros(0, dtype=np.int64),
+        weight=np.concatenate(weight) if weight else np.zeros(0),
+        keys=keys,
+    )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from explorer import steerability
+from explorer.store.schema import feature_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -188,10 +189,27 @@ def badges_html(
             f"{esc(steer_text(steer))}</span>"
         )
     return (
-        f'<div class="gse-header"><div class="gse-title">Layer {rec.layer} · feature '
-        f"{rec.feature}</div><div class='gse-label'>{shown}</div>{described}"
+        f'<div class="gse-header"><div class="gse-title">{title(rec)}</div>'
+        f"<div class='gse-label'>{shown}</div>{described}"
         f'<div class="gse-stats">density {100 * rec.density:.4f}% · {rec.n_fires:,} fires · '
         f"max {rec.max_act:.3f} · mean {rec.mean_act:.3f} {''.join(badges)}</div></div>"
+    )
+
+
+SOURCE_WORDS = {
+    "res": "residual stream SAE",
+    "transcoder": "transcoder: reads the MLP's input, writes its output",
+}
+
+
+def title(rec: FeatureRecord) -> str:
+    """A dashboard's title: the feature's name (``L9 tc #456``), then its source in words, its
+    layer and number."""
+    name = feature_name(rec.layer, rec.feature, rec.source)
+    words = SOURCE_WORDS.get(rec.source, rec.source)
+    return (
+        f'{esc(name)} <span class="gse-muted">{esc(words)} · Layer {rec.layer} · feature '
+        f"{rec.feature}</span>"
     )
 
 
@@ -256,9 +274,11 @@ def heatmap_figure(
     what: str,
     zmax: float,
     hover: Sequence[Sequence[str]] | None = None,
+    names: Sequence[str] | None = None,
 ) -> go.Figure:
     """Tokens (x) × layers (y) on :data:`COLOURSCALE` from 0 to ``zmax``; ``values`` is
-    ``[n_layers, n_tokens]``, ``hover`` (same shape, plain text) says more about each cell."""
+    ``[n_layers, n_tokens]``, ``hover`` (same shape, plain text) says more about each cell;
+    ``names`` are the rows' names (``layer 9``, ``tc layer 9``; default ``layer N``)."""
     import plotly.graph_objects as go
 
     x = [f"{i}:{plot_text(repr(t)[1:-1])}" for i, t in enumerate(tokens)]
@@ -267,7 +287,7 @@ def heatmap_figure(
         go.Heatmap(
             z=values,
             x=x,
-            y=[f"layer {n}" for n in layers],
+            y=[plot_text(n) for n in names] if names else [f"layer {n}" for n in layers],
             zmin=0.0,
             zmax=zmax if zmax > 0 else 1.0,
             colorscale=COLOURSCALE,

@@ -16,6 +16,9 @@ The rules, in one place:
   recommended strength for the feature when the store has one, else its max activation in the
   store (blank for ``ablate``: 0). ``method`` is add, clamp or ablate (any case); blank
   means add. ``label`` and ``steering estimate`` are for reading only.
+- ``source`` is ``res`` (blank too: a residual SAE's feature) or ``tc`` (a transcoder's, when
+  the bundle has transcoders); a transcoder feature is steered with ``add`` only, at its layer's
+  MLP output (:mod:`explorer.steer`).
 - A row whose cells are all blank is skipped (the page keeps an empty row to type into); at most
   :data:`MAX_STEERS` others.
 
@@ -33,9 +36,11 @@ import pandas as pd
 from explorer.app.context import Context, UserError, parse_float, parse_int
 from explorer.app.render import steer_text
 from explorer.steer import MAX_STRENGTH, METHODS, Steer, SteerError
+from explorer.store.schema import RES, SHORT, feature_name
 
 MAX_STEERS = 8
-STEER_COLUMNS = ("layer", "feature", "strength", "method", "label", "steering estimate")
+STEER_COLUMNS = ("layer", "feature", "strength", "method", "label", "steering estimate", "source")
+"""The table's columns; ``source`` last, so rows of cells in the older order still read."""
 _WHOLE = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
 """A whole number written as text: ``12``, ``+12``, ``12.0``; not ``1e3``, ``12abc``, ``1_000``."""
 
@@ -84,17 +89,22 @@ def number(value: Any, what: str, lo: float, hi: float) -> float:
         ) from None
 
 
-def default_strength(ctx: Context, layer: Any, feature: Any, method: str = "add") -> float:
+def default_strength(
+    ctx: Context, layer: Any, feature: Any, method: str = "add", source: Any = RES
+) -> float:
     """The steering evaluation's recommended strength for the feature and method when the store
-    has one (``steering.parquet``, :mod:`precompute.steer_eval`), else the feature's max
-    activation in the store (10 without a store)."""
-    layer_n, feature_n = ctx.check_feature(layer, feature)
-    if ctx.store is None:
+    has one (``steering.parquet``, :mod:`precompute.steer_eval`: residual SAEs' features), else
+    the feature's max activation in the store (10 without the source's data)."""
+    source = ctx.source(source)
+    layer_n, feature_n = ctx.check_feature(layer, feature, source)
+    reader = ctx.reader(source)
+    if reader is None:
         return 10.0
-    recommended = ctx.store.recommended_strength(layer_n, feature_n, method)
-    if recommended is not None:
-        return round(recommended, 2)
-    value = float(ctx.summary_layer(layer_n)["max_act"].iat[feature_n])
+    if source == RES:
+        recommended = reader.recommended_strength(layer_n, feature_n, method)
+        if recommended is not None:
+            return round(recommended, 2)
+    value = float(ctx.summary_layer(layer_n, source)["max_act"].iat[feature_n])
     return round(value, 2) if value > 0 else 10.0
 
 
@@ -112,8 +122,10 @@ def parse_row(ctx: Context, cells: dict[str, Any], where: str) -> Steer:
             raise UserError(f"{where}: {name} is missing: enter a whole number")
     layer = whole_number(cells["layer"], f"{where}: layer")
     feature = whole_number(cells["feature"], f"{where}: feature")
+    source_cell = cells.get("source")
     try:
-        layer, feature = ctx.check_feature(layer, feature)
+        source = ctx.source(None if _blank(source_cell) else str(source_cell))
+        layer, feature = ctx.check_feature(layer, feature, source)
     except UserError as err:
         raise UserError(f"{where}: {err}") from None
     method_cell = cells.get("method")
@@ -123,12 +135,19 @@ def parse_row(ctx: Context, cells: dict[str, Any], where: str) -> Steer:
             f"{where}: method must be {', '.join(METHODS[:-1])} or {METHODS[-1]}, "
             f"not {_shown(method_cell)}"
         )
+    if source != RES and method != "add":
+        raise UserError(
+            f"{where}: {feature_name(layer, feature, source)} is a transcoder feature: it steers "
+            f"with add only (its direction is added to the MLP's output), not {method}"
+        )
     if _blank(cells.get("strength")):
-        strength = 0.0 if method == "ablate" else default_strength(ctx, layer, feature, method)
+        strength = (
+            0.0 if method == "ablate" else default_strength(ctx, layer, feature, method, source)
+        )
     else:
         strength = number(cells["strength"], f"{where}: strength", -MAX_STRENGTH, MAX_STRENGTH)
     try:
-        return Steer(layer, feature, strength, method)
+        return Steer(layer, feature, strength, method, source)
     except SteerError as err:  # the checks above should have caught it: still one line
         raise UserError(f"{where}: {err}") from None
 
@@ -180,7 +199,9 @@ def parse_steers(ctx: Context, table: Any) -> list[Steer]:
     [Steer(layer=2, feature=5, strength=40.0, method='add'), Steer(2, 7, 0.0, 'ablate')]
     """
     if isinstance(table, (list, tuple)) and table and all(isinstance(s, Steer) for s in table):
-        rows: list[Any] = [[s.layer, s.feature, s.strength, s.method] for s in table]
+        rows: list[Any] = [
+            [s.layer, s.feature, s.strength, s.method, None, None, SHORT[s.source]] for s in table
+        ]
         headers = list(STEER_COLUMNS)
     else:
         headers, rows = _rows(table)
@@ -215,8 +236,8 @@ def to_table(ctx: Context, steers: Sequence[Steer]) -> pd.DataFrame:
     likely-to-steer estimate (:mod:`explorer.steerability`)."""
     rows = [
         [
-            s.layer, s.feature, s.strength, s.method, ctx.label_of(s.layer, s.feature),
-            steer_text(ctx.steer_estimate(s.layer, s.feature)),
+            s.layer, s.feature, s.strength, s.method, ctx.label_of(s.layer, s.feature, s.source),
+            steer_text(ctx.steer_estimate(s.layer, s.feature, s.source)), SHORT[s.source],
         ]
         for s in steers
     ]  # fmt: skip
@@ -230,10 +251,14 @@ def add_steer(
     feature: Any,
     strength: Any = None,
     method: Any = "add",
+    source: Any = RES,
 ) -> list[Steer]:
     """The table's steers with one more feature (blank strength: :func:`default_strength`)."""
     current = parse_steers(ctx, steering)
     if len(current) >= MAX_STEERS:
         raise UserError(f"at most {MAX_STEERS} steering features at once: remove one first")
-    cells = {"layer": layer, "feature": feature, "strength": strength, "method": method}
+    cells = {
+        "layer": layer, "feature": feature, "strength": strength, "method": method,
+        "source": source,
+    }  # fmt: skip
     return [*current, parse_row(ctx, cells, "the new feature")]

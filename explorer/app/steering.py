@@ -1,5 +1,6 @@
 """The Steering tab: default and steered completions side by side, streamed, with up to eight
-features added, clamped or ablated.
+features added, clamped or ablated (a transcoder feature, ``tc``, is added to its layer's MLP
+output: add only).
 
 One way in: every entry point here (the Generate and Add buttons, the dashboard's "steer with
 this feature", an API client) reads the steering table with
@@ -23,6 +24,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from explorer.app import sources
 from explorer.app.context import Context, UserError
 from explorer.app.render import esc
 from explorer.app.start import demo_table
@@ -71,10 +73,16 @@ _WHY = {"eos": "end of text", "length": "token limit", "time": "time limit"}
 
 
 def with_feature(
-    ctx: Context, steering: Any, layer: Any, feature: Any, strength: Any = None, method: Any = "add"
+    ctx: Context,
+    steering: Any,
+    layer: Any,
+    feature: Any,
+    strength: Any = None,
+    method: Any = "add",
+    source: Any = "res",
 ) -> pd.DataFrame:
     """:func:`add_steer`, as the page's table."""
-    return to_table(ctx, add_steer(ctx, steering, layer, feature, strength, method))
+    return to_table(ctx, add_steer(ctx, steering, layer, feature, strength, method, source))
 
 
 def demo_values(ctx: Context, index: Any) -> tuple[Any, ...]:
@@ -213,6 +221,7 @@ def _as_sent(payload: Any) -> Any:
 
 @dataclass
 class SteeringTab:
+    source: gr.Radio
     prompt: gr.Textbox
     layer: gr.Dropdown
     feature: gr.Number
@@ -241,7 +250,10 @@ def layout(ctx: Context) -> SteeringTab:
     """
     layer_names = [str(n) for n in ctx.layers]
     prompt = gr.Textbox("I went for a walk and", lines=2, label="Prompt", elem_id="steer-prompt")
+    if len(ctx.sources) > 1:
+        gr.Markdown(sources.TC_NOTE, elem_id="steer-tc-note")
     with gr.Row():
+        s_source = sources.radio(ctx, "s-source")
         s_layer = gr.Dropdown(layer_names, value=layer_names[-1], label="Layer")
         s_feature = gr.Number(0, label="Feature", precision=0, minimum=0)
         s_strength = gr.Textbox(
@@ -274,16 +286,20 @@ def layout(ctx: Context) -> SteeringTab:
     shown = gr.State(("", ""))
     demos_table = demo_table(ctx, "steer-demos")
 
-    def add_steer(steering: Any, layer: Any, feature: Any, strength: Any, method: Any) -> Any:
+    sources.follow(ctx, s_source, s_layer)
+
+    def add_steer(
+        steering: Any, layer: Any, feature: Any, strength: Any, method: Any, source: Any = "res"
+    ) -> Any:
         try:
-            return with_feature(ctx, steering, layer, feature, strength, method)
+            return with_feature(ctx, steering, layer, feature, strength, method, source)
         except UserError as err:
             gr.Warning(esc(str(err)))
             return gr.skip()
 
     add_btn.click(
         add_steer,
-        [steer_table, s_layer, s_feature, s_strength, s_method],
+        [steer_table, s_layer, s_feature, s_strength, s_method, s_source],
         steer_table,
         api_name="add_steer",
         preprocess=False,
@@ -323,6 +339,7 @@ def layout(ctx: Context) -> SteeringTab:
         api_visibility="private",
     )
     return SteeringTab(
+        source=s_source,
         prompt=prompt,
         layer=s_layer,
         feature=s_feature,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from explorer.store.schema import RES, SHORT, feature_name
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -59,11 +61,12 @@ class LayerStrength:
         return np.where(self.kept & ~np.isnan(self.rel), self.rel, -1.0)
 
 
-def rank_scales(ctx: Context, layers: Sequence[int]) -> dict[int, Tensor]:
-    """Per layer the store maxima as :func:`encode`'s top-k scales (dead features far above)."""
+def rank_scales(ctx: Context, layers: Sequence[int], source: str = RES) -> dict[int, Tensor]:
+    """Per layer the store maxima of ``source``'s features as :func:`encode`'s top-k scales
+    (dead features far above)."""
     import torch
 
-    maxes = ctx.max_acts()
+    maxes = ctx.max_acts(source)
     return {
         n: torch.from_numpy(np.where(maxes[n] > 0, maxes[n], NO_MAX_SCALE))
         for n in layers
@@ -74,7 +77,7 @@ def rank_scales(ctx: Context, layers: Sequence[int]) -> dict[int, Tensor]:
 def strengths(ctx: Context, enc: Encoding, max_density: float) -> dict[int, LayerStrength]:
     """Relative strength and the density filter for every layer of ``enc`` (vectorized: one
     lookup of the layer's maxima and densities per layer)."""
-    dens, maxes = ctx.densities(), ctx.max_acts()
+    dens, maxes = ctx.densities(enc.source), ctx.max_acts(enc.source)
     out = {}
     for layer, la in enc.layers.items():
         ids, acts = la.feature_ids.numpy(), la.acts.numpy().astype(float)
@@ -120,11 +123,17 @@ def cells(layers: Sequence[int], st: dict[int, LayerStrength]) -> Cells:
     return Cells(np.array(rel), np.array(feature), np.array(act))
 
 
-def cell_text(layer: int, feature: int, rel: float, act: float) -> str:
-    """One cell in words (a tooltip): ``layer 9 feature 12: 83% of its max (activation 213)``."""
+def cell_text(layer: int, feature: int, rel: float, act: float, source: str = RES) -> str:
+    """One cell in words (a tooltip): ``L9 res #12: 83% of its max (activation 213)``."""
     if rel < 0:
-        return f"layer {layer}: no feature shown"
-    return f"layer {layer} feature {feature}: {rel:.0f}% of its max (activation {act:.3g})"
+        return f"{layer_name(layer, source)}: no feature shown"
+    name = feature_name(layer, feature, source)
+    return f"{name}: {rel:.0f}% of its max (activation {act:.3g})"
+
+
+def layer_name(layer: int, source: str = RES) -> str:
+    """``layer 9`` (a residual SAE's), ``tc layer 9`` (a transcoder's)."""
+    return f"layer {layer}" if source == RES else f"{SHORT[source]} layer {layer}"
 
 
 @dataclass(frozen=True)
