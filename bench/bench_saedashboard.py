@@ -40,16 +40,13 @@ first K feature batches (K x 256 features for the default runner, K x 128 for th
 extrapolates linearly to all 4096 (every batch does the same work, see ``batch_s`` and
 ``warm_batch_s`` in the JSON; the Neuronpedia cold pass is extrapolated as its first batch, which
 does the forward passes and writes the cache, plus the warm per-batch time for the rest); the
-report says so. Use it for
-the default runner on a machine with less than ~32 GB: on 8,192 tokens it takes ~36 s per
-256-feature batch (2 CPU threads) but its memory grows by ~1.4 GB per batch, so all 16 batches in
-one call need more than 23 GB. The Neuronpedia runner's memory stays flat (~5 GB; ~14 s per
-128-feature batch with cached activations), so it can run all 32 batches.
+report says so. Use it for the default runner below ~32 GB: its memory grows ~1.4 GB per
+256-feature batch (~36 s each on 8,192 tokens, 2 threads); the Neuronpedia runner's stays flat
+(~5 GB; ~14 s per 128-feature batch, cached), so it can run all 32 batches.
 
-Environment: ``GSE_CACHE_DIR`` (where the embedded model is cached) for ``ours``;
-``HF_HUB_OFFLINE=1`` is set by the ``saedashboard`` mode (everything is local). Files in
-``--work-dir``: ``tokens.npy`` ([W, 128] int64, BOS first), ``check.npz``, ``ours.json``,
-``ours_top.npz``, ``sd_*.json``, ``sd_*_top.npz``, ``report.json`` (what ``compare`` prints).
+``GSE_CACHE_DIR``: the embedded model's cache (``ours``); the ``saedashboard`` mode sets
+``HF_HUB_OFFLINE=1``. ``--work-dir`` holds ``tokens.npy`` ([W, 128] int64, BOS first),
+``check.npz``, ``ours*.json/npz``, ``sd_*.json/npz`` and ``report.json``.
 
 ``compare`` prints: seconds and features/s of each tool, the speed-ups ours vs the default runner
 (target >= 5x) and ours vs the Neuronpedia runner with cached activations (target > 1x), the
@@ -94,9 +91,6 @@ def _threads(n: int) -> None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-# ------------------------------------------------------------------------------------- ours
 
 
 def _full_windows(tokenizer: Any, n_windows: int) -> tuple[Any, int]:
@@ -210,9 +204,6 @@ def run_ours(work: Path, n_windows: int, threads: int, check_windows: int) -> No
         },
     )
     print(f"ours: encode {t1 - t0:.1f} s, reduce {t2 - t1:.1f} s, total {t2 - t0:.1f} s")
-
-
-# ---------------------------------------------------------------------------- SAEDashboard
 
 
 def _load_tl_model(model_dir: str) -> Any:
@@ -485,9 +476,6 @@ def run_saedashboard(
         run_neuronpedia(work, model, tokens, np_batches)
 
 
-# ---------------------------------------------------------------------------------- compare
-
-
 def _agreement(
     ours: Any, theirs: Any, sample: np.ndarray, eligible: tuple[int, int] | None
 ) -> dict[str, Any]:
@@ -612,28 +600,22 @@ def _print_report(r: dict[str, Any]) -> None:
         print(f"  agreement: {json.dumps(n['agreement'])}")
 
 
-# ------------------------------------------------------------------------------------- main
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["ours", "saedashboard", "compare", "all"])
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-saedashboard"))
-    parser.add_argument("--windows", type=int, default=64, help="full 128-token windows")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--check-windows", type=int, default=4)
-    parser.add_argument(
-        "--runners", default="default,neuronpedia", help="SAEDashboard runners to time"
-    )
-    parser.add_argument(
-        "--feature-batches", type=int, default=None, help="default runner: K batches, extrapolate"
-    )
-    parser.add_argument(
-        "--np-feature-batches", type=int, default=None, help="the same for the Neuronpedia runner"
-    )
-    parser.add_argument("--sample", type=int, default=200, help="live features compared")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sd-python", help="the SAEDashboard venv's python (mode all)")
+    add = parser.add_argument
+    # fmt: off
+    add("mode", choices=["ours", "saedashboard", "compare", "all"])
+    add("--work-dir", type=Path, default=Path("/tmp/bench-saedashboard"))
+    add("--windows", type=int, default=64, help="full 128-token windows")
+    add("--threads", type=int, default=2)
+    add("--check-windows", type=int, default=4)
+    add("--runners", default="default,neuronpedia", help="SAEDashboard runners to time")
+    add("--feature-batches", type=int, help="default runner: K batches, extrapolate")
+    add("--np-feature-batches", type=int, help="the same for the Neuronpedia runner")
+    add("--sample", type=int, default=200, help="live features compared")
+    add("--seed", type=int, default=0)
+    add("--sd-python", help="the SAEDashboard venv's python (mode all)")
+    # fmt: on
     args = parser.parse_args()
     work = args.work_dir
     if args.mode == "ours":
