@@ -145,7 +145,7 @@ def test_a_label_lands_on_the_feature_shown(ui: UI, ctx: Context) -> None:
     page.locator("#d-feature input").fill(str(b))
     ui.box("quick-label").fill("meant for the feature on screen")
     page.locator("#quick-save").click()
-    expect(page.locator("#label-status")).to_contain_text(f"layer 2 feature {a}")
+    expect(page.locator("#label-status")).to_contain_text(f"L2 res #{a}")
     expect(page.locator("#dash-header")).to_contain_text(f"Layer 2 · feature {a}")
     expect(page.locator("#dash-header")).to_contain_text("meant for the feature on screen")
     assert ctx.labels.current(2, b) is None
@@ -158,7 +158,7 @@ def test_a_label_lands_on_the_feature_shown(ui: UI, ctx: Context) -> None:
     _choose(ui, "l-layer", str(other))  # changed, not opened: the shown feature is kept
     page.locator("#l-label").get_by_role("textbox").fill("from the queue, on screen")
     page.locator("#l-save").click()
-    expect(page.locator("#l-status")).to_contain_text(f"layer {shown[0]} feature {shown[1]}")
+    expect(page.locator("#l-status")).to_contain_text(f"L{shown[0]} res #{shown[1]}")
     saved = ctx.labels.current(*shown)
     assert saved is not None and saved.label == "from the queue, on screen"
     expect(page.locator("#l-saved")).to_contain_text("from the queue, on screen")
