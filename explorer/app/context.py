@@ -29,6 +29,7 @@ from explorer.app import relevance
 from explorer.app.inputs import UserError, parse_float, parse_int
 from explorer.app.policy import WritePolicy
 from explorer.bundle import build_bundle, bundle_identity, preset
+from explorer.circuits.library import GraphLibrary
 from explorer.explanations import ExplanationError, Explanations
 from explorer.labels import LabelError, Labels
 from explorer.paths import ASSETS_STORE, CURATED
@@ -100,6 +101,7 @@ class Context:
             microscope's example texts).
         policy: who may write labels, import and retract (open unless published).
         explanations: generated and imported explanations (``None``: none to show).
+        graphs: the Circuits tab's curated attribution graphs and its cache of computed ones.
     """
 
     bundle: Bundle
@@ -111,6 +113,7 @@ class Context:
     )
     policy: WritePolicy = field(default_factory=WritePolicy)
     explanations: Explanations | None = None
+    graphs: GraphLibrary = field(default_factory=GraphLibrary)
     _summary: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
     _tokens: TokenIndex | None = field(default=None, init=False, repr=False, compare=False)
     _dens: dict[int, Any] | None = field(default=None, init=False, repr=False, compare=False)
