@@ -6,12 +6,15 @@ prediction."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
 from circuits_app import CAPTION, CURATED_PROMPT
+from helpers import serve
 
 from explorer.app import Context, UserError, circuit_view, circuits, links
 from explorer.app.circuits import Circuit
@@ -209,7 +212,42 @@ def test_the_panel_and_hover_are_escaped_text(circuit_ctx: Context) -> None:
 def test_the_download_is_the_graph_file(circuit_ctx: Context) -> None:
     c: Circuit = circuits.open_graph(circuit_ctx, CURATED_PROMPT, "")
     path = circuits.download(c)
-    assert path.name == f"{c.slug}.json"
+    assert path.name == f"{c.slug}.json" and circuits.download(c) == path  # written once
     back = from_json(path)
     assert back.metadata["prompt"] == CURATED_PROMPT and back.nodes == c.file.nodes
     assert json.loads(path.read_text())["links"] == c.data["links"]
+
+
+def test_curated_graphs_of_another_preset_are_refused_and_not_listed(
+    circuit_ctx: Context, tmp_path: Path
+) -> None:
+    from explorer.bundle import BundleError
+    from explorer.circuits.cli import write_curated
+
+    index = {"preset": "default", "graphs": [{"slug": "x", "prompt": "the cat", "target": None,
+                                               "caption": "c"}]}  # fmt: skip
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(BundleError, match="preset 'default', not 'tiny'"):
+        write_curated(circuit_ctx.bundle, tmp_path)
+    assert GraphLibrary(tmp_path).curated("tiny") == []
+
+
+@pytest.fixture
+def circuit_served(circuit_ctx: Context) -> Iterator[str]:
+    yield from serve(circuit_ctx)
+
+
+def test_a_graph_over_http_is_computed_with_progress(
+    circuit_served: str, circuit_ctx: Context
+) -> None:
+    from gradio_client import Client
+
+    client = Client(circuit_served, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    params = [p["parameter_name"] for p in api["/circuit"]["parameters"]]
+    assert params == ["prompt", "target", "node_threshold"]
+    job = client.submit(PROMPT, "", 0.5, api_name="/circuit")
+    out = job.result()
+    assert "graph computed here" in out[1] and len(circuit_ctx.graphs) == 1
+    with pytest.raises(Exception, match="the prompt is empty"):
+        client.predict("  ", "", 0.5, api_name="/circuit")

@@ -83,6 +83,7 @@ class Circuit:
     top: list[tuple[int, str, float]]
     curated: bool = False
     caption: str = ""
+    saved: Path | None = field(default=None, init=False, repr=False)
     file: GraphFile = field(init=False)
     nodes: dict[str, NodeInfo] = field(init=False)
     target_id: int = field(init=False)
@@ -430,10 +431,13 @@ def intervention(ctx: Context, circuit: Circuit, pins: Sequence[str], scale: Any
 
 
 def download(circuit: Circuit) -> Path:
-    """The graph file on disk (a fresh temporary directory), for the download button."""
-    where = Path(tempfile.mkdtemp(prefix="gse-graph-")) / f"{circuit.slug}.json"
-    where.write_text(json.dumps(circuit.data), encoding="utf-8")
-    return where
+    """The graph file on disk, for the download button: written once per graph, in a temporary
+    directory of its own."""
+    if circuit.saved is None or not circuit.saved.is_file():
+        where = Path(tempfile.mkdtemp(prefix="gse-graph-")) / f"{circuit.slug}.json"
+        where.write_text(json.dumps(circuit.data), encoding="utf-8")
+        circuit.saved = where
+    return circuit.saved
 
 
 def view_record(circuit: Circuit, pins: Sequence[str], threshold: float) -> dict[str, Any]:
