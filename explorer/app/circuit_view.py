@@ -11,6 +11,7 @@ a click on it selects it (:mod:`explorer.app.circuits_tab`).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -62,18 +63,23 @@ def describe(info: NodeInfo, circuit: Circuit, text: str = "") -> str:
     return "\n".join(lines)
 
 
-def _places(nodes: Sequence[NodeInfo], n_layers: int) -> dict[str, tuple[float, float]]:
-    """``node_id -> (x, y)``: nodes of one cell spread around their position, most influential
-    first."""
+def _places(nodes: Sequence[NodeInfo]) -> dict[str, tuple[float, float]]:
+    """``node_id -> (x, y)``: the nodes of one (position, layer) cell on a small grid around
+    it (up to 0.4 to either side, 0.3 up and down), most influential first."""
     cells: dict[tuple[int, int], list[NodeInfo]] = defaultdict(list)
     for n in nodes:
         cells[(n.pos, n.layer)].append(n)
     out = {}
     for (pos, layer), members in cells.items():
         members.sort(key=lambda n: (n.influence if n.influence is not None else 0.0, n.node_id))
-        step = min(0.8 / max(len(members), 1), 0.16)
+        cols = max(1, math.ceil(math.sqrt(2 * len(members))))
+        rows = math.ceil(len(members) / cols)
+        dx, dy = min(0.8 / cols, 0.16), min(0.6 / rows, 0.3)
         for k, n in enumerate(members):
-            out[n.node_id] = (pos + (k - (len(members) - 1) / 2) * step, float(layer))
+            row, col = divmod(k, cols)
+            width = min(cols, len(members) - row * cols)
+            x = pos + (col - (width - 1) / 2) * dx
+            out[n.node_id] = (x, layer + ((rows - 1) / 2 - row) * dy)
     return out
 
 
@@ -90,7 +96,7 @@ def figure(
 
     nodes = circuit.shown(threshold)
     n_layers = max((n.layer for n in nodes if n.kind == "logit"), default=0)
-    where = _places(nodes, n_layers)
+    where = _places(nodes)
     fig = go.Figure()
     shown = set(where)
     links = [lk for lk in circuit.file.links if lk["source"] in shown and lk["target"] in shown]
