@@ -37,6 +37,9 @@ KIND_NAMES = {
 }
 UP, DOWN = "33, 102, 172", "178, 24, 43"
 WIDTHS = (0.6, 1.4, 2.6, 4.2)  # an edge's width by its weight's quarter of the largest
+# Where a feature node's "Open its dashboard" link opens (its URL: circuits.dashboard_query, the
+# Feature tab's transcoder source): a new browser tab, so the graph stays on screen.
+DASHBOARD_TARGET = "_blank"
 PINNED = "#ffb300"
 SELECTED = "#000000"
 
@@ -232,9 +235,8 @@ def panel(circuit: Circuit, info: NodeInfo | None, text: str = "") -> str:
     query = dashboard_query(info)
     if query is not None:
         rows.append(
-            f'<div><a id="circuit-dash-link" href="{esc(query)}" target="_blank" '
-            f'rel="noopener">Open its dashboard</a> (transcoder feature L{info.layer} tc '
-            f"#{info.feature})</div>"
+            f'<div><a id="circuit-dash-link" href="{esc(query)}" '
+            f'target="{DASHBOARD_TARGET}" rel="noopener">Open its dashboard</a></div>'
         )
     return '<div class="gse-circuit-node">' + "".join(rows) + "</div>"
 
