@@ -1,12 +1,13 @@
 """Read candidate prompts' attribution graphs as text, to choose the Circuits tab's curated graphs.
 
-    PYTHONPATH=. python bench/curate_graphs.py [--preset default] [PROMPT ...]
+    PYTHONPATH=. python bench/curate_graphs.py [--preset default] [--save DIR] [PROMPT ...]
 
 For each prompt (default: the candidates below): the model's top 5 next tokens, then the graph of
 the top one as the tab computes it (one target, pruned at 0.8 / 0.98): its scores, size, the
 embeddings' effects on the target per token, and the most influential feature and error nodes
 with their layer, token and effect. Captions in ``assets/graphs/index.json`` are written from
-this and from the graph in the tab; ``python -m explorer graph --curated`` then writes the files.
+this and from the graph in the tab; ``python -m explorer graph --curated`` then writes the files
+(``--save DIR`` writes each graph file here too, as ``<slug>.json``, the slug from the prompt).
 Each graph takes 30-100 s on a loaded 2-core CPU.
 """
 
@@ -38,6 +39,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--save", type=Path, help="write each graph file into this directory")
     parser.add_argument("prompts", nargs="*")
     args = parser.parse_args()
     bundle = build_bundle(preset(args.preset))
@@ -47,7 +49,11 @@ def main() -> None:
         start = time.perf_counter()
         c = circuits.open_graph(ctx, prompt, "")
         took = time.perf_counter() - start
-        size = len(json.dumps(c.data, separators=(",", ":"))) / 1024
+        text = json.dumps(c.data, separators=(",", ":"))
+        size = len(text) / 1024
+        if args.save is not None:
+            args.save.mkdir(parents=True, exist_ok=True)
+            (args.save / f"{c.slug}.json").write_text(text)
         scores = c.file.metadata.get("scores") or {}
         tokens = c.file.metadata["prompt_tokens"]
         print(f"\n=== {prompt!r}  ({took:.0f} s, {size:.0f} KB)")
