@@ -251,3 +251,18 @@ def test_a_graph_over_http_is_computed_with_progress(
     assert "graph computed here" in out[1] and len(circuit_ctx.graphs) == 1
     with pytest.raises(Exception, match="the prompt is empty"):
         client.predict("  ", "", 0.5, api_name="/circuit")
+
+
+def test_a_link_fills_the_tab_or_says_what_is_missing(circuit_ctx: Context, ctx: Context) -> None:
+    from explorer.app import address
+
+    query = "?tab=circuits&prompt=the+dog+ran&target=cat&pins=1_2_3&threshold=0.4"
+    found = links.parse(parse_qsl(query[1:]))
+    assert address._tab(found) == "circuits"
+    prompt, target, threshold, view = address._circuit_values(circuit_ctx, found, "circuits")
+    assert (prompt, target.value, threshold) == ("the dog ran", "cat", 0.4)
+    assert view == {"prompt": "the dog ran", "target": "cat", "pins": ["1_2_3"], "threshold": 0.4}
+    # The prompt is the graph's, not the Steering tab's.
+    assert address._steer_values(circuit_ctx, found, "circuits")[0] is not found.prompt
+    address._circuit_values(ctx, found, "circuits")  # no transcoders: said, nothing filled
+    assert found.problems == [circuits.missing(ctx)]

@@ -345,12 +345,14 @@ def _circuit_values(ctx: Context, found: links.Link, tab: str) -> list[Any]:
         found.problems.append(why)
         return [gr.skip() for _ in range(4)]
     asked = found.circuit
+    if found.prompt is None:  # nothing to draw: the tab as it is
+        return [gr.skip() for _ in range(4)]
     threshold = asked.get("threshold", circuits.NODE_THRESHOLD)
     view = {"prompt": found.prompt or "", "target": asked.get("target", ""),
             "pins": asked.get("pins", []), "threshold": threshold}  # fmt: skip
     return [
-        found.prompt if found.prompt is not None else gr.skip(),
-        gr.Dropdown(value=asked.get("target") or None),
+        found.prompt,
+        gr.Dropdown(value=asked.get("target") or None, allow_custom_value=True),
         threshold,
         view,
     ]

@@ -98,7 +98,7 @@ def drawn(
         circuit_view.figure(c, threshold, pins, selected),
         status_line(circuit_view.caption(c, threshold)),
         status_line(status),
-        gr.Dropdown(choices=choices, value=c.target or None),
+        gr.Dropdown(choices=choices, value=c.target or None, allow_custom_value=True),
         gr.Dropdown(choices=circuit_view.node_choices(c, threshold), value=selected),
         circuit_view.panel(c, info, _text(ctx, info)),
         status_line(circuit_view.pins_line(c, pins)),
@@ -291,7 +291,7 @@ def _wire(ctx: Context, tab: CircuitsTab) -> None:
 
     def open_curated(evt: gr.SelectData) -> tuple[Any, ...]:
         prompt, target = circuits.curated_entry(ctx, evt.index[0])
-        return prompt, gr.Dropdown(value=target or None)
+        return prompt, gr.Dropdown(value=target or None, allow_custom_value=True)
 
     tab.curated.select(
         ui(open_curated), None, [tab.prompt, tab.target], api_visibility="private"
