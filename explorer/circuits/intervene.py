@@ -119,8 +119,10 @@ def intervene(
         with routed(model, {**steer, **dict.fromkeys(pattern_names, frozen_pattern)}):
             frozen = model(ids[None], return_type="logits")[0, -1]
     tokenizer = getattr(model, "tokenizer", None)
-    runs = [torch.softmax(x.float(), dim=-1) for x in (baseline, frozen, unfrozen)]
-    watched = [(float(b[t]), float(f[t]), float(u[t])) for t in watch for b, f, u in [runs]]
+    p_base, p_frozen, p_unfrozen = (
+        torch.softmax(x.float(), dim=-1) for x in (baseline, frozen, unfrozen)
+    )
+    watched = [(float(p_base[t]), float(p_frozen[t]), float(p_unfrozen[t])) for t in watch]
     return Intervention(
         baseline=_top(baseline, tokenizer, top_k),
         frozen=_top(frozen, tokenizer, top_k),
