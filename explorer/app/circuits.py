@@ -102,12 +102,12 @@ class Circuit:
         if len(logits) != 1:
             raise UserError(f"a graph here explains one token; this one has {len(logits)}")
         self.target_id = logits[0].feature
-        self.target_token = str(self.file.node(logits[0].node_id).get("clerp", ""))
+        # The token's text: from the top tokens when it is one, else from the file's label.
+        self.target_token = next(
+            (t for i, t, _ in self.top if i == self.target_id), _logit_text(logits[0].label)
+        )
         effects = effects_on(self.file, logits[0].node_id)
         self.nodes = {n.node_id: replace(n, effect=effects.get(n.node_id, 0.0)) for n in nodes}
-        self.target_token = next(
-            (t for i, t, _ in self.top if i == self.target_id), _logit_text(self.target_token)
-        )
 
     @property
     def slug(self) -> str:
@@ -132,6 +132,8 @@ class Circuit:
 
 
 def _logit_text(clerp: str) -> str:
+    """The token of a logit node's label (``Output " Paris" (p=0.420)``; shown as the viewer
+    shows it)."""
     found = re.fullmatch(r'Output "(.*)" \(p=[0-9.]+\)', clerp, flags=re.S)
     return found[1] if found else clerp
 
