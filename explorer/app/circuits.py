@@ -26,6 +26,7 @@ from explorer.app.context import Context, UserError, parse_float
 from explorer.bundle import BundleError
 from explorer.circuits.cli import GraphInputError, GraphRequest, graph_data, prompt_ids, target_id
 from explorer.circuits.files import FEATURE_TYPES, GraphFile, GraphFileError, from_json
+from explorer.circuits.library import EDGE_THRESHOLD, NODE_THRESHOLD
 
 if TYPE_CHECKING:
     from explorer.circuits.intervene import Intervention
@@ -34,8 +35,6 @@ TAB_ID = "circuits"
 MAX_TOKENS = 32
 """The longest prompt the tab attributes (BOS included): a graph of 32 tokens takes minutes on a
 CPU (``docs/circuits.md``'s costs); the command line takes up to 64."""
-NODE_THRESHOLD = 0.8
-EDGE_THRESHOLD = 0.98
 MAX_SCALE = 10.0
 TOP_K = 10
 KINDS = {v: k for k, v in FEATURE_TYPES.items()}  # the file's feature_type -> our node kind

@@ -131,7 +131,7 @@ def write_curated(bundle: Bundle, directory: Path) -> list[str]:
     """Write every curated graph of ``directory/index.json`` beside it; one line per file."""
     import json
 
-    from explorer.circuits.library import read_index
+    from explorer.circuits.library import EDGE_THRESHOLD, NODE_THRESHOLD, read_index
     from explorer.files import atomic_writer
 
     preset, graphs = read_index(directory)
@@ -146,7 +146,13 @@ def write_curated(bundle: Bundle, directory: Path) -> list[str]:
         def progress(done: int, total: int, slug: str = g.slug) -> None:
             print(f"\r{slug}: backward passes {done}/{total}", end="", file=sys.stderr, flush=True)
 
-        req = GraphRequest(prompt=g.prompt, target=g.target, max_n_logits=1)
+        req = GraphRequest(
+            prompt=g.prompt,
+            target=g.target,
+            max_n_logits=1,
+            node_threshold=NODE_THRESHOLD,
+            edge_threshold=EDGE_THRESHOLD,
+        )
         data = graph_data(bundle, req, slug=g.slug, progress=progress)
         print(file=sys.stderr)
         out = directory / f"{g.slug}.json"

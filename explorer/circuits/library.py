@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 ASSETS_GRAPHS = ASSETS / "graphs"
 INDEX = "index.json"
 MAX_CACHED = 8
+NODE_THRESHOLD = 0.8
+EDGE_THRESHOLD = 0.85
+"""The app's graphs, curated and computed, are pruned to these: circuit-tracer's 0.98 for edges
+keeps 7,000 to 30,000 links on the embedded default (0.5 to 2 MB a file, more lines than a
+plot can show); 0.85 keeps 1,500 to 6,000."""
 
 
 @dataclass(frozen=True)
