@@ -22,6 +22,7 @@ from explorer.app import open_explorer
 from explorer.app.render import CSS
 from explorer.bundle import BundleError, build_bundle, custom_spec, preset
 from explorer.encode import EncodeError, encode
+from explorer.paths import ASSETS
 
 
 def _bundle_args(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         "circuit-tracer's viewer and Neuronpedia's graph pages read.",
     )
     _bundle_args(gr)
-    gr.add_argument("--prompt", required=True, help="the text whose next token to explain")
+    gr.add_argument("--prompt", help="the text whose next token to explain")
     gr.add_argument("--target", help="one token to explain (default: the top predictions)")
-    gr.add_argument("--out", type=Path, required=True, help="the graph file to write (.json)")
+    gr.add_argument("--out", type=Path, help="the graph file to write (.json)")
+    gr.add_argument(
+        "--curated",
+        nargs="?",
+        const=ASSETS / "graphs",
+        type=Path,
+        metavar="DIR",
+        help="write the app's curated graphs: each entry of DIR/index.json (default "
+        "assets/graphs) as DIR/<slug>.json, instead of --prompt and --out",
+    )
     gr.add_argument("--max-feature-nodes", type=int, default=1024, help="(default 1024)")
     gr.add_argument("--node-threshold", type=float, default=0.8, help="(default 0.8)")
     gr.add_argument("--edge-threshold", type=float, default=0.98, help="(default 0.98)")
@@ -216,6 +226,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
         raise BundleError("--max-feature-nodes must be a positive number")
     spec = make_spec(args)
     check_spec(spec)
+    if args.curated is not None:
+        from explorer.circuits.cli import write_curated
+
+        bundle = build_bundle(spec, device=args.device, dtype="float32", cache_dir=args.cache_dir)
+        print("\n".join(write_curated(bundle, args.curated)))
+        return 0
+    if args.prompt is None or args.out is None:
+        raise BundleError("give --prompt and --out (or --curated)")
     req = GraphRequest(
         prompt=args.prompt,
         target=args.target,

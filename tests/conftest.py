@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 import torch
 from browser_ui import browser, ui  # noqa: F401  (fixtures for the browser tests)
+from circuits_app import circuit_ctx, circuit_parts  # noqa: F401  (the Circuits tab's)
 from helpers import (
-    free_port,
     make_gemma2,
     make_gemma3,
     make_random_saes,
     make_tokenizer,
+    serve,
     tiny_bundle,
     write_word_corpus,
 )
@@ -130,13 +131,4 @@ def ctx(app_parts, tmp_path: Path):
 @pytest.fixture
 def served(ctx):
     """The app over :func:`ctx`, launched on 127.0.0.1 (a free port); yields its URL."""
-    from explorer.app import build_app
-    from explorer.app.render import CSS
-
-    demo = build_app(ctx)
-    port = free_port()
-    demo.queue().launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS
-    )
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    yield from serve(ctx)

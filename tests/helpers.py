@@ -13,6 +13,7 @@ import random
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,3 +226,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve(ctx: Any) -> Iterator[str]:
+    """The app over ``ctx`` launched on 127.0.0.1 (a free port); yields its URL, then closes it
+    (the body of a ``served`` fixture)."""
+    from explorer.app import build_app
+    from explorer.app.render import CSS
+
+    demo = build_app(ctx)
+    port = free_port()
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -113,3 +113,16 @@ def test_bad_requests_are_refused(setup) -> None:
         intervene(model, tcs, ids, [(0, 1, 48)], 0.0)
     with pytest.raises(ValueError, match="finite"):
         intervene(model, tcs, ids, [(0, 1, 0)], float("nan"))
+
+
+def test_watched_tokens_report_their_probability_wherever_they_rank(setup) -> None:
+    model, tcs, ids = setup
+    graph = attribute(model, tcs, ids, max_feature_nodes=None)
+    nodes = [node_of(graph, 0)]
+    out = intervene(model, tcs, ids, nodes, 0.0, top_k=3, watch=[5, 7])
+    for token, (base, frozen, unfrozen) in zip((5, 7), out.watched, strict=True):
+        assert base == pytest.approx(float(by_hand(model, tcs, ids, nodes, 1.0, False)[token]))
+        assert frozen == pytest.approx(float(by_hand(model, tcs, ids, nodes, 0.0, True)[token]))
+        assert unfrozen == pytest.approx(float(by_hand(model, tcs, ids, nodes, 0.0, False)[token]))
+    with pytest.raises(ValueError, match="not a token id"):
+        intervene(model, tcs, ids, nodes, 0.0, watch=[10**9])

@@ -7,6 +7,9 @@ Modules:
                  one tab each: its pure handlers (plain functions of their inputs and the
                  context, tested without a running app) and ``layout(ctx)``, which creates the
                  tab's components, wires its own events and returns them as a dataclass
+    circuits, circuit_view, circuits_tab
+                 the Circuits tab: its handlers, its drawing (the graph, the node panel) and
+                 its layout
     steer_table  the steering table (page, API, dashboard) -> list of Steer: the one check
     strength     relative strength (activation as a % of the feature's store maximum): how the
                  microscope and search by inference compare features across layers

@@ -22,8 +22,18 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.app import browse, dashboard, labelling, links, microscope, start, steering
+from explorer.app import (
+    browse,
+    circuits,
+    dashboard,
+    labelling,
+    links,
+    microscope,
+    start,
+    steering,
+)
 from explorer.app.browse import BrowseTab
+from explorer.app.circuits_tab import CircuitsTab
 from explorer.app.context import Context, UserError
 from explorer.app.dashboard import DashboardTab
 from explorer.app.labelling import LabellingTab
@@ -34,7 +44,7 @@ from explorer.store.schema import RES, SHORT
 
 TAB_IDS = (
     start.TAB_ID, microscope.TAB_ID, dashboard.TAB_ID, steering.TAB_ID, browse.TAB_ID,
-    labelling.TAB_ID,
+    labelling.TAB_ID, circuits.TAB_ID,
 )  # fmt: skip
 # Writes the query string the server computed into the address bar (no reload, no history
 # entry), then re-points every plot's url(...#id) paint (a colour bar's gradient) at it.
@@ -61,6 +71,7 @@ _AUTORUN = """(what) => {
   };
   if ((what || '').includes('encode')) { gseClick('#encode'); }
   if ((what || '').includes('generate')) { gseClick('#generate'); }
+  if ((what || '').includes('graph')) { gseClick('#circuit-run'); }
   return [];
 }"""
 
@@ -76,6 +87,7 @@ class Parts:
     steer: SteeringTab
     found: BrowseTab
     label: LabellingTab
+    circ: CircuitsTab
     link: gr.Textbox
     steer_ran: gr.State  # the steering set-up last generated, as its link (None: none yet)
 
@@ -154,8 +166,10 @@ def wire(ctx: Context, demo: gr.Blocks, p: Parts) -> None:
              p.steer.seed, p.steer.freq]  # fmt: skip
 
     def link_for(tab: str, view: Any, dash_shown: Any, label_shown: Any, ran: Any,
-                 *rest: Any) -> str | None:  # fmt: skip
+                 circ_view: Any, *rest: Any) -> str | None:  # fmt: skip
         """Tab ``tab``'s view as a link (``rest``: the browse criteria, then the set-up)."""
+        if tab == circuits.TAB_ID:
+            return links.circuit_query(circ_view) if circ_view else links.tab_query(tab)
         if tab == microscope.TAB_ID:
             return micro_link(ctx, view)
         if tab in (dashboard.TAB_ID, labelling.TAB_ID):
@@ -170,7 +184,8 @@ def wire(ctx: Context, demo: gr.Blocks, p: Parts) -> None:
             return made if made == ran else made + "&run=0"
         return links.tab_query(tab)
 
-    everything = [p.micro.view, p.dash.shown, p.label.shown, p.steer_ran, *criteria, *setup]
+    everything = [p.micro.view, p.dash.shown, p.label.shown, p.steer_ran, p.circ.view, *criteria,
+                  *setup]  # fmt: skip
     for tab_id, item in p.tab_items.items():
 
         def select(current: Any, *values: Any, _tab: str = tab_id) -> tuple[Any, Any]:
@@ -197,6 +212,7 @@ def wire(ctx: Context, demo: gr.Blocks, p: Parts) -> None:
         (p.dash.shown.change, dashboard.TAB_ID),
         (p.label.shown.change, labelling.TAB_ID),
         (p.found.table.change, browse.TAB_ID),
+        (p.circ.view.change, circuits.TAB_ID),
     ):
         trigger(follower(tab_id), [active, *everything], p.link, api_visibility="private")
 
@@ -219,7 +235,8 @@ def wire(ctx: Context, demo: gr.Blocks, p: Parts) -> None:
     outputs = [*p.dash.outputs, p.micro.text, p.micro.source, p.micro.layers, p.micro.metric,
                p.micro.density,
                p.micro.aggregate, p.micro.view, *setup, p.steer_ran, *criteria, p.found.table,
-               *p.label.outputs, active, autorun]  # fmt: skip
+               *p.label.outputs, p.circ.prompt, p.circ.target, p.circ.threshold, p.circ.view,
+               active, autorun]  # fmt: skip
 
     def from_url(request: gr.Request) -> tuple[Any, ...]:
         pairs = list(request.query_params.multi_items()) if request else []
@@ -249,6 +266,8 @@ def _tab(found: links.Link) -> str:
         return dashboard.TAB_ID
     if found.text is not None:
         return microscope.TAB_ID
+    if found.circuit:
+        return circuits.TAB_ID
     if found.prompt is not None or found.steers:
         return steering.TAB_ID
     if found.browse:
@@ -269,7 +288,7 @@ def opened(ctx: Context, found: links.Link, p: Parts) -> tuple[Any, ...]:
             found.problems.append(f"cannot open the feature: {e}")
     dash_values[-1] = gr.Tabs(selected=tab) if tab != start.TAB_ID else gr.skip()
     micro_values = _micro_values(ctx, found)
-    steer_values = _steer_values(ctx, found)
+    steer_values = _steer_values(ctx, found, tab)
     browse_values = _browse_values(ctx, found)
     try:
         label_values = list(
@@ -286,11 +305,14 @@ def opened(ctx: Context, found: links.Link, p: Parts) -> tuple[Any, ...]:
         autorun.append("encode")
     if (found.prompt is not None or found.steers) and found.run and tab == steering.TAB_ID:
         autorun.append("generate")
+    circuit_values = _circuit_values(ctx, found, tab)
+    if tab == circuits.TAB_ID and found.prompt is not None and circuits.missing(ctx) is None:
+        autorun.append("graph")
     # The tab on screen, for the changes that follow it (left as it is for a plain page: a tab
     # the user picked while the page opened stays the one on screen).
     active = tab if tab != start.TAB_ID else gr.skip()
-    return (*dash_values, *micro_values, *steer_values, *browse_values, *label_values, active,
-            ",".join(autorun))  # fmt: skip
+    return (*dash_values, *micro_values, *steer_values, *browse_values, *label_values,
+            *circuit_values, active, ",".join(autorun))  # fmt: skip
 
 
 def _micro_values(ctx: Context, found: links.Link) -> list[Any]:
@@ -334,10 +356,34 @@ def _micro_values(ctx: Context, found: links.Link) -> list[Any]:
             given(density), given(aggregate), view]  # fmt: skip
 
 
-def _steer_values(ctx: Context, found: links.Link) -> list[Any]:
-    """The Steering tab's inputs from a link (skips where the link says nothing), and the set-up
-    last generated (none yet)."""
-    values: list[Any] = [found.prompt if found.prompt is not None else gr.skip()]
+def _circuit_values(ctx: Context, found: links.Link, tab: str) -> list[Any]:
+    """The Circuits tab's prompt, target, threshold and view record from a link (its pins are
+    applied once the graph is drawn: :mod:`explorer.app.circuits_tab`)."""
+    if tab != circuits.TAB_ID:
+        return [gr.skip() for _ in range(4)]
+    why = circuits.missing(ctx)
+    if why is not None:
+        found.problems.append(why)
+        return [gr.skip() for _ in range(4)]
+    asked = found.circuit
+    if found.prompt is None:  # nothing to draw: the tab as it is
+        return [gr.skip() for _ in range(4)]
+    threshold = asked.get("threshold", circuits.NODE_THRESHOLD)
+    view = {"prompt": found.prompt or "", "target": asked.get("target", ""),
+            "pins": asked.get("pins", []), "threshold": threshold}  # fmt: skip
+    return [
+        found.prompt,
+        gr.Dropdown(value=asked.get("target") or None, allow_custom_value=True),
+        threshold,
+        view,
+    ]
+
+
+def _steer_values(ctx: Context, found: links.Link, tab: str) -> list[Any]:
+    """The Steering tab's inputs from a link (skips where the link says nothing; a graph's
+    prompt is the Circuits tab's), and the set-up last generated (none yet)."""
+    prompt = found.prompt if tab != circuits.TAB_ID else None
+    values: list[Any] = [prompt if prompt is not None else gr.skip()]
     if found.steers:
         rows: list[Any] = []
         for layer, feature, strength, method, source in found.steers:

@@ -29,6 +29,7 @@ from explorer.app import relevance
 from explorer.app.inputs import UserError, parse_float, parse_int
 from explorer.app.policy import WritePolicy
 from explorer.bundle import build_bundle, bundle_identity, preset
+from explorer.circuits.library import GraphLibrary
 from explorer.explanations import ExplanationError, Explanations
 from explorer.labels import LabelError, Labels
 from explorer.paths import ASSETS_STORE, CURATED
@@ -111,6 +112,7 @@ class Context:
         source_labels: the label database of each other source (``transcoder``): the same file
             as ``labels``, a scope of its own (:func:`source_scope`), so a label saved for
             ``L2 tc #5`` never shows on ``L2 res #5``; opened on first use when not given.
+        graphs: the Circuits tab's curated attribution graphs and its cache of computed ones.
 
     Sources (Neuronpedia's word): the app offers the residual SAEs' features (``res``) always
     and the transcoders' (``transcoder``, ``tc``) when the bundle has transcoders
@@ -128,6 +130,7 @@ class Context:
     policy: WritePolicy = field(default_factory=WritePolicy)
     explanations: Explanations | None = None
     source_labels: dict[str, Labels] = field(default_factory=dict)
+    graphs: GraphLibrary = field(default_factory=GraphLibrary)
     _summary: dict[str, pd.DataFrame] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

@@ -12,6 +12,8 @@ import gradio as gr
 from explorer.app import (
     address,
     browse,
+    circuits,
+    circuits_tab,
     dashboard,
     labelling,
     microscope,
@@ -62,6 +64,8 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
                 steer = steering.layout(ctx)
             with gr.Tab("Browse & search", id=browse.TAB_ID) as items[browse.TAB_ID]:
                 found = browse.layout(ctx)
+            with gr.Tab("Circuits", id=circuits.TAB_ID) as items[circuits.TAB_ID]:
+                circ = circuits_tab.layout(ctx)
             with gr.Tab("Label", id=labelling.TAB_ID) as items[labelling.TAB_ID]:
                 label_tab = labelling.layout(ctx)
 
@@ -155,7 +159,9 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
 
         gr.Button(visible=False).click(steer_link, setup, link, api_name="steer_link")
         copy_btn.click(None, None, None, js=address.COPY_URL)
-        parts = address.Parts(tabs, items, micro, dash, steer, found, label_tab, link, steer_ran)
+        parts = address.Parts(
+            tabs, items, micro, dash, steer, found, label_tab, circ, link, steer_ran
+        )
         address.wire(ctx, demo, parts)
 
         # The label API: label a feature by number (what the UI does for the feature shown).

@@ -17,7 +17,10 @@ A link is the page's query string; ``tab`` names the tab (``start``, ``microscop
 - browse: ``?tab=browse&q=cat&browse_page=2`` with ``browse_source`` (``res`` or ``tc``),
   ``browse_layer``, ``sort``, ``desc=0``, ``hide_dense=0`` and ``hide_dead=0`` where they differ
   from the defaults (``page`` is Gradio's own key: a page of a multipage app);
-- the label form: ``?tab=label&layer=9&feature=123`` (``source=tc`` too).
+- the label form: ``?tab=label&layer=9&feature=123`` (``source=tc`` too);
+- an attribution graph: ``?tab=circuits&prompt=…&target=%20Paris&pins=9_456_3,12_88_5&
+  threshold=0.6`` (``target`` left out for the top prediction; pins are node ids of the graph
+  file, ``layer_feature_position``), drawn when opened.
 
 Parsing is strict: a key given twice, a number that is not a plain decimal (``1e3``, ``12abc``),
 an unknown method: each is named in one warning and the link's other parts still apply. Pure
@@ -44,14 +47,18 @@ _SOURCE = re.compile(r"(res|tc)?([0-9]{1,9})")  # a steer item's layer: ``9``, `
 SOURCE_NAMES = {"res": RES, "tc": BY_SHORT["tc"], "transcoder": BY_SHORT["tc"]}
 """A link's ``source`` values -> the source (links write the short names)."""
 _FLAG = {"0": False, "1": True}
+_PIN = re.compile(r"(E|[0-9]{1,3})_-?[0-9]{1,9}_[0-9]{1,4}")
+MAX_TARGET = 100  # characters of a graph's typed target kept in a link
+MAX_PINS = 32
 SETTINGS = ("temperature", "max_new_tokens", "seed", "frequency_penalty")
 MICRO_KEYS = ("token", "shade", "layers", "heatmap", "density", "rank")
 BROWSE_KEYS = (
     "q", "browse_page", "browse_layer", "sort", "desc", "hide_dense", "hide_dead", "browse_source",
 )  # fmt: skip
+CIRCUIT_KEYS = ("target", "pins", "threshold")
 KNOWN = (
     "tab", "source", "layer", "feature", "text", "prompt", "steer", *SETTINGS, "run", *MICRO_KEYS,
-    *BROWSE_KEYS,
+    *BROWSE_KEYS, *CIRCUIT_KEYS,
 )  # fmt: skip
 # The browse table's criteria when the page opens (a link names only those that differ).
 BROWSE_DEFAULTS: dict[str, Any] = {
@@ -68,9 +75,10 @@ class Link:
 
     ``micro`` holds the microscope's view beyond its text (``token``, ``shade``, ``layers``,
     ``metric``, ``density``, ``aggregate``), ``browse`` the browse table's criteria (the names of
-    :data:`BROWSE_DEFAULTS`), each only what the link names; ``run`` is ``False`` for a steering
-    set-up not to generate. ``source`` is the source of ``feature`` and of the microscope's
-    layers (``res`` when the link names none).
+    :data:`BROWSE_DEFAULTS`), ``circuit`` an attribution graph's ``target``, ``pins`` and
+    ``threshold`` (its prompt is ``prompt``), each only what the link names; ``run`` is ``False``
+    for a steering set-up not to generate. ``source`` is the source of ``feature`` and of the
+    microscope's layers (``res`` when the link names none).
     """
 
     tab: str | None = None
@@ -83,6 +91,7 @@ class Link:
     run: bool = True
     micro: dict[str, Any] = field(default_factory=dict)
     browse: dict[str, Any] = field(default_factory=dict)
+    circuit: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -128,6 +137,7 @@ def parse(items: Iterable[tuple[str, str]]) -> Link:
         link.run = _flag(seen["run"], "run", link) is not False
     _micro(seen, link)
     _browse(seen, link)
+    _circuit(seen, link)
     tab = seen.get("tab")
     if tab is not None:
         link.tab = tab
@@ -190,6 +200,24 @@ def _source(value: str, what: str, link: Link) -> str | None:
     if found is None:
         link.problems.append(f"{what} must be res or tc, not {value[:40]!r}")
     return found
+
+
+def _circuit(seen: dict[str, str], link: Link) -> None:
+    if "target" in seen:
+        link.circuit["target"] = _cut(seen["target"], "target", MAX_TARGET, link)
+    if "pins" in seen:
+        pins = [p.strip() for p in seen["pins"].split(",") if p.strip()]
+        bad = [p for p in pins if not _PIN.fullmatch(p)]
+        if bad:
+            link.problems.append(f"pins must be node ids like 9_456_3, not {bad[0][:40]!r}")
+        link.circuit["pins"] = [p for p in pins if _PIN.fullmatch(p)][:MAX_PINS]
+    if "threshold" in seen:
+        value = _number(seen["threshold"], "threshold", link)
+        if value is not None and not 0 < value <= 1:
+            link.problems.append("threshold must be above 0 and at most 1")
+            value = None
+        if value is not None:
+            link.circuit["threshold"] = value
 
 
 def _cut(value: str, what: str, limit: int, link: Link) -> str:
@@ -296,6 +324,19 @@ def browse_query(criteria: dict[str, Any]) -> str:
         if value in (None, "") or value == BROWSE_DEFAULTS[name]:
             continue
         query[key] = int(value) if isinstance(value, bool) else value
+    return _query(query)
+
+
+def circuit_query(view: dict[str, Any]) -> str:
+    """An attribution graph's view (``prompt``, ``target``, ``pins``, ``threshold``) as a
+    query; a blank target (the top prediction) and no pins are left out."""
+    query: dict[str, Any] = {"tab": "circuits", "prompt": str(view["prompt"])[:MAX_TEXT]}
+    if view.get("target"):
+        query["target"] = str(view["target"])[:MAX_TARGET]
+    if view.get("pins"):
+        query["pins"] = ",".join(view["pins"])
+    if view.get("threshold") is not None:
+        query["threshold"] = f"{float(view['threshold']):g}"
     return _query(query)
 
 

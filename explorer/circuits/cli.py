@@ -3,13 +3,17 @@ circuit-tracer's viewer and Neuronpedia's graph pages read (:func:`explorer.circ
 
 The bundle must have a transcoder on every layer of its model (``BundleSpec.transcoders``);
 the command says which preset has none before it loads anything.
+
+``--curated`` (re)writes the app's curated graphs instead: every entry of
+``assets/graphs/index.json`` (:mod:`explorer.circuits.library`) becomes ``<slug>.json`` beside
+it, a one-token graph as the Circuits tab draws it (:func:`graph_data`).
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,7 @@ class GraphRequest:
     target: str | None = None
     max_tokens: int = 64
     max_feature_nodes: int = 1024
+    max_n_logits: int = 10
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
 
@@ -98,6 +103,7 @@ def build_graph(bundle: Bundle, req: GraphRequest, progress: Any = None) -> Grap
         ids,
         target=target,
         max_feature_nodes=req.max_feature_nodes,
+        max_n_logits=req.max_n_logits,
         progress=progress,
     )
 
@@ -106,6 +112,58 @@ def slug_of(prompt: str) -> str:
     """A file-name-safe slug from the prompt's first words."""
     words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
     return words[:48].rstrip("-") or "graph"
+
+
+def graph_data(
+    bundle: Bundle, req: GraphRequest, slug: str | None = None, progress: Any = None
+) -> dict[str, Any]:
+    """The pruned graph file of ``req`` as the app draws it: its ``prompt`` is the text as given
+    (not the decoded tokens), its ``scan`` the preset's name."""
+    from explorer.circuits import prune, to_json
+
+    graph = build_graph(bundle, req, progress)
+    graph = replace(graph, prompt=req.prompt, scan=graph.scan or bundle.spec.name)
+    pruned = prune(graph, req.node_threshold, req.edge_threshold)
+    return to_json(pruned, slug or slug_of(req.prompt))
+
+
+def write_curated(bundle: Bundle, directory: Path) -> list[str]:
+    """Write every curated graph of ``directory/index.json`` beside it; one line per file."""
+    import json
+
+    from explorer.circuits.library import EDGE_THRESHOLD, NODE_THRESHOLD, read_index
+    from explorer.files import atomic_writer
+
+    preset, graphs = read_index(directory)
+    if preset != bundle.spec.name:
+        raise BundleError(
+            f"{directory / 'index.json'} lists graphs of preset {preset!r}, not "
+            f"{bundle.spec.name!r}"
+        )
+    lines = []
+    for g in graphs:
+
+        def progress(done: int, total: int, slug: str = g.slug) -> None:
+            print(f"\r{slug}: backward passes {done}/{total}", end="", file=sys.stderr, flush=True)
+
+        req = GraphRequest(
+            prompt=g.prompt,
+            target=g.target,
+            max_n_logits=1,
+            node_threshold=NODE_THRESHOLD,
+            edge_threshold=EDGE_THRESHOLD,
+        )
+        data = graph_data(bundle, req, slug=g.slug, progress=progress)
+        print(file=sys.stderr)
+        out = directory / f"{g.slug}.json"
+        with atomic_writer(out) as f:
+            f.write(json.dumps(data, separators=(",", ":")).encode())
+        scores = data["metadata"]["scores"] or {}
+        lines.append(
+            f"{out}: {out.stat().st_size / 1024:.0f} KB, {len(data['nodes'])} nodes, "
+            f"{len(data['links'])} links, replacement {scores.get('replacement', 0):.2f}"
+        )
+    return lines
 
 
 def write_graph(bundle: Bundle, req: GraphRequest, out: Path) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from explorer.hooks import routed
@@ -37,12 +37,14 @@ Prediction = tuple[int, str, float]
 class Intervention:
     """Top next tokens: ``baseline`` (the prompt unchanged), ``frozen`` and ``unfrozen`` (see the
     module's docstring), most probable first; ``activations`` are the nodes' activations on the
-    prompt, in the order given."""
+    prompt, in the order given; ``watched`` holds, for each token id in ``watch``, its
+    probability ``(baseline, frozen, unfrozen)`` wherever it ranks."""
 
     baseline: list[Prediction]
     frozen: list[Prediction]
     unfrozen: list[Prediction]
     activations: list[float]
+    watched: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def _top(logits: Tensor, tokenizer: Any, k: int) -> list[Prediction]:
@@ -62,9 +64,11 @@ def intervene(
     scale: float,
     *,
     top_k: int = TOP_K,
+    watch: Sequence[int] = (),
 ) -> Intervention:
     """Scale the decoder contributions of ``nodes`` (``(layer, position, feature)``) by
-    ``scale`` and return the top ``top_k`` next tokens, with attention frozen and not."""
+    ``scale`` and return the top ``top_k`` next tokens, with attention frozen and not, and the
+    probabilities of the token ids in ``watch`` (e.g. a graph's target) wherever they rank."""
     import torch
 
     ids = torch.as_tensor(prompt_ids, dtype=torch.long).flatten().to(model.cfg.device)
@@ -76,6 +80,9 @@ def intervene(
             raise ValueError(f"node {(layer, pos, feature)} is outside the model or the prompt")
         if not 0 <= feature < transcoders[layer].W_dec.shape[0]:
             raise ValueError(f"layer {layer} has no feature {feature}")
+    for token in watch:
+        if not 0 <= token < model.cfg.d_vocab:
+            raise ValueError(f"{token} is not a token id (vocabulary {model.cfg.d_vocab})")
     layers = sorted({layer for layer, _, _ in nodes})
     inputs: dict[int, Tensor] = {}
     patterns: dict[str, Tensor] = {}
@@ -112,9 +119,14 @@ def intervene(
         with routed(model, {**steer, **dict.fromkeys(pattern_names, frozen_pattern)}):
             frozen = model(ids[None], return_type="logits")[0, -1]
     tokenizer = getattr(model, "tokenizer", None)
+    p_base, p_frozen, p_unfrozen = (
+        torch.softmax(x.float(), dim=-1) for x in (baseline, frozen, unfrozen)
+    )
+    watched = [(float(p_base[t]), float(p_frozen[t]), float(p_unfrozen[t])) for t in watch]
     return Intervention(
         baseline=_top(baseline, tokenizer, top_k),
         frozen=_top(frozen, tokenizer, top_k),
         unfrozen=_top(unfrozen, tokenizer, top_k),
         activations=activations,
+        watched=watched,
     )
