@@ -93,6 +93,9 @@ def test_bad_input_gets_a_clear_message(
 
 
 def test_a_bundle_without_transcoders_says_what_is_missing(ctx: Context) -> None:
+    assert circuits.missing(ctx) is None  # the tiny bundle has one on each of its 4 layers
+    bare = replace(ctx.bundle.spec, transcoders=())
+    ctx.bundle = replace(ctx.bundle, spec=bare)
     assert "has none" in (circuits.missing(ctx) or "")
     partial = replace(ctx.bundle.spec, transcoders=tuple(ctx.bundle.spec.saes))
     ctx.bundle = replace(ctx.bundle, spec=partial)
@@ -264,5 +267,6 @@ def test_a_link_fills_the_tab_or_says_what_is_missing(circuit_ctx: Context, ctx:
     assert view == {"prompt": "the dog ran", "target": "cat", "pins": ["1_2_3"], "threshold": 0.4}
     # The prompt is the graph's, not the Steering tab's.
     assert address._steer_values(circuit_ctx, found, "circuits")[0] is not found.prompt
+    ctx.bundle = replace(ctx.bundle, spec=replace(ctx.bundle.spec, transcoders=()))
     address._circuit_values(ctx, found, "circuits")  # no transcoders: said, nothing filled
-    assert found.problems == [circuits.missing(ctx)]
+    assert found.problems == [circuits.missing(ctx)] and found.problems[0]
