@@ -270,3 +270,18 @@ def test_a_link_fills_the_tab_or_says_what_is_missing(circuit_ctx: Context, ctx:
     ctx.bundle = replace(ctx.bundle, spec=replace(ctx.bundle.spec, transcoders=()))
     address._circuit_values(ctx, found, "circuits")  # no transcoders: said, nothing filled
     assert found.problems == [circuits.missing(ctx)] and found.problems[0]
+
+
+def test_steer_with_these_takes_the_pinned_features_once_each(circuit_ctx: Context) -> None:
+    c = circuits.open_graph(circuit_ctx, CURATED_PROMPT, "")
+    features = [n for n in c.nodes.values() if n.kind == "feature"]
+    tokens = [n for n in c.nodes.values() if n.kind == "token"]
+    a = features[0]
+    twin = next((n for n in features if (n.layer, n.feature) == (a.layer, a.feature) and n != a), a)
+    b = next(n for n in features if (n.layer, n.feature) != (a.layer, a.feature))
+    pins = [a.node_id, tokens[0].node_id, twin.node_id, b.node_id]
+    assert circuits.steer_features(c, pins) == [(a.layer, a.feature), (b.layer, b.feature)]
+    with pytest.raises(UserError, match="pin one or more feature nodes"):
+        circuits.steer_features(c, [tokens[0].node_id])
+    with pytest.raises(UserError, match="draw a graph"):
+        circuits.steer_features(None, [a.node_id])

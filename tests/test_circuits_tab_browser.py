@@ -97,3 +97,20 @@ def test_a_curated_graph_opens_and_an_ablation_moves_the_target_as_predicted(
     expect(page.locator("#circuit-caption")).to_contain_text("shipped precomputed")
     expect(page.locator("#circuit-pins")).to_contain_text("Pinned:")
     assert not ui.dialogs
+
+    # Steer with these: the Steering tab gets the graph's prompt and the pinned transcoder
+    # feature (source tc, add); a bad click (nothing pinned) is refused and changes nothing.
+    page.locator("#circuit-steer").click()
+    ui.expect_tab("steer")
+    expect(ui.box("steer-prompt")).to_have_value(CURATED_PROMPT)
+    row = page.locator("#steer-table")
+    expect(row).to_contain_text("tc")
+    expect(row).to_contain_text(str(top.feature))
+
+    # The node's dashboard link opens that transcoder feature's dashboard.
+    ui.page.goto(
+        url.split("?")[0] + f"?tab=dashboard&source=tc&layer={top.layer}&feature={top.feature}"
+    )
+    ui.expect_tab("dashboard")
+    expect(page.locator("#dash-header")).to_contain_text(f"L{top.layer} tc #{top.feature}")
+    ui.shot("circuits-node-dashboard")

@@ -410,6 +410,24 @@ class Outcome:
     left_out: list[str]
 
 
+def steer_features(circuit: Circuit | None, pins: Sequence[str]) -> list[tuple[int, int]]:
+    """The pinned feature nodes' distinct ``(layer, feature)``, in pin order: what "Steer with
+    these" puts in the Steering tab (a feature pinned at several positions steers once, at
+    every position, as steering does)."""
+    if circuit is None:
+        raise UserError("draw a graph and pin features first")
+    found: list[tuple[int, int]] = []
+    for node in (circuit.nodes[p] for p in pins if p in circuit.nodes):
+        if node.kind == "feature" and (node.layer, node.feature) not in found:
+            found.append((node.layer, node.feature))
+    if not found:
+        raise UserError(
+            "pin one or more feature nodes first (click a node, then Pin): steering adds "
+            "transcoder features' decoder directions"
+        )
+    return found
+
+
 def intervention(ctx: Context, circuit: Circuit, pins: Sequence[str], scale: Any) -> Outcome:
     """Scale the pinned feature nodes by ``scale`` (0 ablates) and run the model, attention
     frozen and not; pins of other kinds are left out and named."""

@@ -68,6 +68,7 @@ class CircuitsTab:
     panel: gr.HTML
     scale: gr.Slider
     intervene_btn: gr.Button
+    steer_btn: gr.Button
     outcome: gr.HTML
     original: gr.Dataframe
     frozen: gr.Dataframe
@@ -113,7 +114,7 @@ def _text(ctx: Context, info: circuits.NodeInfo | None) -> str:
     return circuits.feature_text(ctx, info) if info is not None else ""
 
 
-def _pins(view: Any) -> list[str]:
+def pins_of(view: Any) -> list[str]:
     return list((view or {}).get("pins") or [])
 
 
@@ -173,6 +174,7 @@ def layout(ctx: Context) -> CircuitsTab:
             scale = gr.Slider(0.0, circuits.MAX_SCALE, 0.0, step=0.25, label="Scale",
                               elem_id="circuit-scale")  # fmt: skip
             intervene_btn = gr.Button("Scale the pinned features", elem_id="circuit-intervene")
+            steer_btn = gr.Button("Steer with these", elem_id="circuit-steer")
         outcome = status_box("circuit-outcome")
         with gr.Row():
             original = gr.Dataframe(label="Original", interactive=False, elem_id="circuit-original")
@@ -188,7 +190,8 @@ def layout(ctx: Context) -> CircuitsTab:
         prompt=prompt, target=target, run_btn=run_btn, status=status, caption=caption,
         threshold=threshold, plot=plot, node_pick=node_pick, pin_btn=pin_btn,
         clear_btn=clear_btn, pins=pins, panel=panel, scale=scale, intervene_btn=intervene_btn,
-        outcome=outcome, original=original, frozen=frozen, unfrozen=unfrozen, download=download,
+        steer_btn=steer_btn, outcome=outcome, original=original, frozen=frozen,
+        unfrozen=unfrozen, download=download,
     )  # fmt: skip
     _wire(ctx, tab)
     return tab
@@ -216,7 +219,7 @@ def _wire(ctx: Context, tab: CircuitsTab) -> None:
         pins: list[str] = []
         note = ""
         if kept.get("prompt") == c.prompt and (kept.get("target") or "") == c.target:
-            pins, problems = circuits.parse_pins(c, _pins(kept))
+            pins, problems = circuits.parse_pins(c, pins_of(kept))
             note = "; ".join(problems)
         return drawn(ctx, c, threshold, pins, None, note)
 
@@ -232,7 +235,7 @@ def _wire(ctx: Context, tab: CircuitsTab) -> None:
         if c is None:
             return tuple(gr.skip() for _ in shown)
         threshold = circuits.check_threshold(node_threshold)
-        return drawn(ctx, c, threshold, _pins(view), selected)
+        return drawn(ctx, c, threshold, pins_of(view), selected)
 
     tab.threshold.release(
         ui(redraw), [tab.circuit, tab.view, tab.selected, tab.threshold], shown,
@@ -259,7 +262,7 @@ def _wire(ctx: Context, tab: CircuitsTab) -> None:
     def pin(c: Circuit | None, view: Any, selected: Any, node_threshold: Any) -> Any:
         if c is None or not selected:
             raise UserError("pick a node first: click it in the graph")
-        pins = circuits.toggle_pin(c, _pins(view), selected)
+        pins = circuits.toggle_pin(c, pins_of(view), selected)
         return drawn(ctx, c, circuits.check_threshold(node_threshold), pins, selected)
 
     def clear(c: Circuit | None, selected: Any, node_threshold: Any) -> Any:
@@ -278,7 +281,7 @@ def _wire(ctx: Context, tab: CircuitsTab) -> None:
     def scaled(c: Circuit | None, view: Any, scale: Any) -> tuple[Any, ...]:
         if c is None:
             raise UserError("draw a graph first")
-        outcome = circuits.intervention(ctx, c, _pins(view), scale)
+        outcome = circuits.intervention(ctx, c, pins_of(view), scale)
         return (
             status_line(circuit_view.outcome_line(c, outcome)),
             *circuit_view.outcome_tables(outcome),

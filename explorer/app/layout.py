@@ -23,7 +23,9 @@ from explorer.app import (
     steering,
 )
 from explorer.app.context import Context, UserError
+from explorer.app.steer_table import MAX_STEERS
 from explorer.app.ui import click_js, ui
+from explorer.store.schema import TRANSCODER
 
 TITLE = "Gemma Scope Explorer"
 TAB_IDS = set(address.TAB_IDS)
@@ -137,6 +139,24 @@ def build_app(ctx: Context, title: str = TITLE) -> gr.Blocks:
 
         for button, send in ((dash.to_steer_btn, to_steer), (dash.add_steer_btn, add_to_steer)):
             button.click(ui(send), [steer.steer_table, dash.shown], [steer.steer_table, tabs])
+
+        # The Circuits tab's pinned features sent to the Steering tab with the graph's prompt:
+        # a transcoder feature steers by adding its decoder direction to its MLP's output.
+        def steer_with_pins(circuit: Any, view: Any) -> tuple[Any, ...]:
+            chosen = circuits.steer_features(circuit, circuits_tab.pins_of(view))
+            if len(chosen) > MAX_STEERS:
+                raise UserError(f"at most {MAX_STEERS} steering features; {len(chosen)} pinned")
+            table = None
+            for layer, feature in chosen:
+                table = steering.with_feature(ctx, table, layer, feature, source=TRANSCODER)
+            return circuit.prompt, table, gr.Tabs(selected=steering.TAB_ID)
+
+        circ.steer_btn.click(
+            ui(steer_with_pins),
+            [circ.circuit, circ.view],
+            [steer.prompt, steer.steer_table, tabs],
+            api_visibility="private",
+        )
 
         setup = [steer.prompt, steer.steer_table, steer.temperature, steer.max_new, steer.seed,
                  steer.freq]  # fmt: skip
