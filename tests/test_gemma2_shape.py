@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,6 +31,17 @@ TINY = {
 }
 
 
+def _unseen_windows(bundle: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight windows of training documents (the dictionaries were calibrated on the first
+    held-out ones), padded: ids and the mask of real tokens."""
+    windows = []
+    for w in token_windows(run_documents("default", "train", 7), bundle.tokenizer, 128):
+        windows.append(w.token_ids)
+        if len(windows) == 8:
+            break
+    return pad_windows(windows, 0, bundle.special_ids)
+
+
 def test_config_is_gemma_2_2b_as_transformer_lens_knows_it() -> None:
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
@@ -49,13 +61,7 @@ def test_tiny_shape_l0_near_target_on_unseen_text(tmp_path: Path, shared: bool) 
     )
     bundle = shape.bundle
     assert all(abs(v - l0) < 0.1 * l0 for v in shape.calibration_l0.values())
-    # training documents: the SAEs were calibrated on the first held-out ones
-    windows = []
-    for w in token_windows(run_documents("default", "train", 7), bundle.tokenizer, 128):
-        windows.append(w.token_ids)
-        if len(windows) == 8:
-            break
-    ids, keep = pad_windows(windows, 0, bundle.special_ids)
+    ids, keep = _unseen_windows(bundle)
     resid = residuals(bundle, ids, [0, 1])
     assert not torch.allclose(resid[0], resid[1])  # every block hooked, the stream moves on
     for layer in (0, 1):
@@ -96,12 +102,7 @@ def test_tiny_shape_transcoders_read_the_mlp_input_at_the_target_l0(tmp_path: Pa
     bundle = shape.bundle
     assert bundle.spec.transcoder_layers == (0, 1)
     assert shape.transcoder_l0 and all(abs(v - l0) < 0.1 * l0 for v in shape.transcoder_l0.values())
-    windows = []
-    for w in token_windows(run_documents("default", "train", 7), bundle.tokenizer, 128):
-        windows.append(w.token_ids)
-        if len(windows) == 8:
-            break
-    ids, keep = pad_windows(windows, 0, bundle.special_ids)
+    ids, keep = _unseen_windows(bundle)
     acts = activations(bundle, ids, {TRANSCODER_IN.format(layer=n): n for n in (0, 1)})
     for layer in (0, 1):
         tc = bundle.transcoder(layer)
