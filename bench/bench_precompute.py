@@ -38,12 +38,18 @@ def main() -> None:
 
     from explorer.bundle import build_bundle, preset
     from explorer.store.schema import RES, TRANSCODER, Unit
-    from precompute.store_build.job import RunConfig, collect_windows, dictionary, encode_batch
+    from precompute.store_build.job import (
+        RunConfig,
+        collect_windows,
+        dictionary,
+        encode_batch,
+        hold_dictionaries,
+    )
 
     bundle = build_bundle(preset("default"), device=args.device, dtype="float32")
     res: list[Unit] = [(RES, n) for n in bundle.layers]
     both: list[Unit] = res + [(TRANSCODER, n) for n in bundle.spec.transcoder_layers]
-    bundle.max_saes = max(len(res), len(both))
+    hold_dictionaries(bundle)
     for unit in both:
         dictionary(bundle, unit)  # every dictionary resident, as a run holds them
     table = collect_windows(RunConfig(tokens=args.tokens), bundle.tokenizer)

@@ -27,7 +27,6 @@ from explorer.bundle import BundleError
 from explorer.circuits.cli import GraphInputError, GraphRequest, graph_data, prompt_ids, target_id
 from explorer.circuits.files import FEATURE_TYPES, GraphFile, GraphFileError, from_json
 from explorer.circuits.library import EDGE_THRESHOLD, NODE_THRESHOLD
-from explorer.store import StoreError
 from explorer.store.schema import TRANSCODER
 
 if TYPE_CHECKING:
@@ -366,7 +365,7 @@ def feature_text(ctx: Context, info: NodeInfo) -> str:
     try:
         label = ctx.label_of(info.layer, info.feature, TRANSCODER)
         auto = ctx.description(info.layer, info.feature, TRANSCODER)
-    except (UserError, ValueError, StoreError):
+    except ValueError:  # a UserError, a StoreError, a LabelError: the file's label stands
         return info.label
     return label or auto or info.label
 

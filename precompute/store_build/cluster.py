@@ -47,6 +47,7 @@ from precompute.store_build.job import (
     collect_windows,
     dictionary,
     encode_shard,
+    hold_dictionaries,
     shard_key,
     shard_ranges,
 )
@@ -119,7 +120,7 @@ class EncodeWorker:
         self, factory: Any, table: TokenTable, cfg: RunConfig, units: list[Unit], work: WorkDir
     ) -> None:
         self.bundle = factory()
-        self.bundle.max_saes = max(self.bundle.max_saes, len(units))
+        hold_dictionaries(self.bundle)
         self.table, self.cfg, self.units, self.work = table, cfg, units, work
         self.widths = {shard_key(u): int(dictionary(self.bundle, u).cfg.d_sae) for u in units}
 

@@ -189,6 +189,13 @@ def shard_key(unit: Unit) -> int | str:
     return layer if source == RES else f"{SHORT[source]}{layer}"
 
 
+def hold_dictionaries(bundle: Bundle) -> None:
+    """Raise the bundle's cache so that it holds every SAE and every transcoder at once: a run
+    uses each dictionary on every batch (the cache is per kind, ``max_saes`` each)."""
+    spec = bundle.spec
+    bundle.max_saes = max(bundle.max_saes, len(spec.layers), len(spec.transcoders))
+
+
 def dictionary(bundle: Bundle, unit: Unit) -> Any:
     """The SAE or transcoder of a unit."""
     source, layer = unit
@@ -316,9 +323,7 @@ class Job:
     timing: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Every dictionary is used on every batch: the bundle must hold them all at once.
-        per_source = max(len(self.bundle.spec.transcoders), len(self.layers))
-        self.bundle.max_saes = max(self.bundle.max_saes, per_source)
+        hold_dictionaries(self.bundle)
 
     @property
     def layers(self) -> list[int]:
