@@ -98,20 +98,30 @@ def test_residuals_equal_transformers_hidden_states(which: str, request, tokeniz
 def test_linear_weights_are_laid_out_so_no_forward_pass_copies_them(gemma3_hf, tokenizer) -> None:
     """transformer-lens multiplies by ``W.T.contiguous()``: that must not copy (see bundle.py)."""
 
+    import einops
+
     model = hooked_from_hf(gemma3_hf, tokenizer)
     assert model.unembed.W_U.T.is_contiguous()
     for block in model.blocks:
         assert block.mlp.W_in.T.is_contiguous() and block.mlp.W_out.T.is_contiguous()
+        # The attention's rearrangements before F.linear are views of the weights, not copies.
+        attn = block.attn
+        for w in (attn.W_Q, attn._W_K, attn._W_V):
+            flat = einops.rearrange(w, "head d_model d_head -> (head d_head) d_model")
+            assert flat.data_ptr() == w.data_ptr() and flat.is_contiguous()
+        out = einops.rearrange(attn.W_O, "head d_head d_model -> d_model (head d_head)")
+        assert out.data_ptr() == attn.W_O.data_ptr() and out.is_contiguous()
     assert transpose_weights_once(model) == 0  # already done by hooked_from_hf
     ids = torch.tensor([[2, 5, 6, 7]])
     with torch.no_grad():
         fast = model(ids)
         for module in model.modules():  # the plain layout, for comparison
-            for name in ("W_U", "W_gate", "W_in", "W_out"):
+            for name in ("W_U", "W_gate", "W_in", "W_out", "W_Q", "_W_K", "_W_V", "W_O"):
                 p = module._parameters.get(name)
                 if p is not None:
                     p.data = p.data.contiguous()
         assert not model.unembed.W_U.T.is_contiguous()
+        assert model.blocks[0].attn.W_Q.is_contiguous()
         assert torch.equal(fast, model(ids))  # bit-identical
 
 

@@ -182,7 +182,9 @@ def show(
     chosen = list(enc.layers)
     st = _strengths(ctx, enc, max_density)
     c = cells(chosen, st)
-    table, no_max = _text_top(ctx, st, aggregate, enc.source)
+    # The people's labels, read once for the whole view (the tables and the shading).
+    labels = ctx.labels_for(enc.source).current_all()
+    table, no_max = _text_top(ctx, st, aggregate, enc.source, labels)
     feature: tuple[int, int] | None
     if shade in (None, ""):
         feature = (int(table["layer"].iat[0]), int(table["feature"].iat[0])) if len(table) else None
@@ -191,7 +193,6 @@ def show(
     if feature is None:
         shaded = shading.by_strongest(enc.tokens, chosen, c, enc.source)
     else:
-        labels = ctx.labels_for(enc.source).current_all()
         label = ctx.shown_label(labels, *feature, enc.source)
         shaded = shading.by_feature(ctx, enc, *feature, label=label)
     if metric == "active features":
@@ -218,7 +219,7 @@ def show(
         encoding=enc,
         shading=shaded,
         token=pos,
-        token_table=_token_table(ctx, st, pos, enc.source),
+        token_table=_token_table(ctx, st, pos, enc.source, labels),
         shade_choices=shade_choices(table, shaded.feature, enc.source),
     )
 
@@ -280,38 +281,51 @@ def shade_choices(
 
 
 def _text_top(
-    ctx: Context, st: dict[int, LayerStrength], aggregate: str, source: str = RES
+    ctx: Context,
+    st: dict[int, LayerStrength],
+    aggregate: str,
+    source: str = RES,
+    labels: dict[tuple[int, int], Any] | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """The whole text's top features by relative strength (max or sum over its tokens), raw
     beside it; and how many shown features have no store maximum."""
     rel_col, act_col = f"{aggregate} {REL}", f"{aggregate} act"
-    columns = ["layer", "feature", "label", rel_col, act_col, "tokens", "density %", "source"]
     agg = per_feature(st, aggregate)
     no_max = int(np.isnan(agg.rel).sum())
     top = agg.order[:TEXT_TOP]
+    layer, feature = agg.layer[top], agg.feature[top]
+    label, density, src = _describe(ctx, layer, feature, source, labels)
     table = pd.DataFrame(
         {
-            "layer": agg.layer[top],
-            "feature": agg.feature[top],
+            "layer": layer,
+            "feature": feature,
+            "label": label,
             rel_col: agg.rel[top].round(1),
             act_col: agg.act[top].round(3),
             "tokens": agg.tokens[top],
+            "density %": density,
+            "source": src,
         }
     )
-    _describe(ctx, table, source)
-    return table[columns].reset_index(drop=True), no_max
+    return table, no_max
 
 
-def _describe(ctx: Context, table: pd.DataFrame, source: str = RES) -> None:
-    """Add each row's label, density (in %) and source to ``table`` (in place)."""
-    labels = ctx.labels_for(source).current_all()
+def _describe(
+    ctx: Context,
+    layer: np.ndarray,
+    feature: np.ndarray,
+    source: str = RES,
+    labels: dict[tuple[int, int], Any] | None = None,
+) -> tuple[list[str], list[float | None], list[str]]:
+    """Each row's label, density (in %) and source, as a table's columns; ``labels``: the
+    source's current labels when the caller has read them already."""
+    if labels is None:
+        labels = ctx.labels_for(source).current_all()
     dens = ctx.densities(source)
-    pairs = list(zip(table["layer"].astype(int), table["feature"].astype(int), strict=True))
-    table["label"] = [ctx.shown_label(labels, la, f, source) for la, f in pairs]
-    table["density %"] = [
-        round(100 * float(dens[la][f]), 4) if la in dens else None for la, f in pairs
-    ]
-    table["source"] = SHORT[source]
+    pairs = list(zip(layer.astype(int).tolist(), feature.astype(int).tolist(), strict=True))
+    label = [ctx.shown_label(labels, la, f, source) for la, f in pairs]
+    density = [round(100 * float(dens[la][f]), 4) if la in dens else None for la, f in pairs]
+    return label, density, [SHORT[source]] * len(pairs)
 
 
 def _status(
@@ -357,31 +371,38 @@ def _position(enc: Encoding | None, position: Any) -> tuple[Encoding, int]:
 
 
 def _token_table(
-    ctx: Context, st: dict[int, LayerStrength], pos: int, source: str = RES
+    ctx: Context,
+    st: dict[int, LayerStrength],
+    pos: int,
+    source: str = RES,
+    labels: dict[tuple[int, int], Any] | None = None,
 ) -> pd.DataFrame:
+    """The features shown on token ``pos``, every layer together, strongest (relative) first:
+    ties and features without a store maximum (NaN) ordered by raw activation."""
     cols = ["layer", "feature", "label", REL, "activation", "density %", "source"]
-    frames = [
-        pd.DataFrame(
-            {
-                "layer": s.layer,
-                "feature": s.ids[pos][s.kept[pos]],
-                REL: s.rel[pos][s.kept[pos]],
-                "activation": s.acts[pos][s.kept[pos]],
-            }
-        )
-        for s in st.values()
-        if s.kept[pos].any()
-    ]
-    if not frames:
+    shown = [s for s in st.values() if s.kept[pos].any()]
+    if not shown:
         return pd.DataFrame(columns=cols)
-    table = pd.concat(frames, ignore_index=True)
-    table = table.sort_values(
-        [REL, "activation"], ascending=False, na_position="last", kind="stable"
+    parts = [(s, s.kept[pos]) for s in shown]
+    layer = np.concatenate([np.full(int(k.sum()), s.layer) for s, k in parts])
+    feature = np.concatenate([s.ids[pos][k] for s, k in parts])
+    rel = np.concatenate([s.rel[pos][k] for s, k in parts]).astype(float)
+    act = np.concatenate([s.acts[pos][k] for s, k in parts]).astype(float)
+    # Descending by (rel, activation), NaN rel last, stable: as a stable descending sort would.
+    order = np.lexsort((np.arange(len(rel)), -act, np.where(np.isnan(rel), np.inf, -rel)))
+    layer, feature, rel, act = layer[order], feature[order], rel[order], act[order]
+    label, density, src = _describe(ctx, layer, feature, source, labels)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "feature": feature,
+            "label": label,
+            REL: rel.round(1),
+            "activation": act.round(3),
+            "density %": density,
+            "source": src,
+        }
     )
-    table[REL] = table[REL].astype(float).round(1)
-    table["activation"] = table["activation"].astype(float).round(3)
-    _describe(ctx, table, source)
-    return table[cols].reset_index(drop=True)
 
 
 def token_features(
