@@ -16,13 +16,15 @@ Scope's ``gemma-scope-2b-pt-transcoders`` shape), on the same text. ``tiny`` is 
 like Gemma 3 270M but for the vocabulary (18 layers, d_model 640, vocabulary 4,096) with
 2,048-feature random transcoders, about 3% firing, on random token ids.
 The prompt is ``--tokens`` tokens, BOS first. Prints nodes and edges before and after pruning
-and the replacement and completeness scores besides the time. One warm-up graph, then
-``--runs`` timed ones (``attribute`` + ``prune`` + ``to_json``): wall and CPU seconds (the
+and the replacement and completeness scores besides the time. ``--warmup`` untimed graphs
+(one by default; ``--warmup 0`` where one graph takes many minutes), then ``--runs`` timed ones
+(``attribute`` + ``prune`` + ``to_json``): wall and CPU seconds (the
 process's user + system time: on a machine shared with other jobs the wall time varies with
 their load). Peak memory:
 the process's resident high-water mark (VmHWM) during the timed runs, reset just before them
 (Linux ``/proc/self/clear_refs``), and the resident size before them; the model and transcoders
-are built before.
+are built before. ``--flops`` counts one graph's floating-point operations (torch's
+``FlopCounterMode``) and prints them instead of timing.
 """
 
 from __future__ import annotations
@@ -61,7 +63,13 @@ def main() -> None:
     parser.add_argument("--max-feature-nodes", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed graphs first (0 for gemma2 on a CPU)"
+    )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--flops", action="store_true", help="count one graph's floating-point operations instead"
+    )
     args = parser.parse_args()
 
     import torch
@@ -84,7 +92,11 @@ def main() -> None:
         wall = time.perf_counter() - t
         return wall, _cpu_s() - cpu, pruned, data
 
-    one()  # warm-up
+    if args.flops:
+        _count_flops(model, tcs, ids, args)
+        return
+    for _ in range(args.warmup):
+        one()
     rss_before = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     runs = [one() for _ in range(args.runs)]
@@ -108,6 +120,45 @@ def main() -> None:
           f"CPU time median {statistics.median(cpu_seconds):.2f} s")  # fmt: skip
     print(f"resident before {rss_before / 1024:.0f} MiB, peak during runs {peak / 1024:.0f} MiB "
           f"(+{(peak - rss_before) / 1024:.0f} MiB)")  # fmt: skip
+
+
+def _count_flops(model: Any, tcs: list[Any], ids: list[int], args: Any) -> None:
+    """One graph (attribute + prune), counting the floating-point operations of every matrix
+    multiplication of the forward pass and of each backward batch with the formulas of torch's
+    ``FlopCounterMode`` (whose module tracker cannot run beside ``autograd.grad``). A GPU
+    projection divides the count by a sustained rate (``docs/circuits.md``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    from explorer.circuits import attribute, prune
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                self.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    batches: list[int] = []
+    counter = Counter()
+    t = time.perf_counter()
+    with counter:
+        g = attribute(
+            model, tcs, ids, max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
+            progress=lambda done, total: batches.append(done),
+        )  # fmt: skip
+        prune(g)
+    wall = time.perf_counter() - t
+    total = counter.total
+    print(f"model {args.size}, {len(ids)} tokens, feature nodes {g.n_features} "
+          f"(cap {args.max_feature_nodes}), {len(g.logit_tokens)} logits, batch "
+          f"{args.batch_size}: {len(batches)} backward batches")  # fmt: skip
+    print(f"floating-point operations: {total / 1e9:,.3f} GFLOP ({total / 1e9 / wall:.1f} "
+          f"GFLOP/s over {wall:.1f} s, the counter's own overhead included)")  # fmt: skip
 
 
 def _text_ids(tokenizer: Any, n: int) -> list[int]:

@@ -18,6 +18,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # Short prompts the embedded model gets right (its top token, p): a fact, a list, a verse, code.
 CANDIDATES = [
@@ -36,6 +37,8 @@ def main() -> None:
     from explorer.app import Context, circuits
     from explorer.bundle import build_bundle, preset
     from explorer.labels import Labels
+    from explorer.paths import ASSETS_STORE
+    from explorer.store import Store
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
@@ -44,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     bundle = build_bundle(preset(args.preset))
     where = Path(tempfile.mkdtemp())
-    ctx = Context(bundle=bundle, store=None, labels=Labels(where / "l.sqlite", scope="x"))
+    store = Store.open(ASSETS_STORE) if args.preset == "default" else None
+    ctx = Context(bundle=bundle, store=store, labels=Labels(where / "l.sqlite", scope="x"))
     for prompt in args.prompts or CANDIDATES:
         start = time.perf_counter()
         c = circuits.open_graph(ctx, prompt, "")
@@ -68,10 +72,36 @@ def main() -> None:
         inner = [n for n in c.nodes.values() if n.kind in ("feature", "error")]
         inner.sort(key=lambda n: n.influence if n.influence is not None else 1.0)
         for n in inner[:15]:
+            print(f"  {_line(ctx, n, tokens)}")
+        # The strongest features specific to the prompt: dense ones (always on, bias-like) left
+        # out, each with what ablating it does to the target.
+        specific = [n for n in inner if n.kind == "feature" and not _dense(ctx, n)]
+        print("not dense:")
+        for n in specific[:5]:
+            out = circuits.intervention(ctx, c, [n.node_id], 0)
+            base, frozen, unfrozen = out.result.watched[0]
             print(
-                f"  {n.name:16} @{n.pos:2} {tokens[n.pos]!r:14} act {n.activation or 0:8.2f} "
-                f"infl {n.influence or 0:.3f} effect {n.effect:+.3f}"
+                f"  {_line(ctx, n, tokens)}; ablated p {base:.2f} -> {frozen:.2f} frozen, "
+                f"{unfrozen:.2f} unfrozen; {circuits.feature_text(ctx, n)[:70]!r}"
             )
+
+
+def _dense(ctx: Any, n: Any) -> bool:
+    from explorer.app import circuits
+
+    found = circuits.feature_density(ctx, n)
+    return found is not None and found[0] > found[1]
+
+
+def _line(ctx: Any, n: Any, tokens: list[str]) -> str:
+    from explorer.app import circuits
+
+    found = circuits.feature_density(ctx, n)
+    dens = f" dens {100 * found[0]:6.2f}%" if found is not None else ""
+    return (
+        f"{n.name:16} @{n.pos:2} {tokens[n.pos]!r:14} act {n.activation or 0:8.2f} "
+        f"infl {n.influence or 0:.3f} effect {n.effect:+.3f}{dens}"
+    )
 
 
 if __name__ == "__main__":

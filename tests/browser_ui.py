@@ -116,3 +116,65 @@ def title(ui: UI) -> tuple[int, int]:
     found = re.search(r"Layer (\d+) · feature (\d+)", text.strip())
     assert found, text
     return int(found[1]), int(found[2])
+
+
+# Where a circuit node is drawn on the page: the plot's own axes map its (x, y) to pixels.
+NODE_XY = """(id) => {
+  const gd = document.querySelector('#circuit-graph .js-plotly-plot');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const box = gd.getBoundingClientRect();
+  for (const tr of gd._fullData) {
+    const k = Array.from(tr.customdata || []).indexOf(id);
+    if (k >= 0) {
+      return [box.left + xa._offset + xa.l2p(tr.x[k]), box.top + ya._offset + ya.l2p(tr.y[k])];
+    }
+  }
+  return null;
+}"""
+
+
+def ablate_top_node(ui: UI, ctx: Any, row: int, prompt: str, caption: str) -> tuple[Any, Any]:
+    """On the Circuits tab: open curated graph ``row`` (its caption contains ``caption``), click
+    its top feature node on the plot (its panel names it, with its activation and a dashboard
+    link), pin it and ablate it (the scale starts at 0); the outcome shows the target's
+    probabilities that :func:`explorer.app.circuits.intervention` computes, and the frozen change
+    has the sign the graph predicts. Returns ``(the graph's view, its top node)``."""
+    from playwright.sync_api import expect
+
+    from explorer.app import circuits
+
+    page = ui.page
+    ui.open()
+    ui.tab("circuits")
+    ui.cell("circuit-curated", row, 0).click()
+    expect(page.locator("#circuit-caption")).to_contain_text(caption)
+    expect(ui.box("circuit-prompt")).to_have_value(prompt)
+    c = circuits.open_graph(ctx, prompt, "")
+    top = c.top_feature
+    assert top is not None
+    page.locator("#circuit-graph .js-plotly-plot .scatterlayer").first.wait_for()
+    page.wait_for_timeout(500)  # the click binding is checked every 300 ms
+    page.locator("#circuit-graph").scroll_into_view_if_needed()
+    xy = page.evaluate(NODE_XY, top.node_id)
+    assert xy is not None
+    page.mouse.move(xy[0], xy[1])
+    page.mouse.click(xy[0], xy[1])
+    panel = page.locator("#circuit-node-panel")
+    expect(panel).to_contain_text(f"L{top.layer} tc #{top.feature}")
+    expect(panel).to_contain_text(f"activation {top.activation:.3g}")
+    link = page.locator("#circuit-dash-link")
+    expect(link).to_have_attribute(
+        "href", f"?tab=dashboard&source=tc&layer={top.layer}&feature={top.feature}"
+    )
+    page.locator("#circuit-pin").click()
+    expect(page.locator("#circuit-pins")).to_contain_text(f"Pinned: {top.name} @{top.pos}")
+    page.locator("#circuit-intervene").click()
+    out = circuits.intervention(ctx, c, [top.node_id], 0)
+    base, frozen, unfrozen = out.result.watched[0]
+    outcome = page.locator("#circuit-outcome")
+    expect(outcome).to_contain_text(f"{base:.4f} before, {frozen:.4f} with attention frozen")
+    expect(outcome).to_contain_text(f"{unfrozen:.4f} unfrozen")
+    direction = "down" if out.predicted < 0 else "up"
+    expect(outcome).to_contain_text(f"goes {direction}")
+    assert (frozen - base) * out.predicted > 0  # the graph's sign, measured
+    return c, top

@@ -212,6 +212,31 @@ def test_the_panel_and_hover_are_escaped_text(circuit_ctx: Context) -> None:
     assert not any("<img" in t for t in texts) and any("&lt;img" in t for t in texts)
 
 
+def test_the_panel_says_how_often_a_feature_fires_and_flags_a_dense_one(
+    circuit_ctx: Context,
+) -> None:
+    from explorer.store.schema import TRANSCODER
+
+    c = circuits.open_graph(circuit_ctx, CURATED_PROMPT, "")
+    top = c.top_feature
+    assert top is not None
+    found = circuits.feature_density(circuit_ctx, top)
+    assert found is not None
+    share, dense_at = found
+    assert share == float(circuit_ctx.densities(TRANSCODER)[top.layer][top.feature])
+    assert dense_at == circuit_ctx.dense_threshold
+    rare = circuit_view.panel(c, top, "", (0.004, 0.01))
+    assert "fires on 0.4% of the corpus's tokens" in rare and "dense" not in rare
+    common = circuit_view.panel(c, top, "", (0.2, 0.01))
+    assert "fires on 20% of" in common and "gse-dense" in common
+    assert "almost everywhere" not in common
+    always = circuit_view.panel(c, top, "", (1.0, 0.01))
+    assert "more than 1% of tokens, almost everywhere" in always
+    error = next(n for n in c.nodes.values() if n.kind == "error")
+    assert circuits.feature_density(circuit_ctx, error) is None
+    assert "fires on" not in circuit_view.panel(c, error, "", None)
+
+
 def test_the_download_is_the_graph_file(circuit_ctx: Context) -> None:
     c: Circuit = circuits.open_graph(circuit_ctx, CURATED_PROMPT, "")
     path = circuits.download(c)

@@ -9,11 +9,11 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from browser_ui import UI
+from browser_ui import UI, ablate_top_node
 from circuits_app import CURATED_PROMPT
 from helpers import serve
 
-from explorer.app import Context, circuits
+from explorer.app import Context
 
 pytestmark = pytest.mark.usefixtures("browser")
 
@@ -24,60 +24,13 @@ def served(circuit_ctx: Context) -> Iterator[str]:
     yield from serve(circuit_ctx)
 
 
-# Where a node is drawn on the page: the plot's own axes map its (x, y) to pixels.
-NODE_XY = """(id) => {
-  const gd = document.querySelector('#circuit-graph .js-plotly-plot');
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-  const box = gd.getBoundingClientRect();
-  for (const tr of gd._fullData) {
-    const k = Array.from(tr.customdata || []).indexOf(id);
-    if (k >= 0) {
-      return [box.left + xa._offset + xa.l2p(tr.x[k]), box.top + ya._offset + ya.l2p(tr.y[k])];
-    }
-  }
-  return null;
-}"""
-
-
 def test_a_curated_graph_opens_and_an_ablation_moves_the_target_as_predicted(
     ui: UI, circuit_ctx: Context
 ) -> None:
     from playwright.sync_api import expect
 
     page = ui.page
-    ui.open()
-    ui.tab("circuits")
-    ui.cell("circuit-curated", 0, 0).click()
-    expect(page.locator("#circuit-caption")).to_contain_text("shipped precomputed")
-    expect(ui.box("circuit-prompt")).to_have_value(CURATED_PROMPT)
-    c = circuits.open_graph(circuit_ctx, CURATED_PROMPT, "")
-    top = c.top_feature
-    assert top is not None
-    page.locator("#circuit-graph .js-plotly-plot .scatterlayer").first.wait_for()
-    page.wait_for_timeout(500)  # the click binding is checked every 300 ms
-    page.locator("#circuit-graph").scroll_into_view_if_needed()
-    xy = page.evaluate(NODE_XY, top.node_id)
-    assert xy is not None
-    page.mouse.move(xy[0], xy[1])
-    page.mouse.click(xy[0], xy[1])
-    panel = page.locator("#circuit-node-panel")
-    expect(panel).to_contain_text(f"L{top.layer} tc #{top.feature}")
-    expect(panel).to_contain_text(f"activation {top.activation:.3g}")
-    link = page.locator("#circuit-dash-link")
-    expect(link).to_have_attribute(
-        "href", f"?tab=dashboard&source=tc&layer={top.layer}&feature={top.feature}"
-    )
-    page.locator("#circuit-pin").click()
-    expect(page.locator("#circuit-pins")).to_contain_text(f"Pinned: {top.name} @{top.pos}")
-    page.locator("#circuit-intervene").click()  # the scale starts at 0: an ablation
-    out = circuits.intervention(circuit_ctx, c, [top.node_id], 0)
-    base, frozen, unfrozen = out.result.watched[0]
-    outcome = page.locator("#circuit-outcome")
-    expect(outcome).to_contain_text(f"{base:.4f} before, {frozen:.4f} with attention frozen")
-    expect(outcome).to_contain_text(f"{unfrozen:.4f} unfrozen")
-    direction = "down" if out.predicted < 0 else "up"
-    expect(outcome).to_contain_text(f"goes {direction}")
-    assert (frozen - base) * out.predicted > 0  # the graph's sign, measured
+    _, top = ablate_top_node(ui, circuit_ctx, 0, CURATED_PROMPT, "shipped precomputed")
     expect(page.locator("#circuit-frozen")).to_contain_text("change")
     ui.shot("circuits-ablation")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("gse-cache")
-    gguf_model.embedded_model_dir(root)
-    return root
+def cache(embedded_cache: Path) -> Path:
+    return embedded_cache
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +174,43 @@ def test_shipped_store_passes_its_manifest_checks() -> None:
         feats = store.features(layer, ["feature", "n_fires", "max_act", "dead"])
         assert len(feats) == widths[layer]["d_sae"]
         assert (feats["dead"] == (feats["n_fires"] == 0)).all()
+
+
+def test_curated_graph_captions_name_their_graphs_features_and_say_which_are_dense() -> None:
+    """Each caption's ``L4 tc #866 on ' Eiffel'`` is a feature node of its graph (at that
+    token); a sentence naming a feature the store finds dense says so, and one calling its
+    features rare names none that is dense."""
+    from explorer.store import Store
+
+    graphs = ASSETS / "graphs"
+    index = json.loads((graphs / "index.json").read_text())
+    store = Store.open(ASSETS / "store")
+    tc = store.source("tc")
+    dense_at = store.manifest.dense_threshold
+    assert len(index["graphs"]) >= 4
+    for entry in index["graphs"]:
+        data = json.loads((graphs / f"{entry['slug']}.json").read_text())
+        tokens = data["metadata"]["prompt_tokens"]
+        at: dict[tuple[int, int], set[str]] = {}
+        for node in data["nodes"]:
+            if node["feature_type"] == "cross layer transcoder":
+                layer, feature, pos = (int(x) for x in node["node_id"].split("_"))
+                at.setdefault((layer, feature), set()).add(tokens[pos])
+        named_any = False
+        for sentence in re.split(r"(?<=[.!?])\s", entry["caption"]):
+            for layer_s, feature_s, token in re.findall(
+                r"L(\d+) tc #(\d+)(?: on '([^']*)')?", sentence
+            ):
+                named_any = True
+                key = (int(layer_s), int(feature_s))
+                assert key in at, (entry["slug"], key)
+                assert not token or token in at[key], (entry["slug"], key, token)
+                dense = tc.feature(*key).density > dense_at
+                if dense:
+                    assert re.search(r"dense|every token|always-on", sentence), sentence
+                if re.search(r"\brare\b", sentence):
+                    assert not dense, sentence
+        assert named_any, entry["slug"]
 
 
 def test_curated_features_are_live_and_labelled() -> None:

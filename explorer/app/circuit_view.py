@@ -211,9 +211,15 @@ def caption(circuit: Circuit, threshold: float) -> str:
     return text
 
 
-def panel(circuit: Circuit, info: NodeInfo | None, text: str = "") -> str:
+def panel(
+    circuit: Circuit,
+    info: NodeInfo | None,
+    text: str = "",
+    density: tuple[float, float] | None = None,
+) -> str:
     """The node panel's HTML (every value escaped): what the node is, its numbers, and for a
-    feature its dashboard link (the Feature tab's ``tc`` source)."""
+    feature how often it fires over the store's corpus (``density``: its share of tokens and the
+    store's dense threshold) and its dashboard link (the Feature tab's ``tc`` source)."""
     if info is None:
         return '<div class="gse-muted">Click a node of the graph (or pick one above).</div>'
     rows = [f'<div class="gse-title">{esc(info.name)}</div>']
@@ -232,6 +238,17 @@ def panel(circuit: Circuit, info: NodeInfo | None, text: str = "") -> str:
         rows.append(f"<div>{esc(line)}</div>")
     if info.kind == "feature":
         rows.append(f"<div>layer {info.layer} · feature {info.feature} · position {info.pos}</div>")
+    if info.kind == "feature" and density is not None:
+        share, dense_at = density
+        rows.append(f"<div>fires on {100 * share:.3g}% of the corpus's tokens</div>")
+        if share > dense_at:
+            where = ", almost everywhere" if share > 0.5 else ""
+            rows.append(
+                '<div class="gse-label"><span class="gse-badge gse-dense">dense</span> It fires on '
+                f"more than {100 * dense_at:g}% of tokens{where}: a feature this common acts more "
+                "like a bias than a concept, its description says little, and it is strong in "
+                "many graphs. Look past it for the features specific to this prompt.</div>"
+            )
     query = dashboard_query(info)
     if query is not None:
         rows.append(

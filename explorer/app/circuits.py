@@ -370,6 +370,17 @@ def feature_text(ctx: Context, info: NodeInfo) -> str:
     return label or auto or info.label
 
 
+def feature_density(ctx: Context, info: NodeInfo | None) -> tuple[float, float] | None:
+    """A feature node's density over the store's corpus and the store's dense threshold, or
+    ``None`` (not a feature node, or no store data for its transcoder layer)."""
+    if info is None or info.kind != "feature":
+        return None
+    dens = ctx.densities(TRANSCODER).get(info.layer)
+    if dens is None or not 0 <= info.feature < len(dens):
+        return None
+    return float(dens[info.feature]), ctx.dense_threshold
+
+
 def parse_pins(circuit: Circuit | None, value: Any) -> tuple[list[str], list[str]]:
     """``(pins, problems)`` from a comma-separated list of node ids (a link's ``pins``): ids the
     graph lacks are named in ``problems`` and left out (without a graph, only the form is

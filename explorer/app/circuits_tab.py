@@ -101,7 +101,7 @@ def drawn(
         status_line(status),
         gr.Dropdown(choices=choices, value=c.target or None, allow_custom_value=True),
         gr.Dropdown(choices=circuit_view.node_choices(c, threshold), value=selected),
-        circuit_view.panel(c, info, _text(ctx, info)),
+        circuit_view.panel(c, info, _text(ctx, info), circuits.feature_density(ctx, info)),
         status_line(circuit_view.pins_line(c, pins)),
         str(circuits.download(c)),
         c,
