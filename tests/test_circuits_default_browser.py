@@ -21,6 +21,12 @@ from explorer.store.schema import TRANSCODER
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("browser")]
 
 GRAPHS = ASSETS_SAES.parent / "graphs"
+# The name of the plot's trace (a node kind) that holds a node.
+TRACE_OF = """(id) => {
+  const gd = document.querySelector('#circuit-graph .js-plotly-plot');
+  const tr = gd._fullData.find((t) => Array.from(t.customdata || []).includes(id));
+  return tr ? tr.name : null;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +65,10 @@ def test_a_curated_graph_of_the_embedded_default_opens_and_its_top_node_ablates(
     )
     badge = page.locator("#circuit-node-panel .gse-dense")
     expect(badge).to_have_count(1 if share > dense_at else 0)
+    # On the plot, a dense feature is drawn as its own (paler) kind.
+    trace = page.evaluate(TRACE_OF, top.node_id)
+    want = "dense feature (on over 1% of tokens" if share > dense_at else "transcoder feature"
+    assert str(trace).startswith(want)
     ui.shot("circuits-default-ablation")
 
     ui.open(f"?tab=dashboard&source=tc&layer={top.layer}&feature={top.feature}")

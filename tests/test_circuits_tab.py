@@ -237,6 +237,23 @@ def test_the_panel_says_how_often_a_feature_fires_and_flags_a_dense_one(
     assert "fires on" not in circuit_view.panel(c, error, "", None)
 
 
+def test_dense_feature_nodes_are_drawn_as_their_own_kind(circuit_ctx: Context) -> None:
+    c = circuits.open_graph(circuit_ctx, CURATED_PROMPT, "")
+    features = [n for n in c.shown(1.0) if n.kind == "feature"]
+    assert len(features) >= 2
+    want = {n.node_id for n in features if (f := circuits.feature_density(circuit_ctx, n))
+            and f[0] > f[1]}  # fmt: skip
+    assert circuits.dense_nodes(circuit_ctx, c) == want
+    dense = {features[0].node_id}
+    fig = circuit_view.figure(c, 1.0, dense=dense)
+    by_name = {t.name: list(t.customdata) for t in fig.data if t.customdata is not None}
+    assert by_name["dense feature (on over 1% of tokens: bias-like)"] == [features[0].node_id]
+    assert features[0].node_id not in by_name[circuit_view.KIND_NAMES["feature"]]
+    assert features[1].node_id in by_name[circuit_view.KIND_NAMES["feature"]]
+    plain = circuit_view.figure(c, 1.0)
+    assert not any(str(t.name).startswith("dense") for t in plain.data)
+
+
 def test_the_download_is_the_graph_file(circuit_ctx: Context) -> None:
     c: Circuit = circuits.open_graph(circuit_ctx, CURATED_PROMPT, "")
     path = circuits.download(c)

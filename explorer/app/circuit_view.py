@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from explorer.app.circuits import Circuit, NodeInfo, Outcome, dashboard_query
@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 
 KIND_COLOURS = {
     "feature": "#5e81ac",
+    "dense": "#b7c9e2",
     "error": "#9e9e9e",
     "token": "#2e7d32",
     "logit": "#e65100",
 }
 KIND_NAMES = {
     "feature": "transcoder feature",
+    "dense": "dense feature (on over {pct:g}% of tokens: bias-like)",
     "error": "error (what the transcoder misses)",
     "token": "token embedding",
     "logit": "target (next token)",
@@ -92,9 +94,13 @@ def figure(
     pins: Sequence[str] = (),
     selected: str | None = None,
     labels: dict[str, str] | None = None,
+    dense: Collection[str] = (),
+    dense_at: float = 0.01,
 ) -> go.Figure:
     """The graph at node threshold ``threshold``, pinned nodes ringed in amber and the selected
-    one in black. ``labels``: a feature node's text by id (else its file label)."""
+    one in black. ``labels``: a feature node's text by id (else its file label); ``dense``: the
+    ids of feature nodes the store finds dense (density above ``dense_at``), drawn paler as a
+    kind of their own."""
     import plotly.graph_objects as go
 
     nodes = circuit.shown(threshold)
@@ -126,8 +132,13 @@ def figure(
                 )  # fmt: skip
     labels = labels or {}
     pinned = set(pins)
+    dense = set(dense)
+
+    def kind_of(n: NodeInfo) -> str:
+        return "dense" if n.kind == "feature" and n.node_id in dense else n.kind
+
     for kind, colour in KIND_COLOURS.items():
-        members = [n for n in nodes if n.kind == kind]
+        members = [n for n in nodes if kind_of(n) == kind]
         if not members:
             continue
         sizes = [
@@ -143,7 +154,7 @@ def figure(
                 x=[where[n.node_id][0] for n in members],
                 y=[where[n.node_id][1] for n in members],
                 mode="markers",
-                name=KIND_NAMES[kind],
+                name=KIND_NAMES[kind].format(pct=100 * dense_at),
                 customdata=[n.node_id for n in members],
                 text=[
                     plot_text(describe(n, circuit, labels.get(n.node_id, n.label))).replace(

@@ -381,6 +381,17 @@ def feature_density(ctx: Context, info: NodeInfo | None) -> tuple[float, float] 
     return float(dens[info.feature]), ctx.dense_threshold
 
 
+def dense_nodes(ctx: Context, circuit: Circuit) -> set[str]:
+    """The ids of the graph's feature nodes whose feature the store finds dense (density above
+    its dense threshold): drawn apart, since such always-on features top many graphs."""
+    out = set()
+    for n in circuit.nodes.values():
+        found = feature_density(ctx, n)
+        if found is not None and found[0] > found[1]:
+            out.add(n.node_id)
+    return out
+
+
 def parse_pins(circuit: Circuit | None, value: Any) -> tuple[list[str], list[str]]:
     """``(pins, problems)`` from a comma-separated list of node ids (a link's ``pins``): ids the
     graph lacks are named in ``problems`` and left out (without a graph, only the form is

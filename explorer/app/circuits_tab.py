@@ -40,8 +40,9 @@ setInterval(bind, 300);
 """
 HOW_TO_READ = (
     "**How to read it:** each dot is a node: green the prompt's tokens (bottom row), blue "
-    "transcoder features (by layer, at the token where they fire), grey the error terms (what "
-    "the transcoders miss), orange the target at the top. A line is a direct effect: blue pushes "
+    "transcoder features (by layer, at the token where they fire; pale blue: dense ones, which "
+    "fire on many tokens and act more like biases), grey the error terms (what the transcoders "
+    "miss), orange the target at the top. A line is a direct effect: blue pushes "
     "its target up, red down, wider is stronger; bigger dots matter more for the target. Lower "
     "the node threshold to keep only the most influential nodes. Click a node for its panel; pin "
     "features and scale them (0 ablates) to test what the graph claims."
@@ -96,7 +97,14 @@ def drawn(
     info = c.nodes.get(selected) if selected else None
     choices = [(f"{t!r} p={p:.3f}"[:60], t) for _, t, p in c.top]
     return (
-        circuit_view.figure(c, threshold, pins, selected),
+        circuit_view.figure(
+            c,
+            threshold,
+            pins,
+            selected,
+            dense=circuits.dense_nodes(ctx, c),
+            dense_at=ctx.dense_threshold,
+        ),
         status_line(circuit_view.caption(c, threshold)),
         status_line(status),
         gr.Dropdown(choices=choices, value=c.target or None, allow_custom_value=True),
