@@ -56,6 +56,8 @@ def test_a_curated_graph_of_the_embedded_default_opens_and_its_top_node_ablates(
     assert description  # every live transcoder feature of the shipped store is described
     expect(page.locator("#circuit-node-panel")).to_contain_text(description[:40])
     expect(page.locator("#circuit-caption")).to_contain_text(repr(c.target_token))
+    n_dense = len(circuits.dense_nodes(default_ctx, c) & {n.node_id for n in c.shown(0.8)})
+    expect(page.locator("#circuit-caption")).to_contain_text(f"({n_dense} of them dense)")
     # How often the feature fires over the shipped store's corpus; a dense one is flagged.
     found = circuits.feature_density(default_ctx, top)
     assert found is not None

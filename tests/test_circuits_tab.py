@@ -252,6 +252,9 @@ def test_dense_feature_nodes_are_drawn_as_their_own_kind(circuit_ctx: Context) -
     assert features[1].node_id in by_name[circuit_view.KIND_NAMES["feature"]]
     plain = circuit_view.figure(c, 1.0)
     assert not any(str(t.name).startswith("dense") for t in plain.data)
+    n = len(features)
+    assert f"{n} features (1 of them dense) and" in circuit_view.caption(c, 1.0, dense)
+    assert f"{n} features and" in circuit_view.caption(c, 1.0)
 
 
 def test_the_download_is_the_graph_file(circuit_ctx: Context) -> None:

@@ -199,18 +199,23 @@ def figure(
     return fig
 
 
-def caption(circuit: Circuit, threshold: float) -> str:
-    """One paragraph of plain text: what the graph explains and what is drawn."""
+def caption(circuit: Circuit, threshold: float, dense: Collection[str] = ()) -> str:
+    """One paragraph of plain text: what the graph explains and what is drawn (``dense``: the
+    ids of the feature nodes the store finds dense)."""
     shown = circuit.shown(threshold)
     features = sum(n.kind == "feature" for n in shown)
     errors = sum(n.kind == "error" for n in shown)
+    dense = set(dense)
+    n_dense = sum(n.kind == "feature" and n.node_id in dense for n in shown)
+    of_them = f" ({n_dense} of them dense)" if n_dense else ""
     scores = circuit.file.metadata.get("scores") or {}
     p = next((q for i, _, q in circuit.top if i == circuit.target_id), None)
     prob = f" (p = {p:.2f})" if p is not None else ""
     where = "shipped precomputed" if circuit.curated else "computed here"
     text = (
         f"Why the model predicts {circuit.target_token!r}{prob} after this prompt: {features} "
-        f"features and {errors} error nodes up to node threshold {threshold:g}, graph {where}."
+        f"features{of_them} and {errors} error nodes up to node threshold {threshold:g}, graph "
+        f"{where}."
     )
     if scores:
         text += (

@@ -96,16 +96,12 @@ def drawn(
     """The values of :attr:`CircuitsTab.shown` for graph ``c``."""
     info = c.nodes.get(selected) if selected else None
     choices = [(f"{t!r} p={p:.3f}"[:60], t) for _, t, p in c.top]
+    dense = circuits.dense_nodes(ctx, c)
     return (
         circuit_view.figure(
-            c,
-            threshold,
-            pins,
-            selected,
-            dense=circuits.dense_nodes(ctx, c),
-            dense_at=ctx.dense_threshold,
+            c, threshold, pins, selected, dense=dense, dense_at=ctx.dense_threshold
         ),
-        status_line(circuit_view.caption(c, threshold)),
+        status_line(circuit_view.caption(c, threshold, dense)),
         status_line(status),
         gr.Dropdown(choices=choices, value=c.target or None, allow_custom_value=True),
         gr.Dropdown(choices=circuit_view.node_choices(c, threshold), value=selected),
