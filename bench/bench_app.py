@@ -46,14 +46,6 @@ def _timed(fn, runs: int, warmup: bool = True) -> list[float]:  # type: ignore[n
     return out
 
 
-def _last(items: Any) -> Any:
-    """The last item of an iterator (a generation's final completion)."""
-    last = None
-    for last in items:  # noqa: B007
-        pass
-    return last
-
-
 def dashboard_opens(ctx: Any, n: int, rng: random.Random) -> tuple[float, list[float]]:
     """Seconds of the first dashboard open (it loads the store's context), then of ``n`` more,
     each of a random live feature."""
@@ -168,7 +160,7 @@ def main() -> None:
     steers = steering.add_steer(ctx, [], layer, feature, None, "add")
 
     def plain() -> None:
-        c = _last(generate(bundle, prompt, cfg))
+        *_, c = generate(bundle, prompt, cfg)
         assert c.n_tokens == [n], f"plain generation stopped early: {c.stop_reason}"
 
     def steered() -> None:
@@ -176,7 +168,7 @@ def main() -> None:
             pass
 
     def steered_alone() -> None:
-        c = _last(generate(bundle, prompt, cfg, [Steer(layer, feature, steers[0].strength)]))
+        *_, c = generate(bundle, prompt, cfg, [Steer(layer, feature, steers[0].strength)])
         assert c.n_tokens == [n], f"steered generation stopped early: {c.stop_reason}"
 
     hf_generate = _hf_generate(bundle, prompt, n)

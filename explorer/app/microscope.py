@@ -380,10 +380,9 @@ def _token_table(
     """The features shown on token ``pos``, every layer together, strongest (relative) first:
     ties and features without a store maximum (NaN) ordered by raw activation."""
     cols = ["layer", "feature", "label", REL, "activation", "density %", "source"]
-    shown = [s for s in st.values() if s.kept[pos].any()]
-    if not shown:
+    parts = [(s, s.kept[pos]) for s in st.values() if s.kept[pos].any()]
+    if not parts:
         return pd.DataFrame(columns=cols)
-    parts = [(s, s.kept[pos]) for s in shown]
     layer = np.concatenate([np.full(int(k.sum()), s.layer) for s, k in parts])
     feature = np.concatenate([s.ids[pos][k] for s, k in parts])
     rel = np.concatenate([s.rel[pos][k] for s, k in parts]).astype(float)
